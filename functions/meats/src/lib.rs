@@ -1,0 +1,53 @@
+//! The meats stage: sets the pizza's `meats` field and keeps everything else as it was.
+//!
+//! Built as a WebAssembly component with `cargo component build --release`; the host calls
+//! [`transform`](Guest::transform) once per event on the `pizza:stage/topping` world.
+
+// wit-bindgen's generated ABI glue is the only unsafe and undocumented code here.
+#![allow(unsafe_code, missing_docs)]
+
+wit_bindgen::generate!({ path: "../../wit", world: "topping", generate_all });
+
+/// The choices for `meats`. The original service's meats; up to four distinct ones are joined with `" & "`.
+pub const CHOICES: [&str; 6] = [
+    "pepperoni",
+    "sausage",
+    "ham",
+    "anchovies",
+    "salami",
+    "bacon",
+];
+
+struct Meats;
+
+impl Guest for Meats {
+    fn transform(event: String) -> Result<String, StageError> {
+        let choice = pizza_stage_kit::pick_some(&CHOICES, &mut pizza_stage_kit::wasi_rng());
+        pizza_stage_kit::enrich(&event, "meats", choice).map_err(|err| StageError {
+            message: err.to_string(),
+            retryable: false,
+        })
+    }
+}
+
+export!(Meats);
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn choices_are_the_original_demos() {
+        let distinct: std::collections::BTreeSet<&str> = super::CHOICES.into_iter().collect();
+        assert_eq!(
+            distinct,
+            [
+                "anchovies",
+                "bacon",
+                "ham",
+                "pepperoni",
+                "salami",
+                "sausage"
+            ]
+            .into()
+        );
+    }
+}

@@ -1,0 +1,41 @@
+//! The sauce stage: sets the pizza's `sauce` field and keeps everything else as it was.
+//!
+//! Built as a WebAssembly component with `cargo component build --release`; the host calls
+//! [`transform`](Guest::transform) once per event on the `pizza:stage/topping` world.
+
+// wit-bindgen's generated ABI glue is the only unsafe and undocumented code here.
+#![allow(unsafe_code, missing_docs)]
+
+wit_bindgen::generate!({ path: "../../wit", world: "topping", generate_all });
+
+/// The choices for `sauce`. The original service draws uniformly from this list (repeats weigh a choice more); the
+/// article also names `bbq` and shows it in its sample output, so it is included once.
+pub const CHOICES: [&str; 10] = [
+    "regular", "light", "extra", "none", "alfredo", "regular", "light", "extra", "alfredo", "bbq",
+];
+
+struct Sauce;
+
+impl Guest for Sauce {
+    fn transform(event: String) -> Result<String, StageError> {
+        let choice = pizza_stage_kit::pick_one(&CHOICES, &mut pizza_stage_kit::wasi_rng());
+        pizza_stage_kit::enrich(&event, "sauce", choice).map_err(|err| StageError {
+            message: err.to_string(),
+            retryable: false,
+        })
+    }
+}
+
+export!(Sauce);
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn choices_are_the_original_demos() {
+        let distinct: std::collections::BTreeSet<&str> = super::CHOICES.into_iter().collect();
+        assert_eq!(
+            distinct,
+            ["alfredo", "bbq", "extra", "light", "none", "regular"].into()
+        );
+    }
+}
