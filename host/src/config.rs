@@ -1,0 +1,418 @@
+//! `pipeline.toml`: the types the host is configured with, how they are read, and the checks
+//! that make a bad file fail at startup with a message naming the key, instead of at the first
+//! event.
+//!
+//! Every table rejects unknown keys, so a typo is an error. The `[kafka]` table is the one
+//! exception by design: it is passed through to librdkafka as is (any client property works,
+//! `security.protocol = "SASL_SSL"` included), and its values may reference environment
+//! variables as `${NAME}` or `${NAME:-default}` so secrets stay out of the file.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+/// Why `pipeline.toml` could not be used.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("cannot read {path}: {cause}")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// The I/O error.
+        cause: std::io::Error,
+    },
+    /// The file is not valid TOML, or does not fit the schema (the message has line and key).
+    #[error("{path}: {cause}")]
+    Parse {
+        /// The file.
+        path: PathBuf,
+        /// The parse error, with line and column.
+        cause: Box<toml::de::Error>,
+    },
+    /// The file parsed but says something the host cannot do.
+    #[error("{path}: {message}")]
+    Invalid {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong, naming the key.
+        message: String,
+    },
+}
+
+/// The whole pipeline: Kafka client settings, HTTP, topics and the stages.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Pipeline {
+    /// Prefix of every consumer group id the host creates (`<prefix>-<stage>`), so several
+    /// pipelines can share a cluster without sharing offsets.
+    #[serde(default = "default_group_prefix")]
+    pub group_prefix: String,
+    /// librdkafka client properties, passed through to every consumer, producer and admin
+    /// client (`bootstrap.servers`, `security.protocol`, `sasl.username`, …).
+    #[serde(default)]
+    pub kafka: BTreeMap<String, toml::Value>,
+    /// The HTTP API.
+    #[serde(default)]
+    pub http: HttpConfig,
+    /// How missing topics are created.
+    #[serde(default)]
+    pub topics: TopicsConfig,
+    /// Where orders enter the pipeline and where completed pizzas come out.
+    #[serde(default)]
+    pub orders: OrdersConfig,
+    /// The stages, in pipeline order (`[[stage]]` tables).
+    #[serde(default, rename = "stage")]
+    pub stages: Vec<StageConfig>,
+}
+
+/// The HTTP API.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HttpConfig {
+    /// Address to listen on.
+    #[serde(default = "default_listen")]
+    pub listen: SocketAddr,
+    /// Largest `count` accepted by `POST /order/{count}`.
+    #[serde(default = "default_max_order_count")]
+    pub max_order_count: u32,
+}
+
+/// How the host creates the topics it needs when they are missing.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TopicsConfig {
+    /// Partitions of each topic the host creates. Existing topics are left as they are.
+    #[serde(default = "default_partitions")]
+    pub partitions: i32,
+    /// Replication factor of each topic the host creates.
+    #[serde(default = "default_replication")]
+    pub replication_factor: i32,
+}
+
+/// Where orders enter the pipeline and where completed pizzas come out.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OrdersConfig {
+    /// Topic that `POST /order` publishes new pizzas to (the original demo's `pizza`).
+    #[serde(default = "default_order_topic")]
+    pub topic: String,
+    /// Topic of completed pizzas, read to build the order view (`pizza-with-veggies`).
+    #[serde(default = "default_completed_topic")]
+    pub completed_topic: String,
+}
+
+/// One stage: a component between an input and an output topic.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StageConfig {
+    /// Unique name, used in logs, metrics and the consumer group id.
+    pub name: String,
+    /// The component file (`.wasm`), relative to `pipeline.toml`'s folder.
+    pub component: PathBuf,
+    /// Topic the stage consumes.
+    pub input: String,
+    /// Topic the stage produces its results to, with the input record's key.
+    pub output: String,
+    /// Wall-time limit of one call, in milliseconds.
+    #[serde(default = "default_timeout_ms")]
+    pub timeout_ms: u64,
+    /// Memory limit of one call, in MiB.
+    #[serde(default = "default_memory_mib")]
+    pub memory_mib: usize,
+}
+
+impl StageConfig {
+    /// The resource limits of one call of this stage.
+    pub fn limits(&self) -> crate::runtime::Limits {
+        crate::runtime::Limits {
+            timeout: std::time::Duration::from_millis(self.timeout_ms),
+            memory_bytes: self.memory_mib << 20,
+        }
+    }
+}
+
+fn default_group_prefix() -> String {
+    "pizza-host".into()
+}
+fn default_timeout_ms() -> u64 {
+    1_000
+}
+fn default_memory_mib() -> usize {
+    64
+}
+fn default_listen() -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], 5000))
+}
+fn default_max_order_count() -> u32 {
+    100
+}
+fn default_partitions() -> i32 {
+    3
+}
+fn default_replication() -> i32 {
+    1
+}
+fn default_order_topic() -> String {
+    "pizza".into()
+}
+fn default_completed_topic() -> String {
+    "pizza-with-veggies".into()
+}
+
+impl Default for HttpConfig {
+    fn default() -> Self {
+        Self {
+            listen: default_listen(),
+            max_order_count: default_max_order_count(),
+        }
+    }
+}
+impl Default for TopicsConfig {
+    fn default() -> Self {
+        Self {
+            partitions: default_partitions(),
+            replication_factor: default_replication(),
+        }
+    }
+}
+impl Default for OrdersConfig {
+    fn default() -> Self {
+        Self {
+            topic: default_order_topic(),
+            completed_topic: default_completed_topic(),
+        }
+    }
+}
+
+impl Pipeline {
+    /// Reads and validates `path`; component paths come back resolved against its folder.
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|cause| ConfigError::Read {
+            path: path.to_owned(),
+            cause,
+        })?;
+        let base = path.parent().unwrap_or(Path::new("."));
+        Self::parse(&text, base).map_err(|err| err.at(path))
+    }
+
+    /// Parses and validates `text`, resolving component paths against `base`.
+    pub fn parse(text: &str, base: &Path) -> Result<Self, ConfigError> {
+        let mut pipeline: Pipeline = toml::from_str(text).map_err(|cause| ConfigError::Parse {
+            path: PathBuf::new(),
+            cause: Box::new(cause),
+        })?;
+        for stage in &mut pipeline.stages {
+            stage.component = base.join(&stage.component);
+        }
+        pipeline.validate()?;
+        Ok(pipeline)
+    }
+
+    fn validate(&self) -> Result<(), ConfigError> {
+        let invalid = |message: String| ConfigError::Invalid {
+            path: PathBuf::new(),
+            message,
+        };
+        if self.topics.partitions < 1 {
+            return Err(invalid("topics.partitions must be at least 1".into()));
+        }
+        if self.topics.replication_factor < 1 {
+            return Err(invalid(
+                "topics.replication_factor must be at least 1".into(),
+            ));
+        }
+        if self.http.max_order_count < 1 {
+            return Err(invalid("http.max_order_count must be at least 1".into()));
+        }
+        self.kafka_properties().map_err(invalid)?;
+        let mut names = BTreeSet::new();
+        for (index, stage) in self.stages.iter().enumerate() {
+            let at = format!("stage[{index}] ({:?})", stage.name);
+            if stage.name.is_empty()
+                || !stage
+                    .name
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+            {
+                return Err(invalid(format!(
+                    "{at}: name must be non-empty and use only letters, digits, '-' and '_'"
+                )));
+            }
+            if !names.insert(stage.name.as_str()) {
+                return Err(invalid(format!("{at}: another stage has the same name")));
+            }
+            if stage.input == stage.output {
+                return Err(invalid(format!(
+                    "{at}: input and output are the same topic {:?}; the stage would consume \
+                     its own output forever",
+                    stage.input
+                )));
+            }
+            if stage.timeout_ms == 0 || stage.memory_mib == 0 {
+                return Err(invalid(format!(
+                    "{at}: timeout_ms and memory_mib must be above 0"
+                )));
+            }
+            for (key, topic) in [("input", &stage.input), ("output", &stage.output)] {
+                check_topic_name(topic).map_err(|why| invalid(format!("{at}: {key}: {why}")))?;
+            }
+        }
+        for (key, topic) in [
+            ("orders.topic", &self.orders.topic),
+            ("orders.completed_topic", &self.orders.completed_topic),
+        ] {
+            check_topic_name(topic).map_err(|why| invalid(format!("{key}: {why}")))?;
+        }
+        Ok(())
+    }
+
+    /// The `[kafka]` table as librdkafka properties, with `${VAR}` references expanded.
+    pub fn kafka_properties(&self) -> Result<BTreeMap<String, String>, String> {
+        self.kafka
+            .iter()
+            .map(|(key, value)| {
+                let raw = match value {
+                    toml::Value::String(s) => s.clone(),
+                    toml::Value::Integer(i) => i.to_string(),
+                    toml::Value::Float(f) => f.to_string(),
+                    toml::Value::Boolean(b) => b.to_string(),
+                    _ => return Err(format!("kafka.{key}: expected a string, number or boolean")),
+                };
+                let expanded = shellexpand::env(&raw)
+                    .map_err(|err| format!("kafka.{key}: environment variable {}", err))?;
+                Ok((key.clone(), expanded.into_owned()))
+            })
+            .collect()
+    }
+
+    /// Every topic the pipeline reads or writes, without repeats.
+    pub fn topics(&self) -> BTreeSet<&str> {
+        let mut topics = BTreeSet::from([
+            self.orders.topic.as_str(),
+            self.orders.completed_topic.as_str(),
+        ]);
+        for stage in &self.stages {
+            topics.insert(&stage.input);
+            topics.insert(&stage.output);
+        }
+        topics
+    }
+}
+
+impl ConfigError {
+    /// The same error, naming `path` as the file it came from.
+    fn at(self, file: &Path) -> Self {
+        let path = file.to_owned();
+        match self {
+            ConfigError::Parse { cause, .. } => ConfigError::Parse { path, cause },
+            ConfigError::Invalid { message, .. } => ConfigError::Invalid { path, message },
+            read @ ConfigError::Read { .. } => read,
+        }
+    }
+}
+
+/// Kafka's own rules for topic names, checked here so the error names the key.
+fn check_topic_name(topic: &str) -> Result<(), String> {
+    let legal = |c: char| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-');
+    if topic.is_empty() || topic.len() > 249 || topic == "." || topic == ".." {
+        return Err(format!("{topic:?} is not a valid topic name"));
+    }
+    if !topic.chars().all(legal) {
+        return Err(format!(
+            "{topic:?} is not a valid topic name (use letters, digits, '.', '_', '-')"
+        ));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MINIMAL: &str = r#"
+        [kafka]
+        "bootstrap.servers" = "127.0.0.1:9092"
+
+        [[stage]]
+        name = "sauce"
+        component = "sauce.wasm"
+        input = "pizza"
+        output = "pizza-with-sauce"
+    "#;
+
+    #[test]
+    fn defaults_match_the_original_demo() {
+        let p = Pipeline::parse(MINIMAL, Path::new("/etc/pizza")).expect("valid");
+        assert_eq!(p.http.listen, "127.0.0.1:5000".parse().expect("addr"));
+        assert_eq!(p.http.max_order_count, 100);
+        assert_eq!(p.topics.partitions, 3);
+        assert_eq!(p.orders.topic, "pizza");
+        assert_eq!(p.orders.completed_topic, "pizza-with-veggies");
+        assert_eq!(p.stages[0].component, Path::new("/etc/pizza/sauce.wasm"));
+    }
+
+    #[test]
+    fn unknown_keys_are_errors_naming_the_key() {
+        let text = MINIMAL.replace("input =", "inptu = \"x\"\ninput =");
+        let err = Pipeline::parse(&text, Path::new("."))
+            .expect_err("typo")
+            .to_string();
+        assert!(err.contains("inptu"), "{err}");
+        let err = Pipeline::parse("[htp]\nlisten = \"1.2.3.4:5\"", Path::new("."))
+            .expect_err("typo")
+            .to_string();
+        assert!(err.contains("htp"), "{err}");
+    }
+
+    #[test]
+    fn kafka_values_expand_environment_variables() {
+        let text = r#"
+            [kafka]
+            "bootstrap.servers" = "${PIZZA_TEST_UNSET_BOOTSTRAP:-localhost:1234}"
+            "linger.ms" = 5
+            "enable.idempotence" = true
+        "#;
+        let p = Pipeline::parse(text, Path::new(".")).expect("valid");
+        let props = p.kafka_properties().expect("expands");
+        assert_eq!(props["bootstrap.servers"], "localhost:1234");
+        assert_eq!(props["linger.ms"], "5");
+        assert_eq!(props["enable.idempotence"], "true");
+
+        let text = "[kafka]\n\"sasl.password\" = \"${PIZZA_TEST_UNSET_SECRET}\"";
+        let err = Pipeline::parse(text, Path::new("."))
+            .expect_err("unset")
+            .to_string();
+        assert!(
+            err.contains("sasl.password") && err.contains("PIZZA_TEST_UNSET_SECRET"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn invalid_stages_are_rejected_with_the_reason() {
+        let cases = [
+            (MINIMAL.replace("pizza-with-sauce", "pizza"), "same topic"),
+            (
+                MINIMAL.replace("\"pizza\"", "\"bad topic\""),
+                "not a valid topic name",
+            ),
+            (MINIMAL.replace("\"sauce\"", "\"\""), "name must be"),
+            (
+                format!(
+                    "{MINIMAL}\n{}",
+                    &MINIMAL[MINIMAL.find("[[stage]]").unwrap_or(0)..]
+                ),
+                "same name",
+            ),
+        ];
+        for (text, says) in cases {
+            let err = Pipeline::parse(&text, Path::new("."))
+                .expect_err(says)
+                .to_string();
+            assert!(err.contains(says), "{says}: {err}");
+        }
+    }
+}

@@ -1,0 +1,364 @@
+//! The WebAssembly side of the host: one wasmtime [`Engine`], the sandbox every stage runs in,
+//! and [`StageComponent`], a loaded, validated stage that can be called with one event.
+//!
+//! Isolation is per call: each event gets a fresh [`Store`] and instance, created from a
+//! pre-instantiated component, so nothing a stage did for one event (a corrupted heap, a
+//! leaked global) can affect the next. Each call runs under a memory limit and an epoch
+//! deadline; one ticker thread per engine advances the epoch.
+//!
+//! The sandbox grants what the `pizza:stage` world grants and nothing else. The standard
+//! WASI 0.2 interfaces are linked so that components made by any language's toolchain
+//! instantiate, but through them a stage sees no preopened directories, no environment
+//! variables, no arguments, no sockets and a clock frozen at the Unix epoch. What a stage writes
+//! to stderr (a Rust panic message, say) is captured and reported with the error.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use sha2::{Digest as _, Sha256};
+use wasmtime::component::{Component, Linker, ResourceTable};
+use wasmtime::{Config, Engine, ResourceLimiter, Store, Trap};
+use wasmtime_wasi::p2::pipe::MemoryOutputPipe;
+use wasmtime_wasi::{
+    HostMonotonicClock, HostWallClock, WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView,
+};
+
+mod bindings {
+    wasmtime::component::bindgen!({
+        path: "../wit",
+        world: "topping",
+        with: { "wasi:random": wasmtime_wasi::p2::bindings::random },
+    });
+}
+
+use bindings::ToppingPre;
+
+/// How often the epoch advances; the granularity of call deadlines.
+const EPOCH_TICK: Duration = Duration::from_millis(10);
+/// How much of a stage's stderr is kept for an error message.
+const STDERR_CAPTURE_BYTES: usize = 4096;
+
+/// The resources one stage call may use.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    /// Wall time for one call, instantiation included.
+    pub timeout: Duration,
+    /// Linear memory the instance may grow to, in bytes.
+    pub memory_bytes: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            timeout: Duration::from_secs(1),
+            memory_bytes: 64 << 20,
+        }
+    }
+}
+
+/// Why a component file could not be used as a stage.
+#[derive(Debug, thiserror::Error)]
+#[error("stage `{stage}`: component {path}: {cause:#}")]
+pub struct LoadError {
+    /// The stage's name.
+    pub stage: String,
+    /// The file.
+    pub path: PathBuf,
+    /// What is wrong with it.
+    pub cause: anyhow::Error,
+}
+
+/// Why a call did not return an enriched event.
+#[derive(Debug, Clone, thiserror::Error, PartialEq, Eq)]
+pub enum CallError {
+    /// The stage returned `stage-error`.
+    #[error("stage returned an error: {message}")]
+    Returned {
+        /// The stage's message.
+        message: String,
+        /// Whether the stage said retrying may help.
+        retryable: bool,
+    },
+    /// The stage trapped (a panic, `unreachable`, an out-of-bounds access, …).
+    #[error("stage trapped: {0}")]
+    Trap(String),
+    /// The call ran past its deadline and was interrupted.
+    #[error("stage ran past its time limit of {0:?}")]
+    Timeout(Duration),
+    /// The stage tried to grow its memory past the limit.
+    #[error("stage exceeded its memory limit of {0} bytes")]
+    Memory(usize),
+}
+
+impl CallError {
+    /// A short, stable name for the kind of failure, for logs and record headers.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            CallError::Returned { .. } => "returned-error",
+            CallError::Trap(_) => "trap",
+            CallError::Timeout(_) => "timeout",
+            CallError::Memory(_) => "memory-limit",
+        }
+    }
+}
+
+/// The engine and linker shared by every stage of one host.
+#[derive(Clone)]
+pub struct Runtime {
+    engine: Engine,
+    linker: Arc<Linker<StageState>>,
+}
+
+impl Runtime {
+    /// Creates the engine, links the sandboxed WASI interfaces, and starts the epoch ticker.
+    pub fn new() -> anyhow::Result<Self> {
+        let mut config = Config::new();
+        config.wasm_component_model(true).epoch_interruption(true);
+        let engine = Engine::new(&config)?;
+        let mut linker = Linker::new(&engine);
+        wasmtime_wasi::p2::add_to_linker_sync(&mut linker)?;
+        spawn_epoch_ticker(&engine)?;
+        Ok(Self {
+            engine,
+            linker: Arc::new(linker),
+        })
+    }
+
+    /// Compiles and validates the component at `path` as the stage `stage`.
+    pub fn load(
+        &self,
+        stage: &str,
+        path: &Path,
+        limits: Limits,
+    ) -> Result<StageComponent, LoadError> {
+        let fail = |cause: anyhow::Error| LoadError {
+            stage: stage.to_owned(),
+            path: path.to_owned(),
+            cause,
+        };
+        let bytes = std::fs::read(path)
+            .context("cannot read the file")
+            .map_err(fail)?;
+        check_header(&bytes).map_err(fail)?;
+        let component = Component::from_binary(&self.engine, &bytes)
+            .map_err(anyhow::Error::from)
+            .context("not a valid WebAssembly component")
+            .map_err(fail)?;
+        let instance_pre = self
+            .linker
+            .instantiate_pre(&component)
+            .map_err(anyhow::Error::from)
+            .context("the component needs imports that stages are not granted")
+            .map_err(fail)?;
+        let pre = ToppingPre::new(instance_pre)
+            .map_err(anyhow::Error::from)
+            .context("the component does not export the `pizza:stage/topping` world")
+            .map_err(fail)?;
+        Ok(StageComponent {
+            name: stage.to_owned(),
+            digest: format!("sha256:{:x}", Sha256::digest(&bytes)),
+            engine: self.engine.clone(),
+            pre,
+            limits,
+        })
+    }
+}
+
+/// Tells a core module or a file that is not WebAssembly from a component, in plain words,
+/// before the parser reports it as a bad byte.
+fn check_header(bytes: &[u8]) -> anyhow::Result<()> {
+    const MAGIC: &[u8] = b"\0asm";
+    const CORE_MODULE_VERSION: [u8; 4] = [1, 0, 0, 0];
+    if !bytes.starts_with(MAGIC) {
+        anyhow::bail!("not a WebAssembly file (it does not start with the \\0asm header)");
+    }
+    if bytes.get(4..8) == Some(&CORE_MODULE_VERSION[..]) {
+        anyhow::bail!(
+            "a core WebAssembly module, not a component: build stages with `cargo component build` \
+             (or wrap a module with `wasm-tools component new`)"
+        );
+    }
+    Ok(())
+}
+
+/// Advances the engine's epoch every [`EPOCH_TICK`] until the engine is dropped.
+fn spawn_epoch_ticker(engine: &Engine) -> anyhow::Result<()> {
+    let weak = engine.weak();
+    std::thread::Builder::new()
+        .name("wasm-epoch".into())
+        .spawn(move || {
+            while let Some(engine) = weak.upgrade() {
+                engine.increment_epoch();
+                drop(engine);
+                std::thread::sleep(EPOCH_TICK);
+            }
+        })
+        .context("cannot start the epoch ticker thread")?;
+    Ok(())
+}
+
+/// A validated stage, ready to be called. Cheap to call from several threads.
+pub struct StageComponent {
+    name: String,
+    digest: String,
+    engine: Engine,
+    pre: ToppingPre<StageState>,
+    limits: Limits,
+}
+
+impl StageComponent {
+    /// The stage's name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// The SHA-256 of the component file, to tell versions apart in logs.
+    pub fn digest(&self) -> &str {
+        &self.digest
+    }
+
+    /// Calls the stage with one event, in a fresh instance.
+    pub fn call(&self, event: &str) -> Result<String, CallError> {
+        let stderr = MemoryOutputPipe::new(STDERR_CAPTURE_BYTES);
+        let mut store = Store::new(&self.engine, StageState::new(self.limits, stderr.clone()));
+        store.limiter(|state| &mut state.limiter);
+        let ticks = self
+            .limits
+            .timeout
+            .as_millis()
+            .div_ceil(EPOCH_TICK.as_millis())
+            .max(1);
+        store.set_epoch_deadline(u64::try_from(ticks).unwrap_or(u64::MAX));
+
+        let outcome = self
+            .pre
+            .instantiate(&mut store)
+            .and_then(|stage| stage.call_transform(&mut store, event));
+        match outcome {
+            Ok(Ok(output)) => Ok(output),
+            Ok(Err(err)) => Err(CallError::Returned {
+                message: err.message,
+                retryable: err.retryable,
+            }),
+            Err(trap) => Err(self.classify(trap, &store, &stderr)),
+        }
+    }
+
+    fn classify(
+        &self,
+        trap: wasmtime::Error,
+        store: &Store<StageState>,
+        stderr: &MemoryOutputPipe,
+    ) -> CallError {
+        if trap.downcast_ref::<Trap>() == Some(&Trap::Interrupt) {
+            return CallError::Timeout(self.limits.timeout);
+        }
+        if store.data().limiter.refused {
+            return CallError::Memory(self.limits.memory_bytes);
+        }
+        let said = String::from_utf8_lossy(&stderr.contents())
+            .trim()
+            .to_owned();
+        let cause = format!("{trap:#}");
+        CallError::Trap(if said.is_empty() {
+            cause
+        } else {
+            format!("{said} ({cause})")
+        })
+    }
+}
+
+/// What one call's [`Store`] holds: the sandboxed WASI context and the memory limiter.
+struct StageState {
+    wasi: WasiCtx,
+    table: ResourceTable,
+    limiter: MemoryLimiter,
+}
+
+impl StageState {
+    fn new(limits: Limits, stderr: MemoryOutputPipe) -> Self {
+        let wasi = WasiCtxBuilder::new()
+            .stderr(stderr)
+            .wall_clock(FrozenClock)
+            .monotonic_clock(FrozenClock)
+            .build();
+        let limiter = MemoryLimiter {
+            max_bytes: limits.memory_bytes,
+            refused: false,
+        };
+        Self {
+            wasi,
+            table: ResourceTable::new(),
+            limiter,
+        }
+    }
+}
+
+/// Caps linear memory and remembers a refusal, so the trap it causes is reported as a memory
+/// limit rather than as whatever the guest did when its allocation failed.
+struct MemoryLimiter {
+    max_bytes: usize,
+    refused: bool,
+}
+
+/// Most table elements an instance may have; far above what any stage needs.
+const MAX_TABLE_ELEMENTS: usize = 100_000;
+
+impl ResourceLimiter for MemoryLimiter {
+    fn memory_growing(
+        &mut self,
+        _current: usize,
+        desired: usize,
+        _maximum: Option<usize>,
+    ) -> wasmtime::Result<bool> {
+        if desired > self.max_bytes {
+            self.refused = true;
+            return Err(wasmtime::Error::msg(format!(
+                "memory limit of {} bytes reached",
+                self.max_bytes
+            )));
+        }
+        Ok(true)
+    }
+
+    fn table_growing(
+        &mut self,
+        _current: usize,
+        desired: usize,
+        _maximum: Option<usize>,
+    ) -> wasmtime::Result<bool> {
+        Ok(desired <= MAX_TABLE_ELEMENTS)
+    }
+}
+
+impl WasiView for StageState {
+    fn ctx(&mut self) -> WasiCtxView<'_> {
+        WasiCtxView {
+            ctx: &mut self.wasi,
+            table: &mut self.table,
+        }
+    }
+}
+
+/// A clock that always reads the Unix epoch: stages are not granted the time.
+struct FrozenClock;
+
+impl HostWallClock for FrozenClock {
+    fn resolution(&self) -> Duration {
+        Duration::from_secs(1)
+    }
+    fn now(&self) -> Duration {
+        Duration::ZERO
+    }
+}
+
+impl HostMonotonicClock for FrozenClock {
+    fn resolution(&self) -> u64 {
+        1_000_000_000
+    }
+    fn now(&self) -> u64 {
+        0
+    }
+}

@@ -1,0 +1,323 @@
+//! The end-to-end pipeline against the real broker and the real stage components: orders go
+//! in over HTTP, pass the four WebAssembly stages through Kafka, and come out complete.
+
+mod support;
+
+use std::collections::HashSet;
+use std::time::Duration;
+
+use serde_json::Value;
+use support::*;
+
+const SAUCES: [&str; 6] = ["regular", "light", "extra", "none", "alfredo", "bbq"];
+const CHEESES: [&str; 4] = ["extra", "none", "three cheese", "goat cheese"];
+const MEATS: [&str; 6] = [
+    "pepperoni",
+    "sausage",
+    "ham",
+    "anchovies",
+    "salami",
+    "bacon",
+];
+const VEGGIES: [&str; 6] = [
+    "tomato",
+    "olives",
+    "onions",
+    "peppers",
+    "pineapple",
+    "mushrooms",
+];
+
+const COMPLETE_WITHIN: Duration = Duration::from_secs(90);
+
+/// Asserts that `pizza` carries `order_id` and a valid choice for every topping.
+fn assert_valid_pizza(pizza: &Value, order_id: &str) {
+    assert_eq!(pizza["order_id"], order_id, "{pizza}");
+    let field = |name: &str| {
+        pizza[name]
+            .as_str()
+            .unwrap_or_else(|| panic!("{name} missing: {pizza}"))
+            .to_owned()
+    };
+    assert!(SAUCES.contains(&field("sauce").as_str()), "{pizza}");
+    assert!(CHEESES.contains(&field("cheese").as_str()), "{pizza}");
+    for (name, options) in [("meats", &MEATS), ("veggies", &VEGGIES)] {
+        let value = field(name);
+        if value == "none" {
+            continue;
+        }
+        let items: Vec<&str> = value.split(" & ").collect();
+        assert!((1..=4).contains(&items.len()), "{pizza}");
+        assert!(items.iter().all(|item| options.contains(item)), "{pizza}");
+        assert_eq!(
+            items.iter().collect::<HashSet<_>>().len(),
+            items.len(),
+            "repeated {name}: {pizza}"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn orders_of_1_3_and_50_complete_with_a_valid_choice_for_every_topping() {
+    let topics = Topics::unique("orders");
+    let host = TestHost::start(&topics).await;
+
+    let mut orders = Vec::new();
+    for count in [1usize, 3, 50] {
+        orders.push((host.order(count as u32).await, count));
+    }
+    for (id, count) in &orders {
+        let order = host.wait_complete(id, *count, COMPLETE_WITHIN).await;
+        assert_eq!(order["id"], id.as_str());
+        assert_eq!(order["count"], *count);
+        let pizzas = order["pizzas"].as_array().expect("pizzas");
+        for pizza in pizzas {
+            assert_valid_pizza(pizza, id);
+        }
+        let distinct: HashSet<&str> = pizzas
+            .iter()
+            .filter_map(|p| p["pizza_id"].as_str())
+            .collect();
+        assert_eq!(distinct.len(), *count, "every pizza once");
+    }
+    // Nothing more arrives later: every stage produced each pizza exactly once here.
+    assert_eq!(record_count(topics.completed()), 54);
+    // The completed records are keyed by the order id, like the original's.
+    let keys: HashSet<Option<String>> = read_records(topics.completed(), 54, COMPLETE_WITHIN)
+        .into_iter()
+        .map(|r| r.key)
+        .collect();
+    let expected: HashSet<Option<String>> = orders.iter().map(|(id, _)| Some(id.clone())).collect();
+    assert_eq!(keys, expected);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn bad_counts_get_400_and_publish_nothing_and_unknown_orders_get_404() {
+    let topics = Topics::unique("http-errors");
+    let host = TestHost::start(&topics).await;
+    let client = reqwest::Client::new();
+
+    for count in ["0", "-1", "abc", "1e9", "101", "4294967296"] {
+        let response = client
+            .post(format!("{}/order/{count}", host.url))
+            .send()
+            .await
+            .expect("request");
+        assert_eq!(response.status(), 400, "count {count}");
+        let body: Value = response.json().await.expect("JSON error body");
+        let message = body["error"].as_str().expect("error message");
+        assert!(message.contains("from 1 to 100"), "{message}");
+    }
+    assert_eq!(
+        record_count(topics.orders()),
+        0,
+        "a rejected order publishes nothing"
+    );
+
+    let (status, body) = host.get_order("123456789").await;
+    assert_eq!(status, 404);
+    assert!(body["error"].as_str().expect("error").contains("123456789"));
+
+    let response = client
+        .get(format!("{}/no/such/route", host.url))
+        .send()
+        .await
+        .expect("request");
+    assert_eq!(response.status(), 404);
+    let body: Value = response.json().await.expect("JSON error body");
+    assert!(body["error"].is_string());
+
+    // The limit is the boundary, not below it.
+    let id = host.order(100).await;
+    host.wait_complete(&id, 100, COMPLETE_WITHIN).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_poison_record_goes_to_the_dead_letter_topic_and_the_partition_moves_on() {
+    let topics = Topics::unique("poison");
+    let host = TestHost::start(&topics).await;
+
+    // Written by someone else: not JSON, and not UTF-8.
+    produce(topics.orders(), Some("poison-1"), b"this is not json").await;
+    produce(topics.orders(), Some("poison-2"), &[0xff, 0xfe, 0x00]).await;
+    let id = host.order(3).await;
+    host.wait_complete(&id, 3, COMPLETE_WITHIN).await;
+
+    let dead = read_records(&format!("{}.dlq", topics.orders()), 2, COMPLETE_WITHIN);
+    assert_eq!(dead.len(), 2, "both poison records are kept");
+    let not_json = dead
+        .iter()
+        .find(|r| r.key.as_deref() == Some("poison-1"))
+        .expect("poison-1");
+    assert_eq!(
+        not_json.value, b"this is not json",
+        "the original bytes are kept"
+    );
+    assert_eq!(not_json.headers["pizza-host.stage"], "sauce");
+    assert_eq!(not_json.headers["pizza-host.error-kind"], "returned-error");
+    assert!(not_json.headers["pizza-host.error"].contains("not valid JSON"));
+    assert_eq!(not_json.headers["pizza-host.topic"], topics.orders());
+    assert!(not_json.headers["pizza-host.digest"].starts_with("sha256:"));
+    let not_utf8 = dead
+        .iter()
+        .find(|r| r.key.as_deref() == Some("poison-2"))
+        .expect("poison-2");
+    assert_eq!(not_utf8.value, [0xff, 0xfe, 0x00]);
+    assert_eq!(not_utf8.headers["pizza-host.error-kind"], "invalid-input");
+    // Nothing but the three pizzas reached the end.
+    assert_eq!(record_count(topics.completed()), 3);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn records_written_like_the_original_services_pass_through_unchanged_but_enriched() {
+    let topics = Topics::unique("wire");
+    let _host = TestHost::start(&topics).await;
+
+    // The original PizzaService: decimal UUID order id as key, pretty-printed JSON, no pizza_id.
+    let order_id = "199467350823967746698504683131014209792";
+    let original = format!(
+        "{{\n    \"order_id\": \"{order_id}\",\n    \"sauce\": \"\",\n    \"cheese\": \"\",\n    \"meats\": \"\",\n    \"veggies\": \"\",\n    \"note\": \"kept\"\n}}"
+    );
+    produce(topics.orders(), Some(order_id), original.as_bytes()).await;
+
+    let out = read_records(topics.completed(), 1, COMPLETE_WITHIN);
+    assert_eq!(out.len(), 1);
+    assert_eq!(out[0].key.as_deref(), Some(order_id));
+    let pizza: Value = serde_json::from_slice(&out[0].value).expect("JSON");
+    assert_valid_pizza(&pizza, order_id);
+    assert_eq!(
+        pizza["note"], "kept",
+        "fields the stages do not own are kept"
+    );
+    let fields: Vec<&String> = pizza.as_object().expect("object").keys().collect();
+    assert_eq!(
+        fields,
+        ["order_id", "sauce", "cheese", "meats", "veggies", "note"],
+        "field order kept"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_redelivered_pizza_is_counted_once() {
+    // No stages: the order's pizzas stay on the order topic, and the test plays the last stage.
+    let topics = Topics::unique("dedupe");
+    let toml = format!(
+        "[kafka]\n\"bootstrap.servers\" = \"{}\"\n[http]\nlisten = \"127.0.0.1:0\"\n[orders]\ntopic = \"{}\"\ncompleted_topic = \"{}\"\n",
+        bootstrap(),
+        topics.orders(),
+        topics.completed()
+    );
+    let pipeline =
+        pizza_host::config::Pipeline::parse(&toml, std::path::Path::new("/")).expect("pipeline");
+    let shutdown = tokio_util::sync::CancellationToken::new();
+    let running = pizza_host::start(pipeline, shutdown.clone())
+        .await
+        .expect("host starts");
+    let host_url = format!("http://{}", running.http_addr);
+    let response = reqwest::Client::new()
+        .post(format!("{host_url}/order/2"))
+        .send()
+        .await
+        .expect("post");
+    let id = response.json::<Value>().await.expect("json")["order_id"]
+        .as_str()
+        .expect("id")
+        .to_owned();
+
+    let pizza = |n: u32| {
+        format!(
+            r#"{{"order_id":"{id}","pizza_id":"{id}-{n}","sauce":"bbq","cheese":"extra","meats":"ham","veggies":"olives"}}"#
+        )
+    };
+    // Same key, same partition: the redelivery of pizza 0 arrives before pizza 1.
+    for record in [pizza(0), pizza(0), pizza(1)] {
+        produce(topics.completed(), Some(&id), record.as_bytes()).await;
+    }
+    let order = wait_for(COMPLETE_WITHIN, "two pizzas", || async {
+        let order: Value = reqwest::get(format!("{host_url}/order/{id}"))
+            .await
+            .ok()?
+            .json()
+            .await
+            .ok()?;
+        (order["pizzas"].as_array()?.len() == 2).then_some(order)
+    })
+    .await;
+    let ids: Vec<&str> = order["pizzas"]
+        .as_array()
+        .expect("pizzas")
+        .iter()
+        .filter_map(|p| p["pizza_id"].as_str())
+        .collect();
+    assert_eq!(ids, [format!("{id}-0"), format!("{id}-1")]);
+    shutdown.cancel();
+    running.wait().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn shutdown_finishes_in_flight_records_and_commits_them() {
+    let topics = Topics::unique("shutdown");
+    let host = TestHost::start(&topics).await;
+    let id = host.order(20).await;
+    host.wait_complete(&id, 20, COMPLETE_WITHIN).await;
+    host.stop(Duration::from_secs(30)).await;
+
+    // Every stage committed exactly what it consumed: a restart would neither skip nor redo.
+    for (i, stage) in STAGES.iter().enumerate() {
+        let input = &topics.chain[i];
+        let group = format!("test-{}-{stage}", topics.suffix);
+        assert_eq!(
+            committed_total(&group, input, 3),
+            record_count(input),
+            "stage {stage}"
+        );
+    }
+}
+
+/// Runs the real binary on a pipeline file and returns (exit success, stderr).
+fn run_binary(pipeline: &str) -> (bool, String) {
+    let dir = std::env::temp_dir().join(format!("pizza-host-test-{}", uuid::Uuid::new_v4()));
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    std::fs::write(dir.join("not-a-component.wasm"), "hello, I am text").expect("write");
+    std::fs::write(dir.join("pipeline.toml"), pipeline).expect("write");
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_pizza-host"))
+        .args(["run", "pipeline.toml"])
+        .current_dir(&dir)
+        .env("NO_COLOR", "1")
+        .output()
+        .expect("run pizza-host");
+    let _ = std::fs::remove_dir_all(&dir);
+    (
+        output.status.success(),
+        String::from_utf8_lossy(&output.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn a_stage_file_that_is_not_a_component_stops_startup_with_a_clear_error() {
+    let stage = |file: &str| {
+        format!(
+            "[http]\nlisten = \"127.0.0.1:0\"\n[[stage]]\nname = \"sauce\"\ncomponent = \"{file}\"\ninput = \"a\"\noutput = \"b\"\n"
+        )
+    };
+    let (ok, stderr) = run_binary(&stage("not-a-component.wasm"));
+    assert!(!ok, "must not start");
+    assert!(stderr.contains("stage `sauce`"), "{stderr}");
+    assert!(stderr.contains("not-a-component.wasm"), "{stderr}");
+    assert!(stderr.contains("not a WebAssembly file"), "{stderr}");
+
+    let (ok, stderr) = run_binary(&stage("missing.wasm"));
+    assert!(!ok, "must not start");
+    assert!(
+        stderr.contains("stage `sauce`") && stderr.contains("missing.wasm"),
+        "{stderr}"
+    );
+    assert!(stderr.contains("cannot read the file"), "{stderr}");
+
+    let (ok, stderr) = run_binary(&format!("{}\nbogus = 1\n", stage("missing.wasm")));
+    assert!(!ok, "must not start");
+    assert!(
+        stderr.contains("pipeline.toml") && stderr.contains("bogus"),
+        "{stderr}"
+    );
+}

@@ -1,0 +1,308 @@
+//! What the black-box tests share: the real stage components (built once per test binary, so
+//! a test never runs a stale `.wasm`), a pipeline on unique topics, a running host, a few
+//! direct Kafka helpers, and waiting on a condition with a deadline.
+
+#![allow(dead_code, clippy::unwrap_used, missing_docs)]
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::path::{Path, PathBuf};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+use pizza_host::RunningHost;
+use pizza_host::config::Pipeline;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::{ClientConfig, Message, Offset, TopicPartitionList};
+use tokio_util::sync::CancellationToken;
+
+/// The stages of the demo, in pipeline order.
+pub const STAGES: [&str; 4] = ["sauce", "cheese", "meats", "veggies"];
+
+pub fn workspace_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .unwrap()
+        .to_owned()
+}
+
+pub fn bootstrap() -> String {
+    std::env::var("KAFKA_BOOTSTRAP").unwrap_or_else(|_| "127.0.0.1:9092".into())
+}
+
+/// Builds the stage components (a no-op when they are fresh) and returns their folder.
+pub fn components() -> &'static Path {
+    static BUILT: OnceLock<PathBuf> = OnceLock::new();
+    BUILT.get_or_init(|| {
+        let root = workspace_root();
+        let status = std::process::Command::new(root.join("dev/build-stages.sh"))
+            .arg("--quiet")
+            .status()
+            .expect("run dev/build-stages.sh");
+        assert!(status.success(), "building the stage components failed");
+        root.join("target/wasm32-wasip1/release")
+    })
+}
+
+pub fn component(stage: &str) -> PathBuf {
+    components().join(format!("pizza_stage_{stage}.wasm"))
+}
+
+/// The topics of one test's pipeline, unique to it so tests never see each other's records.
+#[derive(Debug, Clone)]
+pub struct Topics {
+    pub suffix: String,
+    /// `pizza`, `pizza-with-sauce`, …, `pizza-with-veggies`, suffixed.
+    pub chain: Vec<String>,
+}
+
+impl Topics {
+    pub fn unique(test: &str) -> Self {
+        let suffix = format!("{test}-{}", &uuid::Uuid::new_v4().simple().to_string()[..8]);
+        let mut chain = vec![format!("pizza-{suffix}")];
+        for stage in STAGES {
+            chain.push(format!("pizza-with-{stage}-{suffix}"));
+        }
+        Self { suffix, chain }
+    }
+    pub fn orders(&self) -> &str {
+        &self.chain[0]
+    }
+    pub fn completed(&self) -> &str {
+        &self.chain[4]
+    }
+}
+
+/// The demo pipeline on `topics`, listening on a free port.
+pub fn pipeline_toml(topics: &Topics) -> String {
+    let mut toml = format!(
+        r#"
+group_prefix = "test-{suffix}"
+[kafka]
+"bootstrap.servers" = "{bootstrap}"
+[http]
+listen = "127.0.0.1:0"
+[orders]
+topic = "{orders}"
+completed_topic = "{completed}"
+"#,
+        suffix = topics.suffix,
+        bootstrap = bootstrap(),
+        orders = topics.orders(),
+        completed = topics.completed(),
+    );
+    for (i, stage) in STAGES.iter().enumerate() {
+        toml.push_str(&format!(
+            "[[stage]]\nname = \"{stage}\"\ncomponent = \"{}\"\ninput = \"{}\"\noutput = \"{}\"\n",
+            component(stage).display(),
+            topics.chain[i],
+            topics.chain[i + 1],
+        ));
+    }
+    toml
+}
+
+/// A host running in this process, stopped when dropped.
+pub struct TestHost {
+    pub url: String,
+    pub shutdown: CancellationToken,
+    host: Option<RunningHost>,
+}
+
+impl TestHost {
+    pub async fn start(topics: &Topics) -> Self {
+        let pipeline = Pipeline::parse(&pipeline_toml(topics), Path::new("/")).expect("pipeline");
+        let shutdown = CancellationToken::new();
+        let host = pizza_host::start(pipeline, shutdown.clone())
+            .await
+            .expect("host starts");
+        Self {
+            url: format!("http://{}", host.http_addr),
+            shutdown,
+            host: Some(host),
+        }
+    }
+
+    /// Graceful shutdown; fails the test if it takes longer than `limit`.
+    pub async fn stop(mut self, limit: Duration) {
+        self.shutdown.cancel();
+        let host = self.host.take().unwrap();
+        tokio::time::timeout(limit, host.wait())
+            .await
+            .expect("host stops in time");
+    }
+
+    pub async fn order(&self, count: u32) -> String {
+        let response = reqwest::Client::new()
+            .post(format!("{}/order/{count}", self.url))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 200);
+        let body: serde_json::Value = response.json().await.unwrap();
+        body["order_id"].as_str().expect("order_id").to_owned()
+    }
+
+    pub async fn get_order(&self, id: &str) -> (u16, serde_json::Value) {
+        let response = reqwest::get(format!("{}/order/{id}", self.url))
+            .await
+            .unwrap();
+        (response.status().as_u16(), response.json().await.unwrap())
+    }
+
+    /// Waits until the order holds `count` pizzas and returns it.
+    pub async fn wait_complete(
+        &self,
+        id: &str,
+        count: usize,
+        limit: Duration,
+    ) -> serde_json::Value {
+        wait_for(
+            limit,
+            &format!("order {id} to hold {count} pizzas"),
+            || async {
+                let (status, order) = self.get_order(id).await;
+                (status == 200 && order["pizzas"].as_array().map(Vec::len) == Some(count))
+                    .then_some(order)
+            },
+        )
+        .await
+    }
+}
+
+impl Drop for TestHost {
+    fn drop(&mut self) {
+        self.shutdown.cancel();
+    }
+}
+
+/// Polls `check` until it yields a value; panics naming `what` after `limit`.
+pub async fn wait_for<T, F, Fut>(limit: Duration, what: &str, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Option<T>>,
+{
+    let deadline = Instant::now() + limit;
+    loop {
+        if let Some(value) = check().await {
+            return value;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {limit:?} waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+fn client_config() -> ClientConfig {
+    let mut config = ClientConfig::new();
+    config.set("bootstrap.servers", bootstrap());
+    config
+}
+
+pub fn producer() -> FutureProducer {
+    client_config().create().unwrap()
+}
+
+pub async fn produce(topic: &str, key: Option<&str>, value: &[u8]) {
+    let producer = producer();
+    let mut record = FutureRecord::to(topic).payload(value);
+    if let Some(key) = key {
+        record = record.key(key);
+    }
+    producer
+        .send(record, Duration::from_secs(10))
+        .await
+        .map_err(|(e, _)| e)
+        .unwrap();
+}
+
+/// How many records `topic` holds (sum of its partitions' high watermarks).
+pub fn record_count(topic: &str) -> i64 {
+    let consumer: BaseConsumer = client_config()
+        .set("group.id", "test-reader")
+        .create()
+        .unwrap();
+    let metadata = consumer
+        .fetch_metadata(Some(topic), Duration::from_secs(10))
+        .unwrap();
+    let partitions = metadata.topics()[0].partitions().len() as i32;
+    (0..partitions)
+        .map(|p| {
+            let (low, high) = consumer
+                .fetch_watermarks(topic, p, Duration::from_secs(10))
+                .unwrap();
+            high - low
+        })
+        .sum()
+}
+
+/// The offsets `group` committed on `topic`, summed over partitions.
+pub fn committed_total(group: &str, topic: &str, partitions: i32) -> i64 {
+    let consumer: BaseConsumer = client_config().set("group.id", group).create().unwrap();
+    let mut tpl = TopicPartitionList::new();
+    for p in 0..partitions {
+        tpl.add_partition(topic, p);
+    }
+    let committed = consumer
+        .committed_offsets(tpl, Duration::from_secs(10))
+        .unwrap();
+    committed
+        .elements()
+        .iter()
+        .map(|e| match e.offset() {
+            Offset::Offset(o) => o,
+            _ => 0,
+        })
+        .sum()
+}
+
+/// A record read back from a topic.
+#[derive(Debug)]
+pub struct Record {
+    pub key: Option<String>,
+    pub value: Vec<u8>,
+    pub headers: HashMap<String, String>,
+}
+
+/// Reads `topic` from the beginning until it has yielded `n` records or `limit` passes.
+pub fn read_records(topic: &str, n: usize, limit: Duration) -> Vec<Record> {
+    use rdkafka::message::Headers;
+    let consumer: BaseConsumer = client_config()
+        .set("group.id", format!("test-reader-{}", uuid::Uuid::new_v4()))
+        .set("auto.offset.reset", "earliest")
+        .set("enable.auto.commit", "false")
+        .create()
+        .unwrap();
+    consumer.subscribe(&[topic]).unwrap();
+    let deadline = Instant::now() + limit;
+    let mut records = Vec::new();
+    while records.len() < n && Instant::now() < deadline {
+        if let Some(message) = consumer.poll(Duration::from_millis(200)) {
+            let message = message.unwrap();
+            let headers = message
+                .headers()
+                .map(|h| {
+                    h.iter()
+                        .map(|h| {
+                            (
+                                h.key.to_owned(),
+                                String::from_utf8_lossy(h.value.unwrap_or_default()).into_owned(),
+                            )
+                        })
+                        .collect()
+                })
+                .unwrap_or_default();
+            records.push(Record {
+                key: message
+                    .key()
+                    .map(|k| String::from_utf8_lossy(k).into_owned()),
+                value: message.payload().unwrap_or_default().to_vec(),
+                headers,
+            });
+        }
+    }
+    records
+}
