@@ -1,0 +1,9 @@
+#!/usr/bin/env bash
+# The demo in one command: local Kafka (unless one answers, or KAFKA_BOOTSTRAP points
+# elsewhere), the stage components, and `pizza-host run pipeline.toml` on http://127.0.0.1:5000.
+set -euo pipefail
+root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cd "$root"
+dev/kafka.sh start
+dev/build-stages.sh
+exec cargo run --release -p pizza-host -- run pipeline.toml "$@"
