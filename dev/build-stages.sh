@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Builds every stage component in functions/ with `cargo component build --release`,
+# Builds every stage component in functions/ (and the test components in host/tests/components/)
+# with `cargo component build --release`,
 # installing what that needs on a fresh machine: the wasm32-wasip1 target and cargo-component.
 # Components land in target/wasm32-wasip1/release/pizza_stage_<name>.wasm.
 set -euo pipefail
@@ -18,9 +19,9 @@ if ! cargo component --version 2>/dev/null | grep -q "$CARGO_COMPONENT_VERSION";
   cargo install cargo-component --locked --version "$CARGO_COMPONENT_VERSION"
 fi
 
-# A stage is a crate in functions/ that builds a cdylib; the rest there are libraries.
+# A component is a crate there that builds a cdylib; the rest are libraries.
 packages=()
-for manifest in functions/*/Cargo.toml; do
+for manifest in functions/*/Cargo.toml host/tests/components/*/Cargo.toml; do
   if grep -q 'crate-type = \["cdylib"' "$manifest"; then
     packages+=(-p "$(sed -n 's/^name = "\(.*\)"/\1/p' "$manifest" | head -n1)")
   fi

@@ -43,13 +43,17 @@ pub enum ConfigError {
 }
 
 /// The whole pipeline: Kafka client settings, HTTP, topics and the stages.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Pipeline {
     /// Prefix of every consumer group id the host creates (`<prefix>-<stage>`), so several
     /// pipelines can share a cluster without sharing offsets.
     #[serde(default = "default_group_prefix")]
     pub group_prefix: String,
+    /// Folder where compiled components are cached, so a restart does not recompile them
+    /// (relative to this file; default: `pizza-host-cache` in the system's temporary folder).
+    #[serde(default)]
+    pub compile_cache: Option<PathBuf>,
     /// librdkafka client properties, passed through to every consumer, producer and admin
     /// client (`bootstrap.servers`, `security.protocol`, `sasl.username`, …).
     #[serde(default)]
@@ -57,6 +61,9 @@ pub struct Pipeline {
     /// The HTTP API.
     #[serde(default)]
     pub http: HttpConfig,
+    /// The admin API (stage table, deploys); off unless a token is configured.
+    #[serde(default)]
+    pub admin: AdminConfig,
     /// How missing topics are created.
     #[serde(default)]
     pub topics: TopicsConfig,
@@ -69,7 +76,7 @@ pub struct Pipeline {
 }
 
 /// The HTTP API.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct HttpConfig {
     /// Address to listen on.
@@ -80,8 +87,54 @@ pub struct HttpConfig {
     pub max_order_count: u32,
 }
 
+/// The admin API: listing stages and deploying components without a file system.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AdminConfig {
+    /// Address to listen on. Keep it on localhost unless something in front guards it.
+    #[serde(default = "default_admin_listen")]
+    pub listen: SocketAddr,
+    /// A file holding the token callers must send (`Authorization: Bearer <token>`), relative
+    /// to this file. The environment variable `PIZZA_HOST_ADMIN_TOKEN` works too; with
+    /// neither, the admin API is off.
+    pub token_file: Option<PathBuf>,
+}
+
+/// The environment variable that may hold the admin token.
+pub const ADMIN_TOKEN_ENV: &str = "PIZZA_HOST_ADMIN_TOKEN";
+
+impl AdminConfig {
+    /// The admin token, if one is configured: the token file first, then the environment.
+    pub fn token(&self) -> anyhow::Result<Option<String>> {
+        use anyhow::Context as _;
+        let token = match &self.token_file {
+            Some(file) => Some(
+                std::fs::read_to_string(file)
+                    .with_context(|| format!("cannot read admin.token_file {}", file.display()))?,
+            ),
+            None => std::env::var(ADMIN_TOKEN_ENV).ok(),
+        };
+        let token = token.map(|t| t.trim().to_owned());
+        if let Some(t) = &token
+            && t.len() < 16
+        {
+            anyhow::bail!("the admin token must be at least 16 characters");
+        }
+        Ok(token)
+    }
+}
+
+impl Default for AdminConfig {
+    fn default() -> Self {
+        Self {
+            listen: default_admin_listen(),
+            token_file: None,
+        }
+    }
+}
+
 /// How the host creates the topics it needs when they are missing.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct TopicsConfig {
     /// Partitions of each topic the host creates. Existing topics are left as they are.
@@ -93,7 +146,7 @@ pub struct TopicsConfig {
 }
 
 /// Where orders enter the pipeline and where completed pizzas come out.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct OrdersConfig {
     /// Topic that `POST /order` publishes new pizzas to (the original demo's `pizza`).
@@ -105,7 +158,7 @@ pub struct OrdersConfig {
 }
 
 /// One stage: a component between an input and an output topic.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct StageConfig {
     /// Unique name, used in logs, metrics and the consumer group id.
@@ -145,6 +198,9 @@ fn default_memory_mib() -> usize {
 }
 fn default_listen() -> SocketAddr {
     SocketAddr::from(([127, 0, 0, 1], 5000))
+}
+fn default_admin_listen() -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], 5001))
 }
 fn default_max_order_count() -> u32 {
     100
@@ -194,7 +250,10 @@ impl Pipeline {
             path: path.to_owned(),
             cause,
         })?;
-        let base = path.parent().unwrap_or(Path::new("."));
+        let base = match path.parent() {
+            Some(dir) if !dir.as_os_str().is_empty() => dir,
+            _ => Path::new("."),
+        };
         Self::parse(&text, base).map_err(|err| err.at(path))
     }
 
@@ -204,9 +263,18 @@ impl Pipeline {
             path: PathBuf::new(),
             cause: Box::new(cause),
         })?;
+        let base = std::path::absolute(base).unwrap_or_else(|_| base.to_owned());
         for stage in &mut pipeline.stages {
             stage.component = base.join(&stage.component);
         }
+        if let Some(file) = &mut pipeline.admin.token_file {
+            *file = base.join(&*file);
+        }
+        let cache = pipeline.compile_cache.take();
+        pipeline.compile_cache = Some(match cache {
+            Some(dir) => base.join(dir),
+            None => std::env::temp_dir().join("pizza-host-cache"),
+        });
         pipeline.validate()?;
         Ok(pipeline)
     }

@@ -14,9 +14,10 @@ use anyhow::Context as _;
 use rdkafka::ClientConfig;
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
-use rdkafka::consumer::StreamConsumer;
+use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, StreamConsumer};
 use rdkafka::producer::FutureProducer;
 use rdkafka::types::RDKafkaErrorCode;
+use rdkafka::{Offset, TopicPartitionList};
 
 /// How long admin requests and metadata queries may take before the host gives up.
 pub const ADMIN_TIMEOUT: Duration = Duration::from_secs(30);
@@ -86,6 +87,12 @@ impl KafkaSettings {
         partitions: i32,
         replication: i32,
     ) -> anyhow::Result<()> {
+        // librdkafka crashes on a request that names a topic twice, and has nothing to do
+        // for an empty one.
+        let topics: std::collections::BTreeSet<&str> = topics.iter().copied().collect();
+        if topics.is_empty() {
+            return Ok(());
+        }
         let admin: AdminClient<DefaultClientContext> = self
             .base()
             .create()
@@ -105,6 +112,62 @@ impl KafkaSettings {
                 Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
                 Err((topic, code)) => anyhow::bail!("cannot create topic {topic}: {code}"),
             }
+        }
+        Ok(())
+    }
+}
+
+impl KafkaSettings {
+    /// Makes `to` start reading `topic` where `from` stopped, by committing `from`'s committed
+    /// offsets for `to`. Both groups must have no running member on `topic`.
+    pub async fn copy_committed_offsets(
+        &self,
+        from: &str,
+        to: &str,
+        topic: &str,
+    ) -> anyhow::Result<()> {
+        let settings = self.clone();
+        let (from, to, topic) = (from.to_owned(), to.to_owned(), topic.to_owned());
+        tokio::task::spawn_blocking(move || {
+            settings.copy_committed_offsets_blocking(&from, &to, &topic)
+        })
+        .await?
+    }
+
+    fn copy_committed_offsets_blocking(
+        &self,
+        from: &str,
+        to: &str,
+        topic: &str,
+    ) -> anyhow::Result<()> {
+        let group_client = |group: &str| -> anyhow::Result<BaseConsumer> {
+            let mut config = self.base();
+            config
+                .set("group.id", group)
+                .set("enable.auto.commit", "false");
+            Ok(config.create()?)
+        };
+        let source = group_client(from)?;
+        let metadata = source.fetch_metadata(Some(topic), ADMIN_TIMEOUT)?;
+        let mut partitions = TopicPartitionList::new();
+        for partition in metadata.topics().iter().flat_map(|t| t.partitions()) {
+            partitions.add_partition(topic, partition.id());
+        }
+        let committed = source.committed_offsets(partitions, ADMIN_TIMEOUT)?;
+        let mut handover = TopicPartitionList::new();
+        for element in committed.elements() {
+            if let Offset::Offset(offset) = element.offset() {
+                handover.add_partition_offset(
+                    topic,
+                    element.partition(),
+                    Offset::Offset(offset),
+                )?;
+            }
+        }
+        if handover.count() > 0 {
+            group_client(to)?
+                .commit(&handover, CommitMode::Sync)
+                .with_context(|| format!("cannot commit offsets of {topic} for group {to}"))?;
         }
         Ok(())
     }

@@ -11,21 +11,27 @@
 //! - [`runtime`]: the wasmtime engine, the stage sandbox and limits, loading and calling.
 //! - [`kafka`]: client settings and topic creation.
 //! - [`stage`]: one stage's consume → call → produce → commit loop.
+//! - [`stages`]: the running stages; swaps and pipeline edits, validated before applied.
+//! - [`reload`]: watching `pipeline.toml` and component files.
+//! - [`admin`]: the token-guarded admin API (stage table, deploy).
 //! - [`orders`]: publishing orders and the order view built from the completed topic.
 //! - [`http`]: the axum routes.
 //!
 //! [`start`] wires them together; `main.rs` only parses the command line and handles signals.
 
+pub mod admin;
 pub mod config;
 pub mod http;
 pub mod kafka;
 pub mod orders;
+pub mod reload;
 pub mod runtime;
 pub mod stage;
+pub mod stages;
 
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::Duration;
 
 use anyhow::Context as _;
 use tokio_util::sync::CancellationToken;
@@ -33,16 +39,17 @@ use tokio_util::task::TaskTracker;
 
 use crate::config::Pipeline;
 use crate::kafka::KafkaSettings;
-use crate::runtime::{Runtime, StageComponent};
-use crate::stage::Route;
-
-/// Pause before a stopped stage is started again.
-const RESTART_BACKOFF: Duration = Duration::from_secs(1);
+use crate::runtime::Runtime;
+use crate::stages::Stages;
 
 /// A host that is running; see [`start`].
 pub struct RunningHost {
     /// Where the HTTP API listens (useful when the configured port was 0).
     pub http_addr: SocketAddr,
+    /// Where the admin API listens, if it is on.
+    pub admin_addr: Option<SocketAddr>,
+    /// The running stages.
+    pub stages: Arc<Stages>,
     tasks: TaskTracker,
 }
 
@@ -54,45 +61,45 @@ impl RunningHost {
     }
 }
 
-/// Loads every stage, creates missing topics, and starts the stages, the order view and the
-/// HTTP API. Returns once all of them are running; they stop when `shutdown` is cancelled.
+/// Loads every stage, creates missing topics, and starts the stages, the order view, the HTTP
+/// API and (with a token) the admin API. With `watch`, the pipeline file at that path and the
+/// component files it names are watched and changes applied live. Returns once everything
+/// runs; it all stops when `shutdown` is cancelled.
 ///
-/// Fails, before touching Kafka, if a component is missing or is not a stage component.
-pub async fn start(pipeline: Pipeline, shutdown: CancellationToken) -> anyhow::Result<RunningHost> {
-    let runtime = Runtime::new().context("cannot start the WebAssembly runtime")?;
-    let mut stages = Vec::with_capacity(pipeline.stages.len());
-    for stage in &pipeline.stages {
-        let component = runtime.load(&stage.name, &stage.component, stage.limits())?;
-        tracing::info!(
-            stage = stage.name,
-            component = %stage.component.display(),
-            digest = component.digest(),
-            input = stage.input,
-            output = stage.output,
-            "stage loaded"
-        );
-        let route = Route {
-            group_id: format!("{}-{}", pipeline.group_prefix, stage.name),
-            input: stage.input.clone(),
-            output: stage.output.clone(),
-            dead_letter: stage::dead_letter_topic(&stage.input),
-        };
-        stages.push((Arc::new(component), route));
-    }
-
+/// Fails if a component is missing, is not a stage component, or fails its smoke call.
+pub async fn start(
+    pipeline: Pipeline,
+    watch: Option<PathBuf>,
+    shutdown: CancellationToken,
+) -> anyhow::Result<RunningHost> {
+    let runtime = Runtime::new(pipeline.compile_cache.clone())
+        .context("cannot start the WebAssembly runtime")?;
     let kafka = KafkaSettings::new(pipeline.kafka_properties().map_err(anyhow::Error::msg)?);
-    let mut topics = pipeline.topics();
-    topics.extend(stages.iter().map(|(_, route)| route.dead_letter.as_str()));
-    let topics: Vec<&str> = topics.into_iter().collect();
+    let admin_token = pipeline.admin.token()?;
+    let tasks = TaskTracker::new();
+
+    // Stages first: their components are checked before any topic is created, so a bad
+    // file fails fast and clearly.
+    let stages = Arc::new(Stages::new(
+        runtime,
+        kafka.clone(),
+        &pipeline,
+        shutdown.clone(),
+        tasks.clone(),
+    ));
+    stages.apply(&pipeline).await?;
+    let order_topics = [
+        pipeline.orders.topic.as_str(),
+        pipeline.orders.completed_topic.as_str(),
+    ];
     kafka
         .ensure_topics(
-            &topics,
+            &order_topics,
             pipeline.topics.partitions,
             pipeline.topics.replication_factor,
         )
         .await?;
 
-    let tasks = TaskTracker::new();
     let book = orders::OrderBook::default();
     let reader = kafka.reader(&format!("{}-order-view", pipeline.group_prefix))?;
     let view = orders::start_view(
@@ -104,56 +111,55 @@ pub async fn start(pipeline: Pipeline, shutdown: CancellationToken) -> anyhow::R
     .await?;
     tasks.spawn(view);
 
-    for (component, route) in stages {
-        tasks.spawn(supervise(component, route, kafka.clone(), shutdown.clone()));
-    }
-
-    let listener = tokio::net::TcpListener::bind(pipeline.http.listen)
-        .await
-        .with_context(|| format!("cannot listen on {}", pipeline.http.listen))?;
-    let http_addr = listener.local_addr()?;
     let app = http::router(http::AppState {
         book,
         producer: kafka.producer()?,
         order_topic: pipeline.orders.topic.clone(),
         max_order_count: pipeline.http.max_order_count,
     });
-    let stop_serving = shutdown.clone().cancelled_owned();
-    tasks.spawn(async move {
-        if let Err(err) = axum::serve(listener, app)
-            .with_graceful_shutdown(stop_serving)
-            .await
-        {
-            tracing::error!("HTTP server failed: {err}");
+    let http_addr = serve("HTTP API", pipeline.http.listen, app, &tasks, &shutdown).await?;
+    let admin_addr = match admin_token {
+        Some(token) => {
+            let app = admin::router(stages.clone(), token);
+            Some(serve("admin API", pipeline.admin.listen, app, &tasks, &shutdown).await?)
         }
-    });
+        None => None,
+    };
+
+    if let Some(path) = watch {
+        tasks.spawn(reload::watch(path, pipeline, stages.clone(), shutdown.clone()).await?);
+    }
     tasks.close();
-    tracing::info!("HTTP API listening on http://{http_addr}");
-    Ok(RunningHost { http_addr, tasks })
+    Ok(RunningHost {
+        http_addr,
+        admin_addr,
+        stages,
+        tasks,
+    })
 }
 
-/// Runs a stage until shutdown, restarting it from its last committed offset if it stops.
-async fn supervise(
-    component: Arc<StageComponent>,
-    route: Route,
-    kafka: KafkaSettings,
-    shutdown: CancellationToken,
-) {
-    loop {
-        match stage::run(component.clone(), &route, &kafka, &shutdown).await {
-            Ok(()) if shutdown.is_cancelled() => {
-                tracing::info!(stage = component.name(), "stage stopped and committed");
-                return;
-            }
-            Ok(()) => {}
-            Err(err) => tracing::error!(
-                stage = component.name(),
-                "stage stopped: {err:#}; restarting"
-            ),
+/// Serves `app` on `addr` until `shutdown`; returns the bound address.
+async fn serve(
+    what: &str,
+    addr: SocketAddr,
+    app: axum::Router,
+    tasks: &TaskTracker,
+    shutdown: &CancellationToken,
+) -> anyhow::Result<SocketAddr> {
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .with_context(|| format!("{what}: cannot listen on {addr}"))?;
+    let bound = listener.local_addr()?;
+    let stop = shutdown.clone().cancelled_owned();
+    let what = what.to_owned();
+    tracing::info!("{what} listening on http://{bound}");
+    tasks.spawn(async move {
+        if let Err(err) = axum::serve(listener, app)
+            .with_graceful_shutdown(stop)
+            .await
+        {
+            tracing::error!("{what} failed: {err}");
         }
-        tokio::select! {
-            _ = shutdown.cancelled() => return,
-            _ = tokio::time::sleep(RESTART_BACKOFF) => {}
-        }
-    }
+    });
+    Ok(bound)
 }

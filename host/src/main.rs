@@ -2,11 +2,12 @@
 //! hands over to the library.
 
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
+use anyhow::Context as _;
 use clap::{Parser, Subcommand};
-use pizza_host::config::Pipeline;
+use pizza_host::config::{ADMIN_TOKEN_ENV, Pipeline};
 use tokio_util::sync::CancellationToken;
 
 /// Runs WebAssembly stage components between Kafka topics.
@@ -26,6 +27,21 @@ enum Command {
         /// Listen on this address instead of the file's `http.listen`.
         #[arg(long)]
         listen: Option<SocketAddr>,
+        /// Do not watch the pipeline and component files for changes.
+        #[arg(long)]
+        no_watch: bool,
+    },
+    /// Swaps a stage of a running host to a component file, through the admin API.
+    ///
+    /// The token is read from the PIZZA_HOST_ADMIN_TOKEN environment variable.
+    Deploy {
+        /// The stage to swap.
+        stage: String,
+        /// The component file (.wasm).
+        component: PathBuf,
+        /// The host's admin API.
+        #[arg(long, default_value = "http://127.0.0.1:5001")]
+        host: String,
     },
 }
 
@@ -50,7 +66,16 @@ fn main() -> ExitCode {
         }
     };
     let result = match cli.command {
-        Command::Run { pipeline, listen } => runtime.block_on(run(pipeline, listen)),
+        Command::Run {
+            pipeline,
+            listen,
+            no_watch,
+        } => runtime.block_on(run(pipeline, listen, !no_watch)),
+        Command::Deploy {
+            stage,
+            component,
+            host,
+        } => runtime.block_on(deploy(&stage, &component, &host)),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -61,16 +86,57 @@ fn main() -> ExitCode {
     }
 }
 
-async fn run(path: PathBuf, listen: Option<SocketAddr>) -> anyhow::Result<()> {
+async fn run(path: PathBuf, listen: Option<SocketAddr>, watch: bool) -> anyhow::Result<()> {
     let mut pipeline = Pipeline::load(&path)?;
     if let Some(listen) = listen {
         pipeline.http.listen = listen;
     }
     let shutdown = CancellationToken::new();
     tokio::spawn(watch_signals(shutdown.clone()));
-    let host = pizza_host::start(pipeline, shutdown).await?;
+    let host = pizza_host::start(pipeline, watch.then_some(path), shutdown).await?;
     host.wait().await;
     tracing::info!("stopped");
+    Ok(())
+}
+
+async fn deploy(stage: &str, component: &Path, host: &str) -> anyhow::Result<()> {
+    let token = std::env::var(ADMIN_TOKEN_ENV)
+        .with_context(|| format!("set {ADMIN_TOKEN_ENV} to the host's admin token"))?;
+    let bytes =
+        std::fs::read(component).with_context(|| format!("cannot read {}", component.display()))?;
+    let url = format!("{}/admin/stages/{stage}", host.trim_end_matches('/'));
+    let response = reqwest::Client::new()
+        .put(&url)
+        .bearer_auth(token)
+        .body(bytes)
+        .send()
+        .await
+        .with_context(|| format!("cannot reach {url}"))?;
+    let status = response.status();
+    let body: serde_json::Value = response
+        .json()
+        .await
+        .with_context(|| format!("{url} answered {status} without JSON"))?;
+    if !status.is_success() {
+        anyhow::bail!(
+            "{url} answered {status}: {}",
+            body["error"].as_str().unwrap_or_default()
+        );
+    }
+    if body["unchanged"] == true {
+        println!(
+            "stage {stage}: already running {}",
+            body["new_digest"].as_str().unwrap_or_default()
+        );
+    } else {
+        println!(
+            "stage {stage}: swapped {} -> {} (load {:.1} ms, pause {:.1} µs)",
+            body["old_digest"].as_str().unwrap_or_default(),
+            body["new_digest"].as_str().unwrap_or_default(),
+            body["load_ms"].as_f64().unwrap_or_default(),
+            body["pause_us"].as_f64().unwrap_or_default(),
+        );
+    }
     Ok(())
 }
 

@@ -210,7 +210,7 @@ async fn a_redelivered_pizza_is_counted_once() {
     let pipeline =
         pizza_host::config::Pipeline::parse(&toml, std::path::Path::new("/")).expect("pipeline");
     let shutdown = tokio_util::sync::CancellationToken::new();
-    let running = pizza_host::start(pipeline, shutdown.clone())
+    let running = pizza_host::start(pipeline, None, shutdown.clone())
         .await
         .expect("host starts");
     let host_url = format!("http://{}", running.http_addr);

@@ -113,8 +113,25 @@ pub struct TestHost {
 impl TestHost {
     pub async fn start(topics: &Topics) -> Self {
         let pipeline = Pipeline::parse(&pipeline_toml(topics), Path::new("/")).expect("pipeline");
+        Self::start_pipeline(pipeline, None).await
+    }
+
+    /// Starts the host on the pipeline file at `path`, watching it and its components.
+    pub async fn start_watching(path: &Path) -> Self {
+        let pipeline = Pipeline::load(path).expect("pipeline");
+        Self::start_pipeline(pipeline, Some(path.to_owned())).await
+    }
+
+    async fn start_pipeline(pipeline: Pipeline, watch: Option<PathBuf>) -> Self {
+        // The host's logs, shown for failing tests (RUST_LOG picks the level; default warn).
+        let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+            .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter(filter)
+            .with_test_writer()
+            .try_init();
         let shutdown = CancellationToken::new();
-        let host = pizza_host::start(pipeline, shutdown.clone())
+        let host = pizza_host::start(pipeline, watch, shutdown.clone())
             .await
             .expect("host starts");
         Self {
@@ -122,6 +139,28 @@ impl TestHost {
             shutdown,
             host: Some(host),
         }
+    }
+
+    pub fn running(&self) -> &RunningHost {
+        self.host.as_ref().unwrap()
+    }
+
+    /// The admin API's base URL; panics if it is off.
+    pub fn admin_url(&self) -> String {
+        format!(
+            "http://{}",
+            self.running().admin_addr.expect("admin API on")
+        )
+    }
+
+    /// The stage table, as the admin API would show it.
+    pub async fn stage(&self, name: &str) -> Option<pizza_host::stages::StageInfo> {
+        self.running()
+            .stages
+            .list()
+            .await
+            .into_iter()
+            .find(|s| s.name == name)
     }
 
     /// Graceful shutdown; fails the test if it takes longer than `limit`.
@@ -259,9 +298,35 @@ pub fn committed_total(group: &str, topic: &str, partitions: i32) -> i64 {
         .sum()
 }
 
+/// A fresh folder for one test's files.
+pub fn temp_dir(test: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!(
+        "pizza-host-{test}-{}",
+        uuid::Uuid::new_v4().simple()
+    ));
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+/// Replaces `path` atomically (write beside it, then rename), as an editor or `cp` would.
+pub fn replace_file(path: &Path, contents: &[u8]) {
+    let tmp = path.with_extension("tmp-write");
+    std::fs::write(&tmp, contents).unwrap();
+    std::fs::rename(&tmp, path).unwrap();
+}
+
+/// A test component's file (built with the stages, from host/tests/components).
+pub fn test_component(name: &str) -> PathBuf {
+    components().join(format!("pizza_test_{}.wasm", name.replace('-', "_")))
+}
+
 /// A record read back from a topic.
 #[derive(Debug)]
 pub struct Record {
+    pub partition: i32,
+    pub offset: i64,
+    /// Milliseconds since the epoch, as the broker stamped it.
+    pub timestamp: i64,
     pub key: Option<String>,
     pub value: Vec<u8>,
     pub headers: HashMap<String, String>,
@@ -296,6 +361,9 @@ pub fn read_records(topic: &str, n: usize, limit: Duration) -> Vec<Record> {
                 })
                 .unwrap_or_default();
             records.push(Record {
+                partition: message.partition(),
+                offset: message.offset(),
+                timestamp: message.timestamp().to_millis().unwrap_or_default(),
                 key: message
                     .key()
                     .map(|k| String::from_utf8_lossy(k).into_owned()),

@@ -17,6 +17,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context as _;
+use serde_json::Value;
 use sha2::{Digest as _, Sha256};
 use wasmtime::component::{Component, Linker, ResourceTable};
 use wasmtime::{Config, Engine, ResourceLimiter, Store, Trap};
@@ -24,6 +25,11 @@ use wasmtime_wasi::p2::pipe::MemoryOutputPipe;
 use wasmtime_wasi::{
     HostMonotonicClock, HostWallClock, WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView,
 };
+
+mod cache;
+
+use cache::CompileCache;
+pub use cache::Origin;
 
 mod bindings {
     wasmtime::component::bindgen!({
@@ -39,6 +45,8 @@ use bindings::ToppingPre;
 const EPOCH_TICK: Duration = Duration::from_millis(10);
 /// How much of a stage's stderr is kept for an error message.
 const STDERR_CAPTURE_BYTES: usize = 4096;
+/// The event of a new component's smoke call: an order's pizza before any stage ran.
+pub const SMOKE_TEST_PIZZA: &str = r#"{"order_id":"smoke-test","pizza_id":"smoke-test-0","sauce":"","cheese":"","meats":"","veggies":""}"#;
 
 /// The resources one stage call may use.
 #[derive(Debug, Clone, Copy)]
@@ -90,6 +98,9 @@ pub enum CallError {
     /// The stage tried to grow its memory past the limit.
     #[error("stage exceeded its memory limit of {0} bytes")]
     Memory(usize),
+    /// The stage returned something other than a JSON object keeping the input's `order_id`.
+    #[error("{0}")]
+    InvalidOutput(String),
 }
 
 impl CallError {
@@ -100,20 +111,23 @@ impl CallError {
             CallError::Trap(_) => "trap",
             CallError::Timeout(_) => "timeout",
             CallError::Memory(_) => "memory-limit",
+            CallError::InvalidOutput(_) => "invalid-output",
         }
     }
 }
 
-/// The engine and linker shared by every stage of one host.
+/// The engine and linker shared by every stage of one host, and the components it compiled.
 #[derive(Clone)]
 pub struct Runtime {
     engine: Engine,
     linker: Arc<Linker<StageState>>,
+    cache: Arc<CompileCache>,
 }
 
 impl Runtime {
     /// Creates the engine, links the sandboxed WASI interfaces, and starts the epoch ticker.
-    pub fn new() -> anyhow::Result<Self> {
+    /// Compiled components are cached under `cache_dir` if given.
+    pub fn new(cache_dir: Option<PathBuf>) -> anyhow::Result<Self> {
         let mut config = Config::new();
         config.wasm_component_model(true).epoch_interruption(true);
         let engine = Engine::new(&config)?;
@@ -121,48 +135,79 @@ impl Runtime {
         wasmtime_wasi::p2::add_to_linker_sync(&mut linker)?;
         spawn_epoch_ticker(&engine)?;
         Ok(Self {
+            cache: Arc::new(CompileCache::new(&engine, cache_dir)),
             engine,
             linker: Arc::new(linker),
         })
     }
 
-    /// Compiles and validates the component at `path` as the stage `stage`.
+    /// Reads, compiles and validates the component at `path` as the stage `stage`.
+    ///
+    /// Blocking, and it runs the component: call it on a thread with a few MiB of stack to
+    /// spare (a `spawn_blocking` thread), not deep inside an async task.
     pub fn load(
         &self,
         stage: &str,
         path: &Path,
         limits: Limits,
     ) -> Result<StageComponent, LoadError> {
-        let fail = |cause: anyhow::Error| LoadError {
-            stage: stage.to_owned(),
-            path: path.to_owned(),
-            cause,
-        };
-        let bytes = std::fs::read(path)
-            .context("cannot read the file")
-            .map_err(fail)?;
-        check_header(&bytes).map_err(fail)?;
-        let component = Component::from_binary(&self.engine, &bytes)
-            .map_err(anyhow::Error::from)
-            .context("not a valid WebAssembly component")
-            .map_err(fail)?;
+        let bytes = std::fs::read(path).context("cannot read the file");
+        let bytes = bytes.map_err(|cause| LoadError::new(stage, path, cause))?;
+        self.load_bytes(stage, &bytes, limits)
+            .map_err(|cause| LoadError::new(stage, path, cause))
+    }
+
+    /// Compiles `bytes` as the stage `stage` (or reuses the compilation of identical bytes),
+    /// checks that it fits the stage world, and makes a smoke call on a sample pizza.
+    pub fn load_bytes(
+        &self,
+        stage: &str,
+        bytes: &[u8],
+        limits: Limits,
+    ) -> anyhow::Result<StageComponent> {
+        let digest = digest(bytes);
+        let (component, origin) = self.cache.get_or_compile(&self.engine, &digest, || {
+            check_header(bytes)?;
+            Component::from_binary(&self.engine, bytes)
+                .map_err(anyhow::Error::from)
+                .context("not a valid WebAssembly component")
+        })?;
         let instance_pre = self
             .linker
             .instantiate_pre(&component)
             .map_err(anyhow::Error::from)
-            .context("the component needs imports that stages are not granted")
-            .map_err(fail)?;
+            .context("the component needs imports that stages are not granted")?;
         let pre = ToppingPre::new(instance_pre)
             .map_err(anyhow::Error::from)
-            .context("the component does not export the `pizza:stage/topping` world")
-            .map_err(fail)?;
-        Ok(StageComponent {
+            .context("the component does not export the `pizza:stage/topping` world")?;
+        let loaded = StageComponent {
             name: stage.to_owned(),
-            digest: format!("sha256:{:x}", Sha256::digest(&bytes)),
+            digest,
+            origin,
             engine: self.engine.clone(),
             pre,
             limits,
-        })
+        };
+        loaded
+            .call(SMOKE_TEST_PIZZA)
+            .context("the smoke call on a sample pizza failed")?;
+        Ok(loaded)
+    }
+}
+
+/// The content digest pizza-host names component versions by: `sha256:<hex>`.
+pub fn digest(bytes: &[u8]) -> String {
+    format!("sha256:{:x}", Sha256::digest(bytes))
+}
+
+impl LoadError {
+    /// `cause` of failing to load stage `stage` from `path`.
+    pub fn new(stage: &str, path: &Path, cause: anyhow::Error) -> Self {
+        Self {
+            stage: stage.to_owned(),
+            path: path.to_owned(),
+            cause,
+        }
     }
 }
 
@@ -203,6 +248,7 @@ fn spawn_epoch_ticker(engine: &Engine) -> anyhow::Result<()> {
 pub struct StageComponent {
     name: String,
     digest: String,
+    origin: Origin,
     engine: Engine,
     pre: ToppingPre<StageState>,
     limits: Limits,
@@ -212,6 +258,11 @@ impl StageComponent {
     /// The stage's name.
     pub fn name(&self) -> &str {
         &self.name
+    }
+
+    /// Whether loading compiled the component or found it in the compile cache.
+    pub fn origin(&self) -> Origin {
+        self.origin
     }
 
     /// The SHA-256 of the component file, to tell versions apart in logs.
@@ -237,7 +288,7 @@ impl StageComponent {
             .instantiate(&mut store)
             .and_then(|stage| stage.call_transform(&mut store, event));
         match outcome {
-            Ok(Ok(output)) => Ok(output),
+            Ok(Ok(output)) => check_output(event, output),
             Ok(Err(err)) => Err(CallError::Returned {
                 message: err.message,
                 retryable: err.retryable,
@@ -268,6 +319,27 @@ impl StageComponent {
             format!("{said} ({cause})")
         })
     }
+}
+
+/// The stage's output must be a JSON object that keeps the input's `order_id`: downstream
+/// stages and the order view rely on both.
+fn check_output(input: &str, output: String) -> Result<String, CallError> {
+    let invalid = CallError::InvalidOutput;
+    let Ok(Value::Object(out)) = serde_json::from_str::<Value>(&output) else {
+        return Err(invalid("stage output is not a JSON object".into()));
+    };
+    let input_order_id = match serde_json::from_str::<Value>(input) {
+        Ok(Value::Object(mut map)) => map.remove("order_id"),
+        _ => None,
+    };
+    if let Some(expected) = input_order_id
+        && out.get("order_id") != Some(&expected)
+    {
+        return Err(invalid(format!(
+            "stage output changed or dropped order_id (was {expected})"
+        )));
+    }
+    Ok(output)
 }
 
 /// What one call's [`Store`] holds: the sandboxed WASI context and the memory limiter.
@@ -360,5 +432,28 @@ impl HostMonotonicClock for FrozenClock {
     }
     fn now(&self) -> u64 {
         0
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn output_must_be_an_object_keeping_order_id() {
+        let input = r#"{"order_id":"7","sauce":""}"#;
+        assert!(check_output(input, r#"{"order_id":"7","sauce":"bbq"}"#.into()).is_ok());
+        for bad in [
+            "[1]",
+            "not json",
+            r#"{"sauce":"bbq"}"#,
+            r#"{"order_id":"8"}"#,
+            r#"{"order_id":7}"#,
+        ] {
+            let err = check_output(input, bad.into()).err().map(|e| e.kind());
+            assert_eq!(err, Some("invalid-output"), "{bad}");
+        }
+        // An input without order_id (not a pizza) only needs an object back.
+        assert!(check_output(r#"{"x":1}"#, r#"{"x":2}"#.into()).is_ok());
     }
 }

@@ -1,0 +1,44 @@
+//! A stage that misbehaves on purpose, as the event's `act` field says: `loop` (never
+//! returns), `alloc` (allocates without bound), `panic`, `non-json`, `drop-order-id`,
+//! `error` (returns a stage error), `ok` (behaves). With no `act` it panics, so it also fails
+//! the host's smoke call.
+#![allow(unsafe_code, missing_docs)]
+
+wit_bindgen::generate!({ path: "../../../../wit", world: "topping", generate_all });
+
+struct Hostile;
+
+impl Guest for Hostile {
+    fn transform(event: String) -> Result<String, StageError> {
+        let act = serde_json_free_act(&event);
+        match act.as_deref() {
+            Some("loop") => loop {
+                std::hint::black_box(&event);
+            },
+            Some("alloc") => {
+                let mut hoard: Vec<Vec<u8>> = Vec::new();
+                loop {
+                    hoard.push(vec![1; 1 << 20]);
+                    std::hint::black_box(&hoard);
+                }
+            }
+            Some("non-json") => Ok("this is not json".into()),
+            Some("drop-order-id") => Ok("{}".into()),
+            Some("error") => Err(StageError {
+                message: "hostile stage says no".into(),
+                retryable: false,
+            }),
+            Some("ok") => Ok(event),
+            other => panic!("hostile stage panics on act {other:?}"),
+        }
+    }
+}
+
+/// The value of `"act":"…"` in the event, found without a JSON parser to keep this tiny.
+fn serde_json_free_act(event: &str) -> Option<String> {
+    let start = event.find("\"act\":\"")? + 7;
+    let end = event[start..].find('"')? + start;
+    Some(event[start..end].to_owned())
+}
+
+export!(Hostile);
