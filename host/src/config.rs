@@ -155,6 +155,9 @@ pub struct OrdersConfig {
     /// Topic of completed pizzas, read to build the order view (`pizza-with-veggies`).
     #[serde(default = "default_completed_topic")]
     pub completed_topic: String,
+    /// Topic of order records (id and count), from which every host rebuilds its order view.
+    #[serde(default = "default_orders_topic")]
+    pub orders_topic: String,
 }
 
 /// One stage: a component between an input and an output topic.
@@ -214,6 +217,9 @@ fn default_replication() -> i32 {
 fn default_order_topic() -> String {
     "pizza".into()
 }
+fn default_orders_topic() -> String {
+    "pizza-orders".into()
+}
 fn default_completed_topic() -> String {
     "pizza-with-veggies".into()
 }
@@ -239,6 +245,7 @@ impl Default for OrdersConfig {
         Self {
             topic: default_order_topic(),
             completed_topic: default_completed_topic(),
+            orders_topic: default_orders_topic(),
         }
     }
 }
@@ -331,6 +338,7 @@ impl Pipeline {
         for (key, topic) in [
             ("orders.topic", &self.orders.topic),
             ("orders.completed_topic", &self.orders.completed_topic),
+            ("orders.orders_topic", &self.orders.orders_topic),
         ] {
             check_topic_name(topic).map_err(|why| invalid(format!("{key}: {why}")))?;
         }
@@ -361,6 +369,7 @@ impl Pipeline {
         let mut topics = BTreeSet::from([
             self.orders.topic.as_str(),
             self.orders.completed_topic.as_str(),
+            self.orders.orders_topic.as_str(),
         ]);
         for stage in &self.stages {
             topics.insert(&stage.input);

@@ -21,8 +21,8 @@ pub struct AppState {
     pub book: OrderBook,
     /// Publishes new orders.
     pub producer: FutureProducer,
-    /// The topic new pizzas go to.
-    pub order_topic: String,
+    /// Where new orders and their pizzas go.
+    pub topics: orders::OrderTopics,
     /// Largest accepted `count`.
     pub max_order_count: u32,
 }
@@ -55,7 +55,7 @@ async fn place_order(State(state): State<AppState>, Path(count): Path<String>) -
     match orders::place(
         &state.book,
         &state.producer,
-        &state.order_topic,
+        &state.topics,
         &order_id,
         count,
     )

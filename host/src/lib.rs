@@ -14,7 +14,8 @@
 //! - [`stages`]: the running stages; swaps and pipeline edits, validated before applied.
 //! - [`reload`]: watching `pipeline.toml` and component files.
 //! - [`admin`]: the token-guarded admin API (stage table, deploy).
-//! - [`orders`]: publishing orders and the order view built from the completed topic.
+//! - [`orders`]: placing orders, and the order book `GET /order` reads.
+//! - [`order_view`]: filling the order book from Kafka (orders, completed and failed pizzas).
 //! - [`http`]: the axum routes.
 //!
 //! [`start`] wires them together; `main.rs` only parses the command line and handles signals.
@@ -23,6 +24,7 @@ pub mod admin;
 pub mod config;
 pub mod http;
 pub mod kafka;
+pub mod order_view;
 pub mod orders;
 pub mod reload;
 pub mod runtime;
@@ -91,6 +93,7 @@ pub async fn start(
     let order_topics = [
         pipeline.orders.topic.as_str(),
         pipeline.orders.completed_topic.as_str(),
+        pipeline.orders.orders_topic.as_str(),
     ];
     kafka
         .ensure_topics(
@@ -102,19 +105,25 @@ pub async fn start(
 
     let book = orders::OrderBook::default();
     let reader = kafka.reader(&format!("{}-order-view", pipeline.group_prefix))?;
-    let view = orders::start_view(
-        book.clone(),
-        reader,
-        &pipeline.orders.completed_topic,
-        shutdown.clone(),
-    )
-    .await?;
+    let view_topics = order_view::ViewTopics {
+        orders: pipeline.orders.orders_topic.clone(),
+        completed: pipeline.orders.completed_topic.clone(),
+        dead_letters: pipeline
+            .stages
+            .iter()
+            .map(|s| stage::dead_letter_topic(&s.input))
+            .collect(),
+    };
+    let view = order_view::start(book.clone(), reader, view_topics, shutdown.clone()).await?;
     tasks.spawn(view);
 
     let app = http::router(http::AppState {
         book,
         producer: kafka.producer()?,
-        order_topic: pipeline.orders.topic.clone(),
+        topics: orders::OrderTopics {
+            orders: pipeline.orders.orders_topic.clone(),
+            pizzas: pipeline.orders.topic.clone(),
+        },
         max_order_count: pipeline.http.max_order_count,
     });
     let http_addr = serve("HTTP API", pipeline.http.listen, app, &tasks, &shutdown).await?;

@@ -1,28 +1,25 @@
-//! Orders: publishing a new order's pizzas, and the order view built from the completed topic.
+//! Orders: placing one (its record on the orders topic, then its pizzas), and the order book
+//! that `GET /order/{id}` reads, which [`crate::order_view`] fills from Kafka.
 //!
-//! The view holds the orders this host took. Pizzas arrive from the completed topic, which is
-//! read from its end as it stood at startup (so the view is ready before the first order is
-//! taken); a pizza is matched to its order by the record key (the order id, as in the
-//! original demo) or, failing that, its `order_id` field. Redelivered pizzas (at-least-once
-//! means a stage may process a record twice) are recognised by their `pizza_id` and counted
-//! once, and an order never holds more than `count` pizzas.
+//! A pizza is counted once, by its `pizza_id` (at-least-once delivery means a stage may
+//! process a record twice), whether it completed or went to a dead-letter topic, and an order
+//! never holds more than `count` pizzas. An order is `complete` when every pizza completed,
+//! `failed` when every pizza is accounted for and some failed, `in_progress` otherwise.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use anyhow::Context as _;
-use rdkafka::consumer::{Consumer, StreamConsumer};
 use rdkafka::producer::{FutureProducer, FutureRecord};
-use rdkafka::{Message, Offset, TopicPartitionList};
 use serde::Serialize;
-use serde_json::{Map, Value, json};
-use tokio_util::sync::CancellationToken;
+use serde_json::{Value, json};
 
-use crate::kafka::ADMIN_TIMEOUT;
-
-/// How long `POST /order` waits for the broker to acknowledge the pizzas.
+/// How long `POST /order` waits for the broker to acknowledge the order.
 const PUBLISH_TIMEOUT: Duration = Duration::from_secs(30);
+/// Pizzas kept for orders this host has not heard of yet (their order record may still be on
+/// its way); beyond this, the oldest are dropped.
+const MAX_EARLY_PIZZAS: usize = 100_000;
 
 /// An order as `GET /order/{id}` shows it.
 #[derive(Debug, Clone, Serialize)]
@@ -31,68 +28,167 @@ pub struct OrderView {
     pub id: String,
     /// How many pizzas were ordered.
     pub count: u32,
+    /// Where the order stands.
+    pub status: Status,
     /// The completed pizzas so far, in arrival order.
     pub pizzas: Vec<Value>,
+    /// The pizzas that went to a dead-letter topic, and why.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub failed: Vec<FailedPizza>,
 }
 
-#[derive(Debug)]
+/// Where an order stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Status {
+    /// Some pizzas are still on their way.
+    InProgress,
+    /// Every pizza completed.
+    Complete,
+    /// Every pizza is accounted for, and some failed.
+    Failed,
+}
+
+/// A pizza that a stage could not make.
+#[derive(Debug, Clone, Serialize)]
+pub struct FailedPizza {
+    /// The pizza's id, when it had one.
+    pub pizza_id: Option<String>,
+    /// The stage that failed it.
+    pub stage: String,
+    /// The kind of failure (`trap`, `timeout`, …).
+    pub kind: String,
+    /// What went wrong.
+    pub error: String,
+}
+
+/// What happened to one pizza, as the order view learns it.
+#[derive(Debug, Clone)]
+pub enum Outcome {
+    /// It came out of the last stage.
+    Completed(Value),
+    /// It went to a dead-letter topic.
+    Failed(FailedPizza),
+}
+
+#[derive(Debug, Default)]
 struct Order {
     count: u32,
     pizzas: Vec<Value>,
+    failed: Vec<FailedPizza>,
     seen: HashSet<String>,
 }
 
-/// The orders this host took and the completed pizzas that arrived for them.
+#[derive(Debug, Default)]
+struct Book {
+    orders: HashMap<String, Order>,
+    /// Outcomes for orders not opened yet, in arrival order.
+    early: HashMap<String, Vec<Outcome>>,
+    early_count: usize,
+}
+
+/// The orders and what happened to their pizzas.
 #[derive(Debug, Clone, Default)]
 pub struct OrderBook {
-    orders: Arc<Mutex<HashMap<String, Order>>>,
+    book: Arc<Mutex<Book>>,
 }
 
 impl OrderBook {
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Order>> {
-        // The map stays consistent across a panic (each update is one insert), so a poisoned
-        // lock is still safe to use.
-        self.orders.lock().unwrap_or_else(PoisonError::into_inner)
+    fn lock(&self) -> std::sync::MutexGuard<'_, Book> {
+        // Each update leaves the book consistent, so a poisoned lock is still safe to use.
+        self.book.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
     /// The order with `id`, as it stands.
     pub fn get(&self, id: &str) -> Option<OrderView> {
-        self.lock().get(id).map(|order| OrderView {
-            id: id.to_owned(),
-            count: order.count,
-            pizzas: order.pizzas.clone(),
+        self.lock().orders.get(id).map(|order| {
+            let accounted = order.pizzas.len() + order.failed.len();
+            let status = if order.pizzas.len() == order.count as usize {
+                Status::Complete
+            } else if accounted >= order.count as usize {
+                Status::Failed
+            } else {
+                Status::InProgress
+            };
+            OrderView {
+                id: id.to_owned(),
+                count: order.count,
+                status,
+                pizzas: order.pizzas.clone(),
+                failed: order.failed.clone(),
+            }
         })
     }
 
-    fn open(&self, id: &str, count: u32) {
-        let order = Order {
-            count,
-            pizzas: Vec::new(),
-            seen: HashSet::new(),
-        };
-        self.lock().insert(id.to_owned(), order);
+    /// Records an order; outcomes that arrived for it earlier are applied now. Opening an
+    /// order twice (its record read back after this host placed it) changes nothing.
+    pub fn open(&self, id: &str, count: u32) {
+        let mut book = self.lock();
+        if book.orders.contains_key(id) {
+            return;
+        }
+        book.orders.insert(
+            id.to_owned(),
+            Order {
+                count,
+                ..Order::default()
+            },
+        );
+        if let Some(early) = book.early.remove(id) {
+            book.early_count -= early.len();
+            let order = book.orders.get_mut(id).expect("just inserted");
+            for outcome in early {
+                order.apply(outcome);
+            }
+        }
     }
 
     fn cancel(&self, id: &str) {
-        self.lock().remove(id);
+        self.lock().orders.remove(id);
     }
 
-    /// Adds a completed pizza to its order; false if the order is unknown here, the pizza was
-    /// already counted, or the order is full.
-    fn complete(&self, order_id: &str, pizza: Value) -> bool {
-        let mut orders = self.lock();
-        let Some(order) = orders.get_mut(order_id) else {
-            return false;
-        };
-        if order.pizzas.len() >= order.count as usize {
+    /// Records what happened to one pizza of order `order_id`; false if it was already
+    /// counted or the order is full.
+    pub fn record(&self, order_id: &str, outcome: Outcome) -> bool {
+        let mut book = self.lock();
+        if let Some(order) = book.orders.get_mut(order_id) {
+            return order.apply(outcome);
+        }
+        if book.early_count >= MAX_EARLY_PIZZAS {
+            tracing::warn!("order view: too many pizzas for unknown orders; forgetting them");
+            book.early.clear();
+            book.early_count = 0;
+        }
+        book.early
+            .entry(order_id.to_owned())
+            .or_default()
+            .push(outcome);
+        book.early_count += 1;
+        false
+    }
+}
+
+impl Order {
+    fn apply(&mut self, outcome: Outcome) -> bool {
+        if self.pizzas.len() + self.failed.len() >= self.count as usize {
             return false;
         }
-        if let Some(pizza_id) = pizza.get("pizza_id").and_then(Value::as_str)
-            && !order.seen.insert(pizza_id.to_owned())
+        let pizza_id = match &outcome {
+            Outcome::Completed(pizza) => pizza
+                .get("pizza_id")
+                .and_then(Value::as_str)
+                .map(str::to_owned),
+            Outcome::Failed(failed) => failed.pizza_id.clone(),
+        };
+        if let Some(pizza_id) = pizza_id
+            && !self.seen.insert(pizza_id)
         {
             return false;
         }
-        order.pizzas.push(pizza);
+        match outcome {
+            Outcome::Completed(pizza) => self.pizzas.push(pizza),
+            Outcome::Failed(failed) => self.failed.push(failed),
+        }
         true
     }
 }
@@ -120,128 +216,122 @@ pub fn new_pizzas(order_id: &str, count: u32) -> Vec<String> {
         .collect()
 }
 
-/// Opens the order in `book` and publishes its pizzas to `topic`, keyed by the order id;
-/// returns once the broker acknowledged every one. On failure the order is forgotten.
+/// The record of an order on the orders topic, from which every host's view learns about it.
+pub fn order_record(order_id: &str, count: u32) -> String {
+    json!({ "order_id": order_id, "count": count }).to_string()
+}
+
+/// Where a new order is published.
+#[derive(Debug, Clone)]
+pub struct OrderTopics {
+    /// Order records (id and count), read back by every host's order view.
+    pub orders: String,
+    /// The first stage's input, where the pizzas go.
+    pub pizzas: String,
+}
+
+/// Opens the order in `book`, publishes its record and then its pizzas, keyed by the order
+/// id; returns once the broker acknowledged everything. On failure the order is forgotten here.
 pub async fn place(
     book: &OrderBook,
     producer: &FutureProducer,
-    topic: &str,
+    topics: &OrderTopics,
     order_id: &str,
     count: u32,
 ) -> anyhow::Result<()> {
     // Opened first, so a pizza that completes before the last send returns finds its order.
     book.open(order_id, count);
+    let record = order_record(order_id, count);
+    let published = producer
+        .send(
+            FutureRecord::to(&topics.orders)
+                .key(order_id)
+                .payload(&record),
+            PUBLISH_TIMEOUT,
+        )
+        .await;
+    if let Err((err, _)) = published {
+        book.cancel(order_id);
+        return Err(err).context("the broker did not acknowledge the order");
+    }
     let pizzas = new_pizzas(order_id, count);
     let sends = pizzas.iter().map(|pizza| {
         producer.send(
-            FutureRecord::to(topic).key(order_id).payload(pizza),
+            FutureRecord::to(&topics.pizzas)
+                .key(order_id)
+                .payload(pizza),
             PUBLISH_TIMEOUT,
         )
     });
     let results = futures::future::join_all(sends).await;
     if let Some(Err((err, _))) = results.into_iter().find(Result::is_err) {
-        book.cancel(order_id);
-        return Err(err).context("the broker did not acknowledge the order's pizzas");
+        return Err(err).context("the broker did not acknowledge all of the order's pizzas");
     }
     Ok(())
-}
-
-/// Reads completed pizzas into `book` until `shutdown`. The reader is positioned at the end
-/// of every partition of `topic` before this returns its task, so no pizza of an order taken
-/// afterwards can be missed.
-pub async fn start_view(
-    book: OrderBook,
-    consumer: StreamConsumer,
-    topic: &str,
-    shutdown: CancellationToken,
-) -> anyhow::Result<impl std::future::Future<Output = ()> + use<>> {
-    let metadata =
-        tokio::task::block_in_place(|| consumer.fetch_metadata(Some(topic), ADMIN_TIMEOUT))
-            .with_context(|| format!("cannot read the partitions of {topic}"))?;
-    let partitions: Vec<i32> = metadata
-        .topics()
-        .iter()
-        .flat_map(|t| t.partitions().iter().map(|p| p.id()))
-        .collect();
-    let mut assignment = TopicPartitionList::new();
-    for partition in partitions {
-        let (_, high) = tokio::task::block_in_place(|| {
-            consumer.fetch_watermarks(topic, partition, ADMIN_TIMEOUT)
-        })
-        .with_context(|| format!("cannot read the end offset of {topic}/{partition}"))?;
-        assignment.add_partition_offset(topic, partition, Offset::Offset(high))?;
-    }
-    consumer
-        .assign(&assignment)
-        .with_context(|| format!("cannot read {topic}"))?;
-
-    Ok(async move {
-        loop {
-            tokio::select! {
-                _ = shutdown.cancelled() => break,
-                received = consumer.recv() => match received {
-                    Ok(message) => record_pizza(&book, &message),
-                    Err(err) => tracing::warn!("order view: consumer error: {err}"),
-                },
-            }
-        }
-    })
-}
-
-fn record_pizza(book: &OrderBook, message: &rdkafka::message::BorrowedMessage<'_>) {
-    let pizza: Option<Map<String, Value>> = message
-        .payload()
-        .and_then(|p| serde_json::from_slice(p).ok());
-    let Some(pizza) = pizza else {
-        tracing::warn!(
-            topic = message.topic(),
-            offset = message.offset(),
-            "order view: skipped a record that is not a JSON object"
-        );
-        return;
-    };
-    let order_id = message
-        .key()
-        .and_then(|k| std::str::from_utf8(k).ok())
-        .map(str::to_owned)
-        .or_else(|| {
-            pizza
-                .get("order_id")
-                .and_then(Value::as_str)
-                .map(str::to_owned)
-        });
-    if let Some(order_id) = order_id
-        && book.complete(&order_id, Value::Object(pizza))
-    {
-        tracing::debug!(order_id, "pizza completed");
-    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    fn pizza(order_id: &str, n: u32) -> Value {
-        json!({"order_id": order_id, "pizza_id": format!("{order_id}-{n}"), "sauce": "bbq"})
+    fn pizza(order_id: &str, n: u32) -> Outcome {
+        Outcome::Completed(
+            json!({"order_id": order_id, "pizza_id": format!("{order_id}-{n}"), "sauce": "bbq"}),
+        )
+    }
+
+    fn failure(order_id: &str, n: u32) -> Outcome {
+        Outcome::Failed(FailedPizza {
+            pizza_id: Some(format!("{order_id}-{n}")),
+            stage: "cheese".into(),
+            kind: "trap".into(),
+            error: "boom".into(),
+        })
     }
 
     #[test]
     fn redelivered_pizzas_count_once_and_orders_never_overfill() {
         let book = OrderBook::default();
         book.open("1", 2);
-        assert!(book.complete("1", pizza("1", 0)));
+        assert!(book.record("1", pizza("1", 0)));
         assert!(
-            !book.complete("1", pizza("1", 0)),
+            !book.record("1", pizza("1", 0)),
             "a redelivery is not a new pizza"
         );
-        assert!(book.complete("1", pizza("1", 1)));
+        assert_eq!(book.get("1").map(|o| o.status), Some(Status::InProgress));
+        assert!(book.record("1", pizza("1", 1)));
         assert!(
-            !book.complete("1", json!({"order_id": "1"})),
+            !book.record("1", Outcome::Completed(json!({"order_id": "1"}))),
             "the order is full"
         );
-        assert_eq!(book.get("1").map(|o| o.pizzas.len()), Some(2));
-        assert!(!book.complete("2", pizza("2", 0)), "unknown order");
+        let order = book.get("1").expect("order");
+        assert_eq!((order.pizzas.len(), order.status), (2, Status::Complete));
         assert!(book.get("2").is_none());
+    }
+
+    #[test]
+    fn an_order_with_a_failed_pizza_ends_failed_with_the_reason() {
+        let book = OrderBook::default();
+        book.open("1", 2);
+        assert!(book.record("1", failure("1", 0)));
+        assert!(
+            !book.record("1", pizza("1", 0)),
+            "a pizza is counted once, failed or not"
+        );
+        assert_eq!(book.get("1").map(|o| o.status), Some(Status::InProgress));
+        assert!(book.record("1", pizza("1", 1)));
+        let order = book.get("1").expect("order");
+        assert_eq!(order.status, Status::Failed);
+        assert_eq!(order.failed[0].stage, "cheese");
+    }
+
+    #[test]
+    fn pizzas_that_arrive_before_their_order_are_kept_for_it() {
+        let book = OrderBook::default();
+        assert!(!book.record("7", pizza("7", 0)));
+        book.open("7", 1);
+        book.open("7", 1);
+        assert_eq!(book.get("7").map(|o| o.status), Some(Status::Complete));
     }
 
     #[test]

@@ -193,7 +193,7 @@ async fn bad_swaps_are_rejected_with_the_cause_and_the_old_version_keeps_serving
         ),
         (
             "a component that traps on the smoke call",
-            std::fs::read(test_component("hostile")).unwrap(),
+            std::fs::read(test_component("always-panics")).unwrap(),
             "smoke call",
         ),
         (

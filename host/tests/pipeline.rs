@@ -202,10 +202,11 @@ async fn a_redelivered_pizza_is_counted_once() {
     // No stages: the order's pizzas stay on the order topic, and the test plays the last stage.
     let topics = Topics::unique("dedupe");
     let toml = format!(
-        "[kafka]\n\"bootstrap.servers\" = \"{}\"\n[http]\nlisten = \"127.0.0.1:0\"\n[orders]\ntopic = \"{}\"\ncompleted_topic = \"{}\"\n",
+        "[kafka]\n\"bootstrap.servers\" = \"{}\"\n[http]\nlisten = \"127.0.0.1:0\"\n[orders]\ntopic = \"{}\"\ncompleted_topic = \"{}\"\norders_topic = \"{}-orders\"\n",
         bootstrap(),
         topics.orders(),
-        topics.completed()
+        topics.completed(),
+        topics.orders()
     );
     let pipeline =
         pizza_host::config::Pipeline::parse(&toml, std::path::Path::new("/")).expect("pipeline");

@@ -86,6 +86,7 @@ listen = "127.0.0.1:0"
 [orders]
 topic = "{orders}"
 completed_topic = "{completed}"
+orders_topic = "pizza-orders-{suffix}"
 "#,
         suffix = topics.suffix,
         bootstrap = bootstrap(),

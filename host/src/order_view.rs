@@ -1,0 +1,174 @@
+//! Fills the [`OrderBook`] from Kafka, so orders survive a restart and any host can answer for
+//! an order placed on another: order records from the orders topic, completed pizzas from the
+//! completed topic, failed ones from the stages' dead-letter topics.
+//!
+//! Every topic is read from its beginning. [`start`] returns once the view has caught up with
+//! what the topics held when it began, so `GET /order/{id}` never answers from half a history.
+
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+use anyhow::Context as _;
+use rdkafka::consumer::{Consumer, StreamConsumer};
+use rdkafka::message::{BorrowedMessage, Headers};
+use rdkafka::{Message, Offset, TopicPartitionList};
+use serde_json::{Map, Value};
+use tokio_util::sync::CancellationToken;
+
+use crate::kafka::ADMIN_TIMEOUT;
+use crate::orders::{FailedPizza, OrderBook, Outcome};
+
+/// How long startup may spend reading the history before serving with what it has.
+const CATCH_UP_LIMIT: Duration = Duration::from_secs(120);
+
+/// The topics the view reads.
+#[derive(Debug, Clone)]
+pub struct ViewTopics {
+    /// Order records.
+    pub orders: String,
+    /// Completed pizzas.
+    pub completed: String,
+    /// The stages' dead-letter topics.
+    pub dead_letters: Vec<String>,
+}
+
+/// Reads the history of `topics` into `book`, then returns the task that keeps reading until
+/// `shutdown`.
+pub async fn start(
+    book: OrderBook,
+    consumer: StreamConsumer,
+    topics: ViewTopics,
+    shutdown: CancellationToken,
+) -> anyhow::Result<impl Future<Output = ()> + use<>> {
+    let mut assignment = TopicPartitionList::new();
+    // Where each partition ended when we began: caught up once every one is reached.
+    let mut behind: HashMap<(String, i32), i64> = HashMap::new();
+    let all = [&topics.orders, &topics.completed]
+        .into_iter()
+        .chain(&topics.dead_letters);
+    for topic in all {
+        let metadata =
+            tokio::task::block_in_place(|| consumer.fetch_metadata(Some(topic), ADMIN_TIMEOUT))
+                .with_context(|| format!("cannot read the partitions of {topic}"))?;
+        for partition in metadata.topics().iter().flat_map(|t| t.partitions()) {
+            let id = partition.id();
+            let (low, high) =
+                tokio::task::block_in_place(|| consumer.fetch_watermarks(topic, id, ADMIN_TIMEOUT))
+                    .with_context(|| format!("cannot read the offsets of {topic}/{id}"))?;
+            if high > low {
+                behind.insert((topic.clone(), id), high);
+            }
+            assignment.add_partition_offset(topic, id, Offset::Beginning)?;
+        }
+    }
+    consumer
+        .assign(&assignment)
+        .context("cannot read the order topics")?;
+
+    let started = Instant::now();
+    let total: i64 = behind.values().sum();
+    while !behind.is_empty() {
+        let remaining = CATCH_UP_LIMIT.saturating_sub(started.elapsed());
+        let received = tokio::select! {
+            _ = shutdown.cancelled() => break,
+            received = tokio::time::timeout(remaining, consumer.recv()) => received,
+        };
+        let Ok(received) = received else {
+            tracing::warn!(
+                partitions = behind.len(),
+                "order view: history not read in {CATCH_UP_LIMIT:?}; serving what is read so far"
+            );
+            break;
+        };
+        match received {
+            Ok(message) => {
+                let key = (message.topic().to_owned(), message.partition());
+                if behind
+                    .get(&key)
+                    .is_some_and(|&end| message.offset() + 1 >= end)
+                {
+                    behind.remove(&key);
+                }
+                apply(&book, &topics, &message);
+            }
+            Err(err) => tracing::warn!("order view: consumer error: {err}"),
+        }
+    }
+    tracing::info!(
+        records = total,
+        ms = started.elapsed().as_millis() as u64,
+        "order view rebuilt from Kafka"
+    );
+
+    Ok(async move {
+        loop {
+            tokio::select! {
+                _ = shutdown.cancelled() => break,
+                received = consumer.recv() => match received {
+                    Ok(message) => apply(&book, &topics, &message),
+                    Err(err) => tracing::warn!("order view: consumer error: {err}"),
+                },
+            }
+        }
+    })
+}
+
+/// Applies one record of any of the view's topics to the book.
+fn apply(book: &OrderBook, topics: &ViewTopics, message: &BorrowedMessage<'_>) {
+    let json: Option<Map<String, Value>> = message
+        .payload()
+        .and_then(|p| serde_json::from_slice(p).ok());
+    let order_id = message
+        .key()
+        .and_then(|k| std::str::from_utf8(k).ok())
+        .map(str::to_owned)
+        .or_else(|| json.as_ref()?.get("order_id")?.as_str().map(str::to_owned));
+    let Some(order_id) = order_id else {
+        tracing::debug!(
+            topic = message.topic(),
+            offset = message.offset(),
+            "order view: record without an order id"
+        );
+        return;
+    };
+    let topic = message.topic();
+    if topic == topics.orders {
+        let count = json
+            .as_ref()
+            .and_then(|j| j.get("count")?.as_u64())
+            .and_then(|c| u32::try_from(c).ok());
+        match count {
+            Some(count) => book.open(&order_id, count),
+            None => tracing::warn!(order_id, "order view: order record without a count"),
+        }
+    } else if topic == topics.completed {
+        match json {
+            Some(pizza) => {
+                book.record(&order_id, Outcome::Completed(Value::Object(pizza)));
+            }
+            None => tracing::warn!(
+                topic,
+                offset = message.offset(),
+                "order view: completed record is not a JSON object"
+            ),
+        }
+    } else {
+        let header = |name: &str| {
+            message
+                .headers()
+                .and_then(|h| h.iter().find(|h| h.key == name))
+                .and_then(|h| h.value)
+                .map(|v| String::from_utf8_lossy(v).into_owned())
+                .unwrap_or_default()
+        };
+        let failed = FailedPizza {
+            pizza_id: json
+                .as_ref()
+                .and_then(|j| j.get("pizza_id")?.as_str().map(str::to_owned)),
+            stage: header("pizza-host.stage"),
+            kind: header("pizza-host.error-kind"),
+            error: header("pizza-host.error"),
+        };
+        book.record(&order_id, Outcome::Failed(failed));
+    }
+}
