@@ -50,6 +50,14 @@ pub struct Pipeline {
     /// pipelines can share a cluster without sharing offsets.
     #[serde(default = "default_group_prefix")]
     pub group_prefix: String,
+    /// Delivery guarantee of every stage and of `POST /order`.
+    #[serde(default)]
+    pub guarantee: Guarantee,
+    /// This host's name among the hosts running the same pipeline; part of every
+    /// transactional id, so it must be stable across restarts and unique among live hosts
+    /// (default: the `HOSTNAME` environment variable, else `pizza-host`).
+    #[serde(default = "default_instance_id")]
+    pub instance_id: String,
     /// Folder where compiled components are cached, so a restart does not recompile them
     /// (relative to this file; default: `pizza-host-cache` in the system's temporary folder).
     #[serde(default)]
@@ -73,6 +81,19 @@ pub struct Pipeline {
     /// The stages, in pipeline order (`[[stage]]` tables).
     #[serde(default, rename = "stage")]
     pub stages: Vec<StageConfig>,
+}
+
+/// How often each event is processed and published.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Guarantee {
+    /// Kafka transactions: each stage's results and input offsets are committed together,
+    /// and an order's record and pizzas are published all or none.
+    #[default]
+    ExactlyOnce,
+    /// Offsets are committed after the results are acknowledged: nothing is lost, but a
+    /// crash can make a stage process a record again (the order view counts it once).
+    AtLeastOnce,
 }
 
 /// The HTTP API.
@@ -192,6 +213,12 @@ impl StageConfig {
 
 fn default_group_prefix() -> String {
     "pizza-host".into()
+}
+fn default_instance_id() -> String {
+    std::env::var("HOSTNAME")
+        .ok()
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "pizza-host".into())
 }
 fn default_timeout_ms() -> u64 {
     1_000

@@ -9,7 +9,6 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
 use axum::{Json, Router};
-use rdkafka::producer::FutureProducer;
 use serde_json::json;
 
 use crate::orders::{self, OrderBook};
@@ -20,7 +19,7 @@ pub struct AppState {
     /// The order view.
     pub book: OrderBook,
     /// Publishes new orders.
-    pub producer: FutureProducer,
+    pub publisher: orders::Publisher,
     /// Where new orders and their pizzas go.
     pub topics: orders::OrderTopics,
     /// Largest accepted `count`.
@@ -54,7 +53,7 @@ async fn place_order(State(state): State<AppState>, Path(count): Path<String>) -
     let order_id = orders::new_order_id();
     match orders::place(
         &state.book,
-        &state.producer,
+        &state.publisher,
         &state.topics,
         &order_id,
         count,

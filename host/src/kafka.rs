@@ -57,6 +57,38 @@ impl KafkaSettings {
             .with_context(|| format!("cannot create a Kafka consumer for group {group_id}"))
     }
 
+    /// A consumer whose offsets are committed by a producer's transactions, never by itself.
+    pub fn transactional_consumer(&self, group_id: &str) -> anyhow::Result<StreamConsumer> {
+        let mut config = self.base();
+        config
+            .set("group.id", group_id)
+            .set_if_absent("auto.offset.reset", "earliest")
+            .set("isolation.level", "read_committed")
+            .set("enable.auto.commit", "false")
+            .set("enable.auto.offset.store", "false");
+        config
+            .create()
+            .with_context(|| format!("cannot create a Kafka consumer for group {group_id}"))
+    }
+
+    /// A transactional producer. A crashed owner's open transaction blocks `read_committed`
+    /// readers until it times out, so the timeout is kept short unless the user set one.
+    pub fn transactional_producer(&self, transactional_id: &str) -> anyhow::Result<FutureProducer> {
+        let mut config = self.base();
+        config
+            .set("transactional.id", transactional_id)
+            .set("enable.idempotence", "true")
+            .set_if_absent("transaction.timeout.ms", "10000")
+            // A transaction that begins right after a commit is answered "concurrent
+            // transactions" until the commit markers are written; retry soon, not in 100 ms.
+            .set_if_absent("retry.backoff.ms", "5")
+            .set_if_absent("linger.ms", "5")
+            .set_if_absent("compression.type", "lz4");
+        config
+            .create()
+            .with_context(|| format!("cannot create the transactional producer {transactional_id}"))
+    }
+
     /// A consumer with no group, for reading partitions the caller assigns itself.
     pub fn reader(&self, name: &str) -> anyhow::Result<StreamConsumer> {
         let mut config = self.base();

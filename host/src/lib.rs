@@ -39,7 +39,7 @@ use anyhow::Context as _;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::config::Pipeline;
+use crate::config::{Guarantee, Pipeline};
 use crate::kafka::KafkaSettings;
 use crate::runtime::Runtime;
 use crate::stages::Stages;
@@ -119,7 +119,13 @@ pub async fn start(
 
     let app = http::router(http::AppState {
         book,
-        producer: kafka.producer()?,
+        publisher: match pipeline.guarantee {
+            Guarantee::ExactlyOnce => orders::Publisher::transactional(
+                &kafka,
+                &format!("{}-orders-{}", pipeline.group_prefix, pipeline.instance_id),
+            )?,
+            Guarantee::AtLeastOnce => orders::Publisher::AtLeastOnce(kafka.producer()?),
+        },
         topics: orders::OrderTopics {
             orders: pipeline.orders.orders_topic.clone(),
             pizzas: pipeline.orders.topic.clone(),

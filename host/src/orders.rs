@@ -11,7 +11,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use anyhow::Context as _;
-use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
 use serde::Serialize;
 use serde_json::{Value, json};
 
@@ -230,44 +230,132 @@ pub struct OrderTopics {
     pub pizzas: String,
 }
 
+/// How new orders reach Kafka.
+#[derive(Clone)]
+pub enum Publisher {
+    /// Each record is acknowledged on its own; a failure midway leaves part of the order.
+    AtLeastOnce(FutureProducer),
+    /// The order record and its pizzas go in one transaction: all or none. One transaction
+    /// at a time per producer, hence the lock.
+    ExactlyOnce(Arc<Mutex<FutureProducer>>),
+}
+
+impl Publisher {
+    /// A transactional publisher with id `transactional_id`, ready to use.
+    pub fn transactional(
+        kafka: &crate::kafka::KafkaSettings,
+        transactional_id: &str,
+    ) -> anyhow::Result<Self> {
+        let producer = kafka.transactional_producer(transactional_id)?;
+        tokio::task::block_in_place(|| producer.init_transactions(PUBLISH_TIMEOUT))
+            .with_context(|| format!("cannot start transactions as {transactional_id}"))?;
+        Ok(Self::ExactlyOnce(Arc::new(Mutex::new(producer))))
+    }
+}
+
 /// Opens the order in `book`, publishes its record and then its pizzas, keyed by the order
 /// id; returns once the broker acknowledged everything. On failure the order is forgotten here.
 pub async fn place(
     book: &OrderBook,
-    producer: &FutureProducer,
+    publisher: &Publisher,
     topics: &OrderTopics,
     order_id: &str,
     count: u32,
 ) -> anyhow::Result<()> {
     // Opened first, so a pizza that completes before the last send returns finds its order.
     book.open(order_id, count);
-    let record = order_record(order_id, count);
-    let published = producer
-        .send(
-            FutureRecord::to(&topics.orders)
-                .key(order_id)
-                .payload(&record),
-            PUBLISH_TIMEOUT,
-        )
-        .await;
-    if let Err((err, _)) = published {
+    let records: Vec<(String, String)> =
+        std::iter::once((topics.orders.clone(), order_record(order_id, count)))
+            .chain(
+                new_pizzas(order_id, count)
+                    .into_iter()
+                    .map(|pizza| (topics.pizzas.clone(), pizza)),
+            )
+            .collect();
+    let published = match publisher {
+        Publisher::AtLeastOnce(producer) => publish_each(producer, order_id, &records).await,
+        Publisher::ExactlyOnce(producer) => {
+            let (producer, key) = (producer.clone(), order_id.to_owned());
+            tokio::task::spawn_blocking(move || publish_in_transaction(&producer, &key, &records))
+                .await
+                .context("publishing panicked")
+                .and_then(|published| published)
+        }
+    };
+    if published.is_err() {
         book.cancel(order_id);
-        return Err(err).context("the broker did not acknowledge the order");
     }
-    let pizzas = new_pizzas(order_id, count);
-    let sends = pizzas.iter().map(|pizza| {
+    published
+}
+
+async fn publish_each(
+    producer: &FutureProducer,
+    key: &str,
+    records: &[(String, String)],
+) -> anyhow::Result<()> {
+    // The order record first: a view that sees a pizza knows its order.
+    let mut records = records.iter();
+    if let Some((topic, order)) = records.next() {
+        producer
+            .send(
+                FutureRecord::to(topic).key(key).payload(order),
+                PUBLISH_TIMEOUT,
+            )
+            .await
+            .map_err(|(err, _)| err)
+            .context("the broker did not acknowledge the order")?;
+    }
+    let sends = records.map(|(topic, pizza)| {
         producer.send(
-            FutureRecord::to(&topics.pizzas)
-                .key(order_id)
-                .payload(pizza),
+            FutureRecord::to(topic).key(key).payload(pizza),
             PUBLISH_TIMEOUT,
         )
     });
-    let results = futures::future::join_all(sends).await;
-    if let Some(Err((err, _))) = results.into_iter().find(Result::is_err) {
-        return Err(err).context("the broker did not acknowledge all of the order's pizzas");
+    for result in futures::future::join_all(sends).await {
+        result
+            .map_err(|(err, _)| err)
+            .context("the broker did not acknowledge all of the order's pizzas")?;
     }
     Ok(())
+}
+
+/// Blocking: one transaction holding every record of the order.
+fn publish_in_transaction(
+    producer: &Mutex<FutureProducer>,
+    key: &str,
+    records: &[(String, String)],
+) -> anyhow::Result<()> {
+    let producer = producer.lock().unwrap_or_else(PoisonError::into_inner);
+    producer
+        .begin_transaction()
+        .context("cannot begin a transaction")?;
+    let sent = records.iter().try_for_each(|(topic, value)| {
+        let mut record = FutureRecord::to(topic).key(key).payload(value);
+        loop {
+            match producer.send_result(record) {
+                Ok(_delivery) => return Ok(()),
+                Err((
+                    rdkafka::error::KafkaError::MessageProduction(
+                        rdkafka::types::RDKafkaErrorCode::QueueFull,
+                    ),
+                    back,
+                )) => {
+                    record = back;
+                    producer.poll(Duration::from_millis(10));
+                }
+                Err((err, _)) => return Err(err),
+            }
+        }
+    });
+    match sent.and_then(|()| producer.commit_transaction(PUBLISH_TIMEOUT)) {
+        Ok(()) => Ok(()),
+        Err(err) => {
+            if let Err(abort) = producer.abort_transaction(PUBLISH_TIMEOUT) {
+                tracing::warn!("aborting the order's transaction failed too: {abort}");
+            }
+            Err(err).context("the order was not published (its transaction was aborted)")
+        }
+    }
 }
 
 #[cfg(test)]

@@ -21,7 +21,7 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::config::{Pipeline, StageConfig};
+use crate::config::{Guarantee, Pipeline, StageConfig};
 use crate::kafka::KafkaSettings;
 use crate::runtime::{self, LoadError, Runtime, StageComponent};
 use crate::stage::{self, Route, StageShared, StopSignals};
@@ -127,6 +127,8 @@ pub struct Stages {
     runtime: Runtime,
     kafka: KafkaSettings,
     group_prefix: String,
+    /// `Some(instance id)` under exactly-once: stages then run transactionally.
+    transactions: Option<String>,
     partitions: i32,
     replication: i32,
     shutdown: CancellationToken,
@@ -149,6 +151,8 @@ impl Stages {
             runtime,
             kafka,
             group_prefix: pipeline.group_prefix.clone(),
+            transactions: (pipeline.guarantee == Guarantee::ExactlyOnce)
+                .then(|| pipeline.instance_id.clone()),
             partitions: pipeline.topics.partitions,
             replication: pipeline.topics.replication_factor,
             shutdown,
@@ -425,6 +429,10 @@ impl Stages {
         let route = Route {
             name: config.name.clone(),
             group_id: self.group_id(&config.name),
+            transactional_id: self
+                .transactions
+                .as_ref()
+                .map(|instance| format!("{}-{instance}", self.group_id(&config.name))),
             input: config.input.clone(),
             output: config.output.clone(),
             dead_letter: stage::dead_letter_topic(&config.input),
@@ -587,7 +595,11 @@ async fn supervise(
 ) {
     let stop = &signals.stop;
     loop {
-        match stage::run(&shared, &route, &kafka, &signals).await {
+        let ran = match &route.transactional_id {
+            Some(id) => stage::exactly_once::run(&shared, &route, &kafka, &signals, id).await,
+            None => stage::run(&shared, &route, &kafka, &signals).await,
+        };
+        match ran {
             Ok(()) if stop.is_cancelled() || signals.drain.is_cancelled() => {
                 tracing::info!(stage = route.name, "stage stopped and committed");
                 return;

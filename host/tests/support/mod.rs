@@ -113,7 +113,12 @@ pub struct TestHost {
 
 impl TestHost {
     pub async fn start(topics: &Topics) -> Self {
-        let pipeline = Pipeline::parse(&pipeline_toml(topics), Path::new("/")).expect("pipeline");
+        Self::start_toml(&pipeline_toml(topics)).await
+    }
+
+    /// Starts the host on the pipeline `toml` (not watched).
+    pub async fn start_toml(toml: &str) -> Self {
+        let pipeline = Pipeline::parse(toml, Path::new("/")).expect("pipeline");
         Self::start_pipeline(pipeline, None).await
     }
 
@@ -123,7 +128,9 @@ impl TestHost {
         Self::start_pipeline(pipeline, Some(path.to_owned())).await
     }
 
-    async fn start_pipeline(pipeline: Pipeline, watch: Option<PathBuf>) -> Self {
+    async fn start_pipeline(mut pipeline: Pipeline, watch: Option<PathBuf>) -> Self {
+        // Hosts of one test must not share transactional ids.
+        pipeline.instance_id = uuid::Uuid::new_v4().simple().to_string();
         // The host's logs, shown for failing tests (RUST_LOG picks the level; default warn).
         let filter = tracing_subscriber::EnvFilter::try_from_default_env()
             .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
@@ -259,44 +266,76 @@ pub async fn produce(topic: &str, key: Option<&str>, value: &[u8]) {
         .unwrap();
 }
 
-/// How many records `topic` holds (sum of its partitions' high watermarks).
+/// How many records `topic` holds, as a `read_committed` reader sees them: read to the end,
+/// because offsets also count transaction markers and aborted records.
 pub fn record_count(topic: &str) -> i64 {
+    count_records(
+        topic,
+        &format!("test-counter-{}", uuid::Uuid::new_v4()),
+        false,
+    )
+}
+
+/// How many records of `topic` lie beyond what `group` committed: what a restart would redo.
+pub fn records_after_commit(group: &str, topic: &str) -> i64 {
+    count_records(topic, group, true)
+}
+
+fn count_records(topic: &str, group: &str, from_committed: bool) -> i64 {
     let consumer: BaseConsumer = client_config()
-        .set("group.id", "test-reader")
+        .set("group.id", group)
+        .set("enable.auto.commit", "false")
+        .set("isolation.level", "read_committed")
         .create()
         .unwrap();
     let metadata = consumer
         .fetch_metadata(Some(topic), Duration::from_secs(10))
         .unwrap();
-    let partitions = metadata.topics()[0].partitions().len() as i32;
-    (0..partitions)
-        .map(|p| {
-            let (low, high) = consumer
-                .fetch_watermarks(topic, p, Duration::from_secs(10))
-                .unwrap();
-            high - low
-        })
-        .sum()
-}
-
-/// The offsets `group` committed on `topic`, summed over partitions.
-pub fn committed_total(group: &str, topic: &str, partitions: i32) -> i64 {
-    let consumer: BaseConsumer = client_config().set("group.id", group).create().unwrap();
-    let mut tpl = TopicPartitionList::new();
-    for p in 0..partitions {
-        tpl.add_partition(topic, p);
+    let mut ends = Vec::new();
+    let mut assignment = TopicPartitionList::new();
+    for partition in metadata.topics()[0].partitions() {
+        let (low, high) = consumer
+            .fetch_watermarks(topic, partition.id(), Duration::from_secs(10))
+            .unwrap();
+        if high > low {
+            ends.push((partition.id(), high));
+        }
+        assignment
+            .add_partition_offset(topic, partition.id(), Offset::Beginning)
+            .unwrap();
     }
-    let committed = consumer
-        .committed_offsets(tpl, Duration::from_secs(10))
-        .unwrap();
-    committed
-        .elements()
-        .iter()
-        .map(|e| match e.offset() {
-            Offset::Offset(o) => o,
-            _ => 0,
-        })
-        .sum()
+    if from_committed {
+        let committed = consumer
+            .committed_offsets(assignment.clone(), Duration::from_secs(10))
+            .unwrap();
+        for element in committed.elements() {
+            if let Offset::Offset(at) = element.offset() {
+                assignment
+                    .set_partition_offset(topic, element.partition(), Offset::Offset(at))
+                    .unwrap();
+            }
+        }
+    }
+    consumer.assign(&assignment).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let mut count = 0;
+    loop {
+        if let Some(message) = consumer.poll(Duration::from_millis(100)) {
+            message.unwrap();
+            count += 1;
+        }
+        let positions = consumer.position().unwrap();
+        let done = ends.iter().all(|&(p, end)| {
+            matches!(positions.find_partition(topic, p).map(|e| e.offset()), Some(Offset::Offset(at)) if at >= end)
+        });
+        if done {
+            return count;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "could not read {topic} to its end"
+        );
+    }
 }
 
 /// A fresh folder for one test's files.

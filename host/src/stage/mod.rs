@@ -28,6 +28,8 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use crate::kafka::KafkaSettings;
+
+pub mod exactly_once;
 use crate::runtime::{CallError, StageComponent};
 
 /// Sent but not yet acknowledged results per stage; bounds memory when the broker is slow.
@@ -36,11 +38,11 @@ const MAX_IN_FLIGHT: usize = 10_000;
 /// are then redelivered after restart, never lost).
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
 /// How often a draining stage checks whether it has reached the end of its input.
-const DRAIN_CHECK: Duration = Duration::from_millis(100);
+pub(crate) const DRAIN_CHECK: Duration = Duration::from_millis(100);
 /// How long a watermark or committed-offset query may take.
 const WATERMARK_TIMEOUT: Duration = Duration::from_secs(10);
 /// Pause after a consumer error, so a persistent one is logged, not spun on.
-const ERROR_BACKOFF: Duration = Duration::from_millis(500);
+pub(crate) const ERROR_BACKOFF: Duration = Duration::from_millis(500);
 
 /// What a running stage shares with the rest of the host: its current component, which a
 /// swap replaces atomically between two records, and its counters.
@@ -122,6 +124,8 @@ pub struct Route {
     pub name: String,
     /// Consumer group id.
     pub group_id: String,
+    /// Under exactly-once, the stage's transactional id (stable per stage and host instance).
+    pub transactional_id: Option<String>,
     /// Input topic.
     pub input: String,
     /// Output topic.
@@ -151,7 +155,7 @@ impl From<CallError> for Failure {
 }
 
 /// A result on its way to the broker, and the input offset it releases once acknowledged.
-struct Pending {
+pub(crate) struct Pending {
     partition: i32,
     offset: i64,
     delivery: DeliveryFuture,
@@ -246,7 +250,7 @@ pub async fn run(
 
 /// True when this consumer has read every record of its assigned partitions of `topic`
 /// (as far as they reached when asked).
-fn consumed_to_end(consumer: &StreamConsumer, topic: &str) -> anyhow::Result<bool> {
+pub(crate) fn consumed_to_end(consumer: &StreamConsumer, topic: &str) -> anyhow::Result<bool> {
     let positions = consumer.position()?;
     for element in positions.elements_for_topic(topic) {
         let partition = element.partition();
@@ -277,7 +281,7 @@ fn consumed_to_end(consumer: &StreamConsumer, topic: &str) -> anyhow::Result<boo
 
 /// Calls the stage on one record and sends the outcome: the result to the output topic, or
 /// the original record to the dead-letter topic.
-async fn process(
+pub(crate) async fn process(
     component: &StageComponent,
     stats: &StageStats,
     route: &Route,

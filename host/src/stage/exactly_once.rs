@@ -1,0 +1,126 @@
+//! A stage's loop under `guarantee = "exactly-once"`: Kafka's consume–transform–produce
+//! transactions (rust-rdkafka's transactional example, KIP-447 fencing).
+//!
+//! Records are taken in batches (while they keep arriving, up to [`MAX_BATCH`] records or
+//! [`BATCH_WINDOW`]); each batch's results, dead letters and input offsets are committed in one
+//! transaction, so downstream readers (`read_committed`) see every result exactly once. If
+//! anything in a batch fails, the transaction is aborted and the stage restarts from its last
+//! committed offsets. The transactional id is stable per stage and host instance, so a
+//! restarted host fences its own zombie and aborts the transaction it left open.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use rdkafka::consumer::Consumer;
+use rdkafka::producer::Producer;
+use rdkafka::{Message, Offset, TopicPartitionList};
+use tokio::time::Instant;
+
+use super::{Route, StageShared, StopSignals, consumed_to_end, process};
+use crate::kafka::KafkaSettings;
+
+/// Most records in one transaction.
+const MAX_BATCH: usize = 1_000;
+/// A batch ends when no further record arrives within this gap (a lone record is not held
+/// back waiting for company)...
+const IDLE_GAP: Duration = Duration::from_millis(2);
+/// ...or when it has been open this long (records keep coming).
+const BATCH_WINDOW: Duration = Duration::from_millis(100);
+/// How long a transaction call may take.
+const TXN_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Runs the stage transactionally until told to stop; see the module docs.
+pub async fn run(
+    stage: &StageShared,
+    route: &Route,
+    kafka: &KafkaSettings,
+    signals: &StopSignals,
+    transactional_id: &str,
+) -> anyhow::Result<()> {
+    let consumer = kafka.transactional_consumer(&route.group_id)?;
+    let producer = kafka.transactional_producer(transactional_id)?;
+    tokio::task::block_in_place(|| producer.init_transactions(TXN_TIMEOUT))
+        .with_context(|| format!("cannot start transactions as {transactional_id}"))?;
+    consumer
+        .subscribe(&[&route.input])
+        .with_context(|| format!("cannot subscribe to {}", route.input))?;
+    let mut drain_check = tokio::time::interval(super::DRAIN_CHECK);
+    drain_check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+
+    loop {
+        // The first record opens a batch; stopping happens between batches.
+        let first = tokio::select! {
+            biased;
+            _ = signals.stop.cancelled() => return Ok(()),
+            received = consumer.recv() => received,
+            _ = drain_check.tick() => {
+                if signals.drain.is_cancelled()
+                    && tokio::task::block_in_place(|| consumed_to_end(&consumer, &route.input))?
+                {
+                    return Ok(());
+                }
+                continue;
+            }
+        };
+        let first = match first {
+            Ok(message) => message,
+            Err(err) => {
+                tracing::warn!(
+                    stage = route.name,
+                    topic = route.input,
+                    "consumer error: {err}"
+                );
+                tokio::time::sleep(super::ERROR_BACKOFF).await;
+                continue;
+            }
+        };
+
+        tokio::task::block_in_place(|| producer.begin_transaction())
+            .context("cannot begin a transaction")?;
+        let mut next_offsets: BTreeMap<i32, i64> = BTreeMap::new();
+        let batch = async {
+            let component = stage.current();
+            process(&component, &stage.stats, route, &producer, &first).await?;
+            next_offsets.insert(first.partition(), first.offset() + 1);
+            let deadline = Instant::now() + BATCH_WINDOW;
+            let mut taken = 1;
+            while taken < MAX_BATCH {
+                let until = deadline.min(Instant::now() + IDLE_GAP);
+                let Ok(received) = tokio::time::timeout_at(until, consumer.recv()).await else {
+                    break;
+                };
+                let message = received.context("consumer error inside a transaction")?;
+                let component = stage.current();
+                process(&component, &stage.stats, route, &producer, &message).await?;
+                next_offsets.insert(message.partition(), message.offset() + 1);
+                taken += 1;
+            }
+            anyhow::Ok(())
+        }
+        .await;
+
+        let committed = batch.and_then(|()| {
+            let mut offsets = TopicPartitionList::new();
+            for (&partition, &next) in &next_offsets {
+                offsets.add_partition_offset(&route.input, partition, Offset::Offset(next))?;
+            }
+            let group = consumer
+                .group_metadata()
+                .context("the consumer has no group metadata")?;
+            tokio::task::block_in_place(|| {
+                producer.send_offsets_to_transaction(&offsets, &group, TXN_TIMEOUT)?;
+                producer.commit_transaction(TXN_TIMEOUT)
+            })
+            .context("cannot commit the transaction")
+        });
+        if let Err(err) = committed {
+            if let Err(abort) =
+                tokio::task::block_in_place(|| producer.abort_transaction(TXN_TIMEOUT))
+            {
+                tracing::warn!(stage = route.name, "abort failed too: {abort}");
+            }
+            return Err(err.context("transaction aborted; the batch will be processed again"));
+        }
+    }
+}
