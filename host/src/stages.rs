@@ -127,8 +127,10 @@ pub struct Stages {
     runtime: Runtime,
     kafka: KafkaSettings,
     group_prefix: String,
-    /// `Some(instance id)` under exactly-once: stages then run transactionally.
-    transactions: Option<String>,
+    /// This host's name among those running the pipeline (see `Pipeline::instance_id`).
+    instance_id: String,
+    /// Stages run transactionally.
+    exactly_once: bool,
     partitions: i32,
     replication: i32,
     shutdown: CancellationToken,
@@ -151,8 +153,8 @@ impl Stages {
             runtime,
             kafka,
             group_prefix: pipeline.group_prefix.clone(),
-            transactions: (pipeline.guarantee == Guarantee::ExactlyOnce)
-                .then(|| pipeline.instance_id.clone()),
+            instance_id: pipeline.instance_id.clone(),
+            exactly_once: pipeline.guarantee == Guarantee::ExactlyOnce,
             partitions: pipeline.topics.partitions,
             replication: pipeline.topics.replication_factor,
             shutdown,
@@ -426,13 +428,13 @@ impl Stages {
     }
 
     fn spawn(&self, config: StageConfig, component: StageComponent) -> RunningStage {
+        let group_id = self.group_id(&config.name);
         let route = Route {
             name: config.name.clone(),
-            group_id: self.group_id(&config.name),
             transactional_id: self
-                .transactions
-                .as_ref()
-                .map(|instance| format!("{}-{instance}", self.group_id(&config.name))),
+                .exactly_once
+                .then(|| format!("{group_id}-{}", self.instance_id)),
+            group_id,
             input: config.input.clone(),
             output: config.output.clone(),
             dead_letter: stage::dead_letter_topic(&config.input),

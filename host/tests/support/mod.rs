@@ -129,8 +129,14 @@ impl TestHost {
     }
 
     async fn start_pipeline(mut pipeline: Pipeline, watch: Option<PathBuf>) -> Self {
-        // Hosts of one test must not share transactional ids.
-        pipeline.instance_id = uuid::Uuid::new_v4().simple().to_string();
+        // Hosts of one test must not share transactional ids, unless the test says so.
+        if pipeline.instance_id
+            == Pipeline::parse("", Path::new("/"))
+                .expect("defaults")
+                .instance_id
+        {
+            pipeline.instance_id = uuid::Uuid::new_v4().simple().to_string();
+        }
         // The host's logs, shown for failing tests (RUST_LOG picks the level; default warn).
         let filter = tracing_subscriber::EnvFilter::try_from_default_env()
             .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
