@@ -199,9 +199,21 @@ pub struct StageConfig {
     /// Memory limit of one call, in MiB.
     #[serde(default = "default_memory_mib")]
     pub memory_mib: usize,
+    /// How many times a call is retried (with backoff) when the stage says its error may pass.
+    #[serde(default = "default_retries")]
+    pub retries: u32,
+    /// Where records the stage cannot process go (default `<input>.dlq`).
+    pub dead_letter: Option<String>,
 }
 
 impl StageConfig {
+    /// The topic for records this stage cannot process.
+    pub fn dead_letter_topic(&self) -> String {
+        self.dead_letter
+            .clone()
+            .unwrap_or_else(|| format!("{}.dlq", self.input))
+    }
+
     /// The resource limits of one call of this stage.
     pub fn limits(&self) -> crate::runtime::Limits {
         crate::runtime::Limits {
@@ -222,6 +234,9 @@ fn default_instance_id() -> String {
 }
 fn default_timeout_ms() -> u64 {
     1_000
+}
+fn default_retries() -> u32 {
+    3
 }
 fn default_memory_mib() -> usize {
     64
@@ -358,7 +373,15 @@ impl Pipeline {
                     "{at}: timeout_ms and memory_mib must be above 0"
                 )));
             }
-            for (key, topic) in [("input", &stage.input), ("output", &stage.output)] {
+            if stage.retries > 10 {
+                return Err(invalid(format!("{at}: retries must be at most 10")));
+            }
+            let dead_letter = stage.dead_letter_topic();
+            for (key, topic) in [
+                ("input", &stage.input),
+                ("output", &stage.output),
+                ("dead_letter", &dead_letter),
+            ] {
                 check_topic_name(topic).map_err(|why| invalid(format!("{at}: {key}: {why}")))?;
             }
         }

@@ -111,7 +111,7 @@ pub async fn start(
         dead_letters: pipeline
             .stages
             .iter()
-            .map(|s| stage::dead_letter_topic(&s.input))
+            .map(|s| s.dead_letter_topic())
             .collect(),
     };
     let view = order_view::start(book.clone(), reader, view_topics, shutdown.clone()).await?;

@@ -196,7 +196,7 @@ impl Stages {
             topics.extend([
                 config.input.clone(),
                 config.output.clone(),
-                stage::dead_letter_topic(&config.input),
+                config.dead_letter_topic(),
             ]);
         }
         let topics: Vec<&str> = topics.iter().map(String::as_str).collect();
@@ -437,7 +437,8 @@ impl Stages {
             group_id,
             input: config.input.clone(),
             output: config.output.clone(),
-            dead_letter: stage::dead_letter_topic(&config.input),
+            dead_letter: config.dead_letter_topic(),
+            retries: config.retries,
         };
         let component_digest = component.digest().to_owned();
         let shared = Arc::new(StageShared::new(component));

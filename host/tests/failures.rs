@@ -45,6 +45,7 @@ async fn every_kind_of_stage_failure_is_dead_lettered_and_the_pipeline_keeps_flo
         ("non-json", "invalid-output"),
         ("drop-order-id", "invalid-output"),
         ("error", "returned-error"),
+        ("retryable", "returned-error"),
     ];
     for (act, _) in expected {
         let event = json!({"order_id": format!("hostile-{act}"), "act": act}).to_string();
@@ -88,6 +89,16 @@ async fn every_kind_of_stage_failure_is_dead_lettered_and_the_pipeline_keeps_flo
         "{:?}",
         kinds["hostile-loop"]
     );
+    // Only the error the stage marked retryable was retried (1 call + 3 retries).
+    let attempts = |act: &str| {
+        dead.iter()
+            .find(|r| r.key.as_deref() == Some(&format!("hostile-{act}")))
+            .unwrap()
+            .headers["pizza-host.attempts"]
+            .clone()
+    };
+    assert_eq!(attempts("retryable"), "4");
+    assert_eq!(attempts("error"), "1");
     let stage = host.stage("chaos").await.unwrap();
     assert_eq!(stage.dead_lettered, expected.len() as u64);
     assert!(stage.last_error.is_some());

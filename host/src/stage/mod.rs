@@ -37,6 +37,8 @@ const MAX_IN_FLIGHT: usize = 10_000;
 /// How long shutdown waits for outstanding acknowledgements before giving up on them (they
 /// are then redelivered after restart, never lost).
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
+/// Wait before the first retry of a retryable stage error; doubled for each further one.
+const RETRY_BACKOFF: Duration = Duration::from_millis(50);
 /// How often a draining stage checks whether it has reached the end of its input.
 pub(crate) const DRAIN_CHECK: Duration = Duration::from_millis(100);
 /// How long a watermark or committed-offset query may take.
@@ -132,17 +134,16 @@ pub struct Route {
     pub output: String,
     /// Topic for records the stage could not process.
     pub dead_letter: String,
-}
-
-/// The dead-letter topic of a stage that reads `input`.
-pub fn dead_letter_topic(input: &str) -> String {
-    format!("{input}.dlq")
+    /// Retries of a call whose error the stage marked retryable.
+    pub retries: u32,
 }
 
 /// Why a record went to the dead-letter topic instead of the output.
 struct Failure {
     kind: &'static str,
     message: String,
+    /// Calls made (1 plus the retries).
+    attempts: u32,
 }
 
 impl From<CallError> for Failure {
@@ -150,6 +151,7 @@ impl From<CallError> for Failure {
         Failure {
             kind: err.kind(),
             message: err.to_string(),
+            attempts: 1,
         }
     }
 }
@@ -294,15 +296,14 @@ pub(crate) async fn process(
         None => Err(Failure {
             kind: "invalid-input",
             message: "record has no value".into(),
+            attempts: 0,
         }),
         Some(Err(err)) => Err(Failure {
             kind: "invalid-input",
             message: format!("value is not UTF-8: {err}"),
+            attempts: 0,
         }),
-        // A call is CPU-bound for up to its deadline: keep it off the async workers' budget.
-        Some(Ok(event)) => {
-            tokio::task::block_in_place(|| component.call(event)).map_err(Failure::from)
-        }
+        Some(Ok(event)) => call_with_retries(component, event, route.retries).await,
     };
 
     stats.record(&outcome);
@@ -339,6 +340,34 @@ pub(crate) async fn process(
         offset: message.offset(),
         delivery,
     })
+}
+
+/// Calls the stage, retrying with exponential backoff while it says its error may pass. The
+/// partition waits meanwhile: records of a partition stay in order.
+async fn call_with_retries(
+    component: &StageComponent,
+    event: &str,
+    retries: u32,
+) -> Result<String, Failure> {
+    let mut attempt = 1;
+    loop {
+        // A call is CPU-bound for up to its deadline: keep it off the async workers' budget.
+        match tokio::task::block_in_place(|| component.call(event)) {
+            Ok(output) => return Ok(output),
+            Err(CallError::Returned {
+                retryable: true, ..
+            }) if attempt <= retries => {
+                tokio::time::sleep(RETRY_BACKOFF * 2u32.pow(attempt - 1)).await;
+                attempt += 1;
+            }
+            Err(err) => {
+                return Err(Failure {
+                    attempts: attempt,
+                    ..Failure::from(err)
+                });
+            }
+        }
+    }
 }
 
 /// Hands a record to the producer, waiting while its queue is full.
@@ -419,6 +448,7 @@ fn dead_letter_headers(
         ("pizza-host.topic", message.topic().to_owned()),
         ("pizza-host.partition", message.partition().to_string()),
         ("pizza-host.offset", message.offset().to_string()),
+        ("pizza-host.attempts", failure.attempts.to_string()),
     ];
     fields.iter().fold(headers, |headers, (key, value)| {
         headers.insert(Header {

@@ -1,6 +1,7 @@
 //! A stage that misbehaves on purpose, as the event's `act` field says: `loop` (never
 //! returns), `alloc` (allocates without bound), `panic`, `non-json`, `drop-order-id`,
-//! `error` (returns a stage error). With no `act` it behaves: the event passes unchanged.
+//! `error` (returns a stage error), `retryable` (returns one marked retryable). With no
+//! `act` it behaves: the event passes unchanged.
 #![allow(unsafe_code, missing_docs)]
 
 wit_bindgen::generate!({ path: "../../../../wit", world: "topping", generate_all });
@@ -26,6 +27,10 @@ impl Guest for Hostile {
             Some("error") => Err(StageError {
                 message: "hostile stage says no".into(),
                 retryable: false,
+            }),
+            Some("retryable") => Err(StageError {
+                message: "try again later".into(),
+                retryable: true,
             }),
             Some("panic") => panic!("hostile stage panics on purpose"),
             _ => Ok(event),
