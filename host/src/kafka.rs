@@ -42,30 +42,33 @@ impl KafkaSettings {
         config
     }
 
-    /// A consumer in `group_id` that reads from the earliest offset when the group is new and
-    /// commits only the offsets the host stores.
+    /// A consumer in `group_id` that reads committed records, from the earliest offset when
+    /// the group is new, and commits only the offsets the host stores.
     pub fn consumer(&self, group_id: &str) -> anyhow::Result<StreamConsumer> {
+        self.group_consumer(group_id, true)
+    }
+
+    /// A consumer whose offsets are committed by a producer's transactions, never by itself.
+    pub fn transactional_consumer(&self, group_id: &str) -> anyhow::Result<StreamConsumer> {
+        self.group_consumer(group_id, false)
+    }
+
+    fn group_consumer(
+        &self,
+        group_id: &str,
+        commits_itself: bool,
+    ) -> anyhow::Result<StreamConsumer> {
         let mut config = self.base();
         config
             .set("group.id", group_id)
             .set_if_absent("auto.offset.reset", "earliest")
             .set_if_absent("isolation.level", "read_committed")
-            .set("enable.auto.commit", "true")
+            .set("enable.auto.commit", commits_itself.to_string())
             .set("enable.auto.offset.store", "false");
-        config
-            .create()
-            .with_context(|| format!("cannot create a Kafka consumer for group {group_id}"))
-    }
-
-    /// A consumer whose offsets are committed by a producer's transactions, never by itself.
-    pub fn transactional_consumer(&self, group_id: &str) -> anyhow::Result<StreamConsumer> {
-        let mut config = self.base();
-        config
-            .set("group.id", group_id)
-            .set_if_absent("auto.offset.reset", "earliest")
-            .set("isolation.level", "read_committed")
-            .set("enable.auto.commit", "false")
-            .set("enable.auto.offset.store", "false");
+        if !commits_itself {
+            // Exactly-once downstream of a transactional stage needs committed reads only.
+            config.set("isolation.level", "read_committed");
+        }
         config
             .create()
             .with_context(|| format!("cannot create a Kafka consumer for group {group_id}"))
