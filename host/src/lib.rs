@@ -14,6 +14,7 @@
 //! - [`stages`]: the running stages; swaps and pipeline edits, validated before applied.
 //! - [`reload`]: watching `pipeline.toml` and component files.
 //! - [`admin`]: the token-guarded admin API (stage table, deploy).
+//! - [`tools`]: `check` and `invoke`, for stage authors, without Kafka.
 //! - [`orders`]: placing orders, and the order book `GET /order` reads.
 //! - [`order_view`]: filling the order book from Kafka (orders, completed and failed pizzas).
 //! - [`http`]: the axum routes.
@@ -30,6 +31,7 @@ pub mod reload;
 pub mod runtime;
 pub mod stage;
 pub mod stages;
+pub mod tools;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;

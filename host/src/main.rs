@@ -31,6 +31,20 @@ enum Command {
         #[arg(long)]
         no_watch: bool,
     },
+    /// Says whether a file is a component that fits a stage, and what it imports and exports.
+    Check {
+        /// The component file (.wasm).
+        component: PathBuf,
+    },
+    /// Runs a stage on JSON events without Kafka and prints the results.
+    Invoke {
+        /// The component file (.wasm).
+        component: PathBuf,
+        /// A file holding one JSON document, or `-` for one document per line of standard
+        /// input. Without it, a sample pizza.
+        #[arg(long)]
+        input: Option<PathBuf>,
+    },
     /// Swaps a stage of a running host to a component file, through the admin API.
     ///
     /// The token is read from the PIZZA_HOST_ADMIN_TOKEN environment variable.
@@ -71,6 +85,14 @@ fn main() -> ExitCode {
             listen,
             no_watch,
         } => runtime.block_on(run(pipeline, listen, !no_watch)),
+        Command::Check { component } => pizza_host::tools::check(&component),
+        Command::Invoke { component, input } => {
+            match pizza_host::tools::invoke(&component, input.as_deref()) {
+                Ok(0) => Ok(()),
+                Ok(failed) => Err(anyhow::anyhow!("{failed} event(s) failed")),
+                Err(err) => Err(err),
+            }
+        }
         Command::Deploy {
             stage,
             component,

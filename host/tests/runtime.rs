@@ -72,3 +72,77 @@ fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
     }
     files
 }
+
+/// Runs `pizza-host <args>` with `stdin`, returning (success, stdout, stderr).
+fn pizza_host(args: &[&str], stdin: &str) -> (bool, String, String) {
+    use std::io::Write as _;
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_pizza-host"))
+        .args(args)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("run pizza-host");
+    child
+        .stdin
+        .take()
+        .expect("stdin")
+        .write_all(stdin.as_bytes())
+        .expect("write");
+    let output = child.wait_with_output().expect("wait");
+    let text = |bytes: Vec<u8>| String::from_utf8_lossy(&bytes).into_owned();
+    (
+        output.status.success(),
+        text(output.stdout),
+        text(output.stderr),
+    )
+}
+
+#[test]
+fn check_says_what_a_component_asks_for_and_whether_it_fits() {
+    let sauce = component("sauce").display().to_string();
+    let (ok, out, _) = pizza_host(&["check", &sauce], "");
+    assert!(ok, "{out}");
+    assert!(out.contains("wasi:random/random@0.2.12: granted"), "{out}");
+    assert!(
+        out.contains("wasi:filesystem/preopens@0.2.3: linked, but no directory is preopened"),
+        "{out}"
+    );
+    assert!(out.contains("fits: pizza:stage/topping"), "{out}");
+
+    let other = support::test_component("wrong-world").display().to_string();
+    let (ok, out, err) = pizza_host(&["check", &other], "");
+    assert!(!ok);
+    assert!(out.contains("hello"), "lists the exports it has: {out}");
+    assert!(
+        err.contains("does not export the `pizza:stage/topping` world"),
+        "{err}"
+    );
+}
+
+#[test]
+fn invoke_runs_a_stage_on_each_line_and_reports_failures_with_their_kind() {
+    let cheese = component("cheese").display().to_string();
+    let (ok, out, err) = pizza_host(
+        &["invoke", &cheese, "--input", "-"],
+        "{\"order_id\":\"1\"}\n[1]\n\n{\"order_id\":\"2\"}\n",
+    );
+    assert!(!ok, "one event failed");
+    let lines: Vec<serde_json::Value> = out
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("JSON"))
+        .collect();
+    assert_eq!(lines.len(), 2);
+    assert_eq!(lines[1]["order_id"], "2");
+    assert!(lines.iter().all(|l| l["cheese"].is_string()));
+    assert!(
+        err.contains(
+            "error (returned-error): stage returned an error: expected a JSON object, got an array"
+        ),
+        "{err}"
+    );
+
+    let (ok, out, _) = pizza_host(&["invoke", &cheese], "");
+    assert!(ok);
+    assert!(out.contains("\"order_id\":\"smoke-test\""), "{out}");
+}

@@ -157,6 +157,29 @@ impl Runtime {
             .map_err(|cause| LoadError::new(stage, path, cause))
     }
 
+    /// The names of what the component in `bytes` imports and exports, without checking that
+    /// it fits a stage.
+    pub fn describe(&self, bytes: &[u8]) -> anyhow::Result<(Vec<String>, Vec<String>)> {
+        let (component, _) = self
+            .cache
+            .get_or_compile(&self.engine, &digest(bytes), || {
+                check_header(bytes)?;
+                Component::from_binary(&self.engine, bytes)
+                    .map_err(anyhow::Error::from)
+                    .context("not a valid WebAssembly component")
+            })?;
+        let ty = component.component_type();
+        let imports = ty
+            .imports(&self.engine)
+            .map(|(name, _)| name.to_owned())
+            .collect();
+        let exports = ty
+            .exports(&self.engine)
+            .map(|(name, _)| name.to_owned())
+            .collect();
+        Ok((imports, exports))
+    }
+
     /// Compiles `bytes` as the stage `stage` (or reuses the compilation of identical bytes),
     /// checks that it fits the stage world, and makes a smoke call on a sample pizza.
     pub fn load_bytes(
