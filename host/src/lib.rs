@@ -4,13 +4,15 @@
 //! A pipeline (`pipeline.toml`) names the stages; each stage is a component that exports the
 //! `pizza:stage/topping` world (see `wit/stage.wit`). For every stage the host runs one
 //! consumer (its own group) and one producer: consume from the input topic, call the
-//! component, produce the result to the output topic with the same key, commit.
+//! component, produce the result to the output topic with the same key, commit — in Kafka
+//! transactions by default (exactly once), or committing after acknowledgement (at least once).
 //!
 //! # Layout
 //! - [`config`]: `pipeline.toml` types and validation.
 //! - [`runtime`]: the wasmtime engine, the stage sandbox and limits, loading and calling.
 //! - [`kafka`]: client settings and topic creation.
-//! - [`stage`]: one stage's consume → call → produce → commit loop.
+//! - [`stage`]: one stage's consume → call → produce → commit loop (and its transactional
+//!   form in [`stage::exactly_once`]).
 //! - [`stages`]: the running stages; swaps and pipeline edits, validated before applied.
 //! - [`reload`]: watching `pipeline.toml` and component files.
 //! - [`admin`]: the token-guarded admin API (stage table, deploy).
