@@ -183,10 +183,9 @@ impl KafkaSettings {
             Ok(config.create()?)
         };
         let source = group_client(from)?;
-        let metadata = source.fetch_metadata(Some(topic), ADMIN_TIMEOUT)?;
         let mut partitions = TopicPartitionList::new();
-        for partition in metadata.topics().iter().flat_map(|t| t.partitions()) {
-            partitions.add_partition(topic, partition.id());
+        for partition in self::partitions(&source, topic)? {
+            partitions.add_partition(topic, partition);
         }
         let committed = source.committed_offsets(partitions, ADMIN_TIMEOUT)?;
         let mut handover = TopicPartitionList::new();
@@ -205,6 +204,33 @@ impl KafkaSettings {
                 .with_context(|| format!("cannot commit offsets of {topic} for group {to}"))?;
         }
         Ok(())
+    }
+}
+
+/// The partitions of `topic`. A topic created moments ago may not be in the cluster's
+/// metadata yet (it shows with no partitions): ask again until it is, up to [`ADMIN_TIMEOUT`].
+pub fn partitions<C: rdkafka::consumer::ConsumerContext>(
+    consumer: &impl Consumer<C>,
+    topic: &str,
+) -> anyhow::Result<Vec<i32>> {
+    let deadline = std::time::Instant::now() + ADMIN_TIMEOUT;
+    loop {
+        let metadata = consumer
+            .fetch_metadata(Some(topic), ADMIN_TIMEOUT)
+            .with_context(|| format!("cannot read the partitions of {topic}"))?;
+        let partitions: Vec<i32> = metadata
+            .topics()
+            .iter()
+            .filter(|t| t.error().is_none())
+            .flat_map(|t| t.partitions().iter().map(|p| p.id()))
+            .collect();
+        if !partitions.is_empty() {
+            return Ok(partitions);
+        }
+        if std::time::Instant::now() > deadline {
+            anyhow::bail!("topic {topic} has no partitions after {ADMIN_TIMEOUT:?}");
+        }
+        std::thread::sleep(Duration::from_millis(100));
     }
 }
 

@@ -49,11 +49,7 @@ pub async fn start(
         .into_iter()
         .chain(&topics.dead_letters);
     for topic in all {
-        let metadata =
-            tokio::task::block_in_place(|| consumer.fetch_metadata(Some(topic), ADMIN_TIMEOUT))
-                .with_context(|| format!("cannot read the partitions of {topic}"))?;
-        for partition in metadata.topics().iter().flat_map(|t| t.partitions()) {
-            let id = partition.id();
+        for id in tokio::task::block_in_place(|| crate::kafka::partitions(&consumer, topic))? {
             let (low, high) =
                 tokio::task::block_in_place(|| consumer.fetch_watermarks(topic, id, ADMIN_TIMEOUT))
                     .with_context(|| format!("cannot read the offsets of {topic}/{id}"))?;
