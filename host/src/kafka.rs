@@ -77,16 +77,13 @@ impl KafkaSettings {
     /// A transactional producer. A crashed owner's open transaction blocks `read_committed`
     /// readers until it times out, so the timeout is kept short unless the user set one.
     pub fn transactional_producer(&self, transactional_id: &str) -> anyhow::Result<FutureProducer> {
-        let mut config = self.base();
+        let mut config = self.producer_config();
         config
             .set("transactional.id", transactional_id)
-            .set("enable.idempotence", "true")
             .set_if_absent("transaction.timeout.ms", "10000")
             // A transaction that begins right after a commit is answered "concurrent
             // transactions" until the commit markers are written; retry soon, not in 100 ms.
-            .set_if_absent("retry.backoff.ms", "5")
-            .set_if_absent("linger.ms", "5")
-            .set_if_absent("compression.type", "lz4");
+            .set_if_absent("retry.backoff.ms", "5");
         config
             .create()
             .with_context(|| format!("cannot create the transactional producer {transactional_id}"))
@@ -107,12 +104,20 @@ impl KafkaSettings {
 
     /// An idempotent producer that batches briefly.
     pub fn producer(&self) -> anyhow::Result<FutureProducer> {
+        self.producer_config()
+            .create()
+            .context("cannot create a Kafka producer")
+    }
+
+    /// Settings every producer gets: idempotent, so a retried send neither duplicates nor
+    /// reorders, and briefly batched.
+    fn producer_config(&self) -> ClientConfig {
         let mut config = self.base();
         config
             .set("enable.idempotence", "true")
             .set_if_absent("linger.ms", "5")
             .set_if_absent("compression.type", "lz4");
-        config.create().context("cannot create a Kafka producer")
+        config
     }
 
     /// Creates each of `topics` that does not exist yet; existing topics are left as they are.

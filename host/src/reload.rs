@@ -96,24 +96,21 @@ async fn changes(
     events: &mut mpsc::UnboundedReceiver<Vec<PathBuf>>,
     shutdown: &CancellationToken,
 ) -> anyhow::Result<()> {
-    {
-        let changed = tokio::select! {
-            _ = shutdown.cancelled() => anyhow::bail!("shutting down"),
-            changed = events.recv() => changed.context("the watcher stopped")?,
-        };
-        if changed.iter().any(|path| same_file(path, pipeline_path)) {
-            *current = apply_pipeline_edit(pipeline_path, current.clone(), stages).await;
-        }
-        for (name, file) in stages.component_files().await {
-            if changed.iter().any(|path| same_file(path, &file)) {
-                match stages.reload_file(&name).await {
-                    Ok(report) if report.unchanged => {}
-                    Ok(_) => {} // logged by the swap
-                    Err(err) => tracing::error!(
-                        stage = name,
-                        "swap rejected, old version keeps running: {err:#}"
-                    ),
-                }
+    let changed = tokio::select! {
+        _ = shutdown.cancelled() => anyhow::bail!("shutting down"),
+        changed = events.recv() => changed.context("the watcher stopped")?,
+    };
+    if changed.iter().any(|path| same_file(path, pipeline_path)) {
+        *current = apply_pipeline_edit(pipeline_path, current.clone(), stages).await;
+    }
+    for (name, file) in stages.component_files().await {
+        if changed.iter().any(|path| same_file(path, &file)) {
+            match stages.reload_file(&name).await {
+                Ok(_) => {} // a swap logs itself; unchanged content needs nothing
+                Err(err) => tracing::error!(
+                    stage = name,
+                    "swap rejected, old version keeps running: {err:#}"
+                ),
             }
         }
     }

@@ -236,16 +236,7 @@ impl HostProcess {
     }
 
     async fn order(&self, count: u32) -> String {
-        let response = reqwest::Client::new()
-            .post(format!("{}/order/{count}", self.url))
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(response.status(), 200);
-        response.json::<Value>().await.unwrap()["order_id"]
-            .as_str()
-            .unwrap()
-            .to_owned()
+        place_order(&self.url, count).await
     }
 
     async fn pizzas(&self, id: &str) -> usize {

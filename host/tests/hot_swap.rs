@@ -45,17 +45,9 @@ fn keep_ordering(
     stop: Arc<AtomicBool>,
 ) -> JoinHandle<Vec<(String, usize)>> {
     tokio::spawn(async move {
-        let client = reqwest::Client::new();
         let mut placed = Vec::new();
         while !stop.load(Ordering::Relaxed) {
-            let response = client
-                .post(format!("{url}/order/{size}"))
-                .send()
-                .await
-                .unwrap();
-            assert_eq!(response.status(), 200);
-            let body: Value = response.json().await.unwrap();
-            placed.push((body["order_id"].as_str().unwrap().to_owned(), size as usize));
+            placed.push((place_order(&url, size).await, size as usize));
         }
         placed
     })

@@ -217,22 +217,8 @@ async fn a_redelivered_pizza_is_counted_once() {
         topics.completed(),
         topics.orders()
     );
-    let pipeline =
-        pizza_host::config::Pipeline::parse(&toml, std::path::Path::new("/")).expect("pipeline");
-    let shutdown = tokio_util::sync::CancellationToken::new();
-    let running = pizza_host::start(pipeline, None, shutdown.clone())
-        .await
-        .expect("host starts");
-    let host_url = format!("http://{}", running.http_addr);
-    let response = reqwest::Client::new()
-        .post(format!("{host_url}/order/2"))
-        .send()
-        .await
-        .expect("post");
-    let id = response.json::<Value>().await.expect("json")["order_id"]
-        .as_str()
-        .expect("id")
-        .to_owned();
+    let host = TestHost::start_toml(&toml).await;
+    let id = host.order(2).await;
 
     let pizza = |n: u32| {
         format!(
@@ -243,16 +229,7 @@ async fn a_redelivered_pizza_is_counted_once() {
     for record in [pizza(0), pizza(0), pizza(1)] {
         produce(topics.completed(), Some(&id), record.as_bytes()).await;
     }
-    let order = wait_for(COMPLETE_WITHIN, "two pizzas", || async {
-        let order: Value = reqwest::get(format!("{host_url}/order/{id}"))
-            .await
-            .ok()?
-            .json()
-            .await
-            .ok()?;
-        (order["pizzas"].as_array()?.len() == 2).then_some(order)
-    })
-    .await;
+    let order = host.wait_complete(&id, 2, COMPLETE_WITHIN).await;
     let ids: Vec<&str> = order["pizzas"]
         .as_array()
         .expect("pizzas")
@@ -260,8 +237,6 @@ async fn a_redelivered_pizza_is_counted_once() {
         .filter_map(|p| p["pizza_id"].as_str())
         .collect();
     assert_eq!(ids, [format!("{id}-0"), format!("{id}-1")]);
-    shutdown.cancel();
-    running.wait().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

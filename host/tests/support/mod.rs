@@ -187,14 +187,7 @@ impl TestHost {
     }
 
     pub async fn order(&self, count: u32) -> String {
-        let response = reqwest::Client::new()
-            .post(format!("{}/order/{count}", self.url))
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(response.status(), 200);
-        let body: serde_json::Value = response.json().await.unwrap();
-        body["order_id"].as_str().expect("order_id").to_owned()
+        place_order(&self.url, count).await
     }
 
     pub async fn get_order(&self, id: &str) -> (u16, serde_json::Value) {
@@ -228,6 +221,18 @@ impl Drop for TestHost {
     fn drop(&mut self) {
         self.shutdown.cancel();
     }
+}
+
+/// Orders `count` pizzas from the host at `url`; returns the order id.
+pub async fn place_order(url: &str, count: u32) -> String {
+    let response = reqwest::Client::new()
+        .post(format!("{url}/order/{count}"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    let body: serde_json::Value = response.json().await.unwrap();
+    body["order_id"].as_str().expect("order_id").to_owned()
 }
 
 /// Polls `check` until it yields a value; panics naming `what` after `limit`.
