@@ -13,8 +13,8 @@ use std::time::Duration;
 use anyhow::Context as _;
 use rdkafka::ClientConfig;
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
-use rdkafka::client::DefaultClientContext;
-use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, StreamConsumer};
+use rdkafka::client::{Client, ClientContext, DefaultClientContext};
+use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, StreamConsumer};
 use rdkafka::producer::FutureProducer;
 use rdkafka::types::RDKafkaErrorCode;
 use rdkafka::{Offset, TopicPartitionList};
@@ -146,12 +146,18 @@ impl KafkaSettings {
             .create_topics(&new_topics, &options)
             .await
             .context("cannot reach the Kafka cluster to create topics")?;
+        let mut created = Vec::new();
         for result in results {
             match result {
-                Ok(topic) => tracing::info!(topic, partitions, "created topic"),
+                Ok(topic) => created.push(topic),
                 Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
                 Err((topic, code)) => anyhow::bail!("cannot create topic {topic}: {code}"),
             }
+        }
+        // Usable only once every partition has a leader: readers start right after this.
+        for topic in created {
+            tokio::task::block_in_place(|| self::partitions(admin.inner(), &topic))?;
+            tracing::info!(topic, partitions, "created topic");
         }
         Ok(())
     }
@@ -189,7 +195,7 @@ impl KafkaSettings {
         };
         let source = group_client(from)?;
         let mut partitions = TopicPartitionList::new();
-        for partition in self::partitions(&source, topic)? {
+        for partition in self::partitions(source.client(), topic)? {
             partitions.add_partition(topic, partition);
         }
         let committed = source.committed_offsets(partitions, ADMIN_TIMEOUT)?;
@@ -212,30 +218,53 @@ impl KafkaSettings {
     }
 }
 
-/// The partitions of `topic`. A topic created moments ago may not be in the cluster's
-/// metadata yet (it shows with no partitions): ask again until it is, up to [`ADMIN_TIMEOUT`].
-pub fn partitions<C: rdkafka::consumer::ConsumerContext>(
-    consumer: &impl Consumer<C>,
-    topic: &str,
-) -> anyhow::Result<Vec<i32>> {
+/// The partitions of `topic`, once every one has a leader. A topic created moments ago may
+/// not be in the cluster's metadata yet, or have partitions without a leader (queries then
+/// fail with "not leader"): ask again until it is ready, up to [`ADMIN_TIMEOUT`].
+pub fn partitions<C: ClientContext>(client: &Client<C>, topic: &str) -> anyhow::Result<Vec<i32>> {
     let deadline = std::time::Instant::now() + ADMIN_TIMEOUT;
     loop {
-        let metadata = consumer
+        let metadata = client
             .fetch_metadata(Some(topic), ADMIN_TIMEOUT)
             .with_context(|| format!("cannot read the partitions of {topic}"))?;
+        let ready =
+            |p: &rdkafka::metadata::MetadataPartition| p.leader() >= 0 && p.error().is_none();
         let partitions: Vec<i32> = metadata
             .topics()
             .iter()
-            .filter(|t| t.error().is_none())
+            .filter(|t| t.error().is_none() && t.partitions().iter().all(ready))
             .flat_map(|t| t.partitions().iter().map(|p| p.id()))
             .collect();
         if !partitions.is_empty() {
             return Ok(partitions);
         }
         if std::time::Instant::now() > deadline {
-            anyhow::bail!("topic {topic} has no partitions after {ADMIN_TIMEOUT:?}");
+            anyhow::bail!("topic {topic} has no partitions with a leader after {ADMIN_TIMEOUT:?}");
         }
         std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// The low and high watermarks of `topic`/`partition`, asking again while the partition's
+/// leader is still being settled (a topic created moments ago), up to [`ADMIN_TIMEOUT`].
+pub fn watermarks<C: ConsumerContext>(
+    consumer: &impl Consumer<C>,
+    topic: &str,
+    partition: i32,
+) -> anyhow::Result<(i64, i64)> {
+    let deadline = std::time::Instant::now() + ADMIN_TIMEOUT;
+    loop {
+        match consumer.fetch_watermarks(topic, partition, ADMIN_TIMEOUT) {
+            Ok(marks) => return Ok(marks),
+            Err(err) if std::time::Instant::now() < deadline => {
+                tracing::debug!(topic, partition, "watermarks not available yet: {err}");
+                std::thread::sleep(Duration::from_millis(100));
+            }
+            Err(err) => {
+                return Err(err)
+                    .with_context(|| format!("cannot read the offsets of {topic}/{partition}"));
+            }
+        }
     }
 }
 

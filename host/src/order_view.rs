@@ -15,7 +15,7 @@ use rdkafka::{Message, Offset, TopicPartitionList};
 use serde_json::{Map, Value};
 use tokio_util::sync::CancellationToken;
 
-use crate::kafka::ADMIN_TIMEOUT;
+use crate::kafka;
 use crate::orders::{FailedPizza, OrderBook, Outcome};
 
 /// How often catching up looks at the consumer's position when no record arrives.
@@ -49,10 +49,9 @@ pub async fn start(
         .into_iter()
         .chain(&topics.dead_letters);
     for topic in all {
-        for id in tokio::task::block_in_place(|| crate::kafka::partitions(&consumer, topic))? {
+        for id in tokio::task::block_in_place(|| kafka::partitions(consumer.client(), topic))? {
             let (low, high) =
-                tokio::task::block_in_place(|| consumer.fetch_watermarks(topic, id, ADMIN_TIMEOUT))
-                    .with_context(|| format!("cannot read the offsets of {topic}/{id}"))?;
+                tokio::task::block_in_place(|| kafka::watermarks(&consumer, topic, id))?;
             if high > low {
                 behind.insert((topic.clone(), id), high);
             }
