@@ -8,11 +8,15 @@
 #
 # KAFKA_BOOTSTRAP=host:port points everything at an existing cluster instead: `start` then only
 # checks that it answers and starts nothing. State lives in .local/kafka (git-ignored).
+#
+# A second broker beside the first (tests that stop and restart their own broker use this):
+# KAFKA_PORT and KAFKA_CONTROLLER_PORT pick its ports and KAFKA_STATE its folder for config,
+# data, logs and pid; the jars are shared.
 set -euo pipefail
 
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
-home="$root/.local/kafka"
-libs="$home/libs"
+home="${KAFKA_STATE:-$root/.local/kafka}"
+libs="$root/.local/kafka/libs"
 pom="$root/dev/kafka/pom.xml"
 port="${KAFKA_PORT:-9092}"
 controller_port="${KAFKA_CONTROLLER_PORT:-9093}"
@@ -96,7 +100,7 @@ start() {
       -c "$home/config/server.properties" >"$home/logs/format.log" 2>&1
   fi
   : >"$home/logs/server.log"
-  log "starting the broker on 127.0.0.1:$port (logs: .local/kafka/logs)"
+  log "starting the broker on 127.0.0.1:$port (logs: $home/logs)"
   nohup "${java_cmd[@]}" kafka.Kafka "$home/config/server.properties" \
     >"$home/logs/stdout.log" 2>&1 </dev/null &
   echo $! >"$home/broker.pid"

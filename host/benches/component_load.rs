@@ -34,7 +34,10 @@ fn main() -> anyhow::Result<()> {
         timed(|| assert_eq!(load(&warm, &sauce), Origin::Memory))
     });
 
-    let stage = StageShared::new(warm.load("sauce", &sauce, Limits::default())?);
+    let stage = StageShared::new(
+        warm.load("sauce", &sauce, Limits::default())?,
+        pizza_host::metrics::Metrics::new().stage("sauce"),
+    );
     let swap = median(1_000, || {
         let next = warm
             .load("sauce", &sauce, Limits::default())

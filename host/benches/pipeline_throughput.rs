@@ -1,5 +1,6 @@
 //! End-to-end throughput and latency of the demo pipeline, exactly-once against at-least-once,
-//! in one process against one broker.
+//! and the chain (pipeline.toml) against fan-out/fan-in (pipeline-fanout.toml: the four stages
+//! in parallel on `pizza`, a join assembling their parts), in one process against one broker.
 //!
 //! Run: `dev/kafka.sh start && dev/build-stages.sh && cargo bench -p pizza-host --bench pipeline_throughput`
 //! (`KAFKA_BOOTSTRAP` points it elsewhere). Results are written down in BENCHMARKS.md.
@@ -19,20 +20,30 @@ const LATENCY_SAMPLES: usize = 30;
 
 #[tokio::main(flavor = "multi_thread")]
 async fn main() -> anyhow::Result<()> {
-    println!("| guarantee | {PIZZAS} pizzas: pizzas/s | 1-pizza order p50 | p90 |");
-    println!("|---|---|---|---|");
-    for guarantee in ["exactly-once", "at-least-once"] {
-        let (throughput, p50, p90) = measure(guarantee).await?;
-        println!(
-            "| {guarantee} | {throughput:.0} | {:.1} ms | {:.1} ms |",
-            ms(p50),
-            ms(p90)
-        );
+    println!("| topology | guarantee | {PIZZAS} pizzas: pizzas/s | 1-pizza order p50 | p90 |");
+    println!("|---|---|---|---|---|");
+    for topology in [Topology::Chain, Topology::FanOut] {
+        for guarantee in ["exactly-once", "at-least-once"] {
+            let (throughput, p50, p90) = measure(topology, guarantee).await?;
+            println!(
+                "| {topology:?} | {guarantee} | {throughput:.0} | {:.1} ms | {:.1} ms |",
+                ms(p50),
+                ms(p90)
+            );
+        }
     }
     Ok(())
 }
 
-async fn measure(guarantee: &str) -> anyhow::Result<(f64, Duration, Duration)> {
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Topology {
+    /// sauce → cheese → meats → veggies.
+    Chain,
+    /// The four stages on `pizza` in parallel, then a join (which is always transactional).
+    FanOut,
+}
+
+async fn measure(topology: Topology, guarantee: &str) -> anyhow::Result<(f64, Duration, Duration)> {
     let root = Path::new(env!("CARGO_MANIFEST_DIR"))
         .parent()
         .expect("workspace");
@@ -53,14 +64,25 @@ async fn measure(guarantee: &str) -> anyhow::Result<(f64, Duration, Duration)> {
         topic(0),
         topic(4)
     );
+    let part = |stage: &str| format!("bench-part-{stage}-{run}");
     for (i, stage) in STAGES.iter().enumerate() {
+        let (input, output) = match topology {
+            Topology::Chain => (topic(i), topic(i + 1)),
+            Topology::FanOut => (topic(0), part(stage)),
+        };
         toml.push_str(&format!(
-            "[[stage]]\nname = \"{stage}\"\ncomponent = \"{}\"\ninput = \"{}\"\noutput = \"{}\"\n",
+            "[[stage]]\nname = \"{stage}\"\ncomponent = \"{}\"\ninput = \"{input}\"\noutput = \"{output}\"\n",
             components
                 .join(format!("pizza_stage_{stage}.wasm"))
                 .display(),
-            topic(i),
-            topic(i + 1)
+        ));
+    }
+    if topology == Topology::FanOut {
+        let parts: Vec<String> = STAGES.iter().map(|s| part(s)).collect();
+        toml.push_str(&format!(
+            "[[join]]\nname = \"assemble\"\ninputs = {}\noutput = \"{}\"\n",
+            serde_json::to_string(&parts)?,
+            topic(4)
         ));
     }
     let pipeline = Pipeline::parse(&toml, Path::new("/"))?;

@@ -81,6 +81,12 @@ pub struct Pipeline {
     /// The stages, in pipeline order (`[[stage]]` tables).
     #[serde(default, rename = "stage")]
     pub stages: Vec<StageConfig>,
+    /// The reports (`[[report]]` tables).
+    #[serde(default, rename = "report")]
+    pub reports: Vec<ReportConfig>,
+    /// The joins (`[[join]]` tables); read at startup.
+    #[serde(default, rename = "join")]
+    pub joins: Vec<JoinConfig>,
 }
 
 /// How often each event is processed and published.
@@ -206,6 +212,80 @@ pub struct StageConfig {
     pub dead_letter: Option<String>,
 }
 
+/// One report: a component that folds every event of a topic into a state, served as JSON at
+/// `GET /report/{name}`.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ReportConfig {
+    /// Unique name among the reports: the `{name}` of `GET /report/{name}`.
+    pub name: String,
+    /// The component file (`.wasm`, world `pizza:stage/report`), relative to this file.
+    pub component: PathBuf,
+    /// Topic the report reads, from its beginning.
+    pub input: String,
+    /// Wall-time limit of one call, in milliseconds.
+    #[serde(default = "default_timeout_ms")]
+    pub timeout_ms: u64,
+    /// Memory limit of one call, in MiB.
+    #[serde(default = "default_memory_mib")]
+    pub memory_mib: usize,
+    /// Compacted topic where the state is saved together with the position in `input`
+    /// (default `<group_prefix>-report-<name>`).
+    pub changelog: Option<String>,
+}
+
+/// A join (fan-in): assembles the parts of one pizza, each made by a stage on its own topic,
+/// into one record on the output topic, exactly once.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct JoinConfig {
+    /// Unique name among the joins; names its consumer group and transactional id.
+    pub name: String,
+    /// The topics whose records are the parts (at least two). They must be partitioned alike:
+    /// the same partition count, the order id as the record key.
+    pub inputs: Vec<String>,
+    /// Where an assembled record goes, with the parts' record key.
+    pub output: String,
+    /// The field that names the whole a part belongs to.
+    #[serde(default = "default_join_key")]
+    pub key: String,
+    /// A whole whose parts have not all arrived this long after the first one is given up
+    /// on: what arrived goes to the dead-letter topic.
+    #[serde(default = "default_expire_after_ms")]
+    pub expire_after_ms: u64,
+    /// Where given-up and unreadable parts go (default `<output>.dlq`).
+    pub dead_letter: Option<String>,
+    /// Compacted topic holding the parts that wait for their siblings, partitioned like the
+    /// inputs (default `<group_prefix>-join-<name>`).
+    pub changelog: Option<String>,
+}
+
+impl JoinConfig {
+    /// The topic for parts the join gives up on.
+    pub fn dead_letter_topic(&self) -> String {
+        self.dead_letter
+            .clone()
+            .unwrap_or_else(|| format!("{}.dlq", self.output))
+    }
+}
+
+fn default_join_key() -> String {
+    "pizza_id".into()
+}
+fn default_expire_after_ms() -> u64 {
+    60_000
+}
+
+impl ReportConfig {
+    /// The resource limits of one call of this report.
+    pub fn limits(&self) -> crate::runtime::Limits {
+        crate::runtime::Limits {
+            timeout: std::time::Duration::from_millis(self.timeout_ms),
+            memory_bytes: self.memory_mib << 20,
+        }
+    }
+}
+
 impl StageConfig {
     /// The topic for records this stage cannot process.
     pub fn dead_letter_topic(&self) -> String {
@@ -316,6 +396,16 @@ impl Pipeline {
         for stage in &mut pipeline.stages {
             stage.component = base.join(&stage.component);
         }
+        for join in &mut pipeline.joins {
+            join.changelog
+                .get_or_insert_with(|| format!("{}-join-{}", pipeline.group_prefix, join.name));
+        }
+        for report in &mut pipeline.reports {
+            report.component = base.join(&report.component);
+            report
+                .changelog
+                .get_or_insert_with(|| format!("{}-report-{}", pipeline.group_prefix, report.name));
+        }
         if let Some(file) = &mut pipeline.admin.token_file {
             *file = base.join(&*file);
         }
@@ -348,16 +438,7 @@ impl Pipeline {
         let mut names = BTreeSet::new();
         for (index, stage) in self.stages.iter().enumerate() {
             let at = format!("stage[{index}] ({:?})", stage.name);
-            if stage.name.is_empty()
-                || !stage
-                    .name
-                    .chars()
-                    .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
-            {
-                return Err(invalid(format!(
-                    "{at}: name must be non-empty and use only letters, digits, '-' and '_'"
-                )));
-            }
+            check_name(&stage.name).map_err(|why| invalid(format!("{at}: {why}")))?;
             if !names.insert(stage.name.as_str()) {
                 return Err(invalid(format!("{at}: another stage has the same name")));
             }
@@ -382,6 +463,56 @@ impl Pipeline {
                 ("output", &stage.output),
                 ("dead_letter", &dead_letter),
             ] {
+                check_topic_name(topic).map_err(|why| invalid(format!("{at}: {key}: {why}")))?;
+            }
+        }
+        let mut reports = BTreeSet::new();
+        for (index, report) in self.reports.iter().enumerate() {
+            let at = format!("report[{index}] ({:?})", report.name);
+            check_name(&report.name).map_err(|why| invalid(format!("{at}: {why}")))?;
+            if !reports.insert(report.name.as_str()) {
+                return Err(invalid(format!("{at}: another report has the same name")));
+            }
+            if report.timeout_ms == 0 || report.memory_mib == 0 {
+                return Err(invalid(format!(
+                    "{at}: timeout_ms and memory_mib must be above 0"
+                )));
+            }
+            let changelog = report.changelog.as_deref().unwrap_or_default();
+            for (key, topic) in [("input", report.input.as_str()), ("changelog", changelog)] {
+                check_topic_name(topic).map_err(|why| invalid(format!("{at}: {key}: {why}")))?;
+            }
+        }
+        let mut joins = BTreeSet::new();
+        for (index, join) in self.joins.iter().enumerate() {
+            let at = format!("join[{index}] ({:?})", join.name);
+            check_name(&join.name).map_err(|why| invalid(format!("{at}: {why}")))?;
+            if !joins.insert(join.name.as_str()) {
+                return Err(invalid(format!("{at}: another join has the same name")));
+            }
+            let distinct: BTreeSet<&String> = join.inputs.iter().collect();
+            if distinct.len() < 2 || distinct.len() != join.inputs.len() {
+                return Err(invalid(format!(
+                    "{at}: inputs must name at least two different topics, each once"
+                )));
+            }
+            if join.inputs.contains(&join.output) {
+                return Err(invalid(format!("{at}: output is also an input")));
+            }
+            if join.expire_after_ms == 0 || join.key.is_empty() {
+                return Err(invalid(format!(
+                    "{at}: expire_after_ms must be above 0 and key non-empty"
+                )));
+            }
+            let dead_letter = join.dead_letter_topic();
+            let changelog = join.changelog.as_deref().unwrap_or_default();
+            let topics = join.inputs.iter().map(|t| ("inputs", t.as_str()));
+            let others = [
+                ("output", join.output.as_str()),
+                ("dead_letter", &dead_letter),
+                ("changelog", changelog),
+            ];
+            for (key, topic) in topics.chain(others) {
                 check_topic_name(topic).map_err(|why| invalid(format!("{at}: {key}: {why}")))?;
             }
         }
@@ -441,6 +572,15 @@ impl ConfigError {
     }
 }
 
+/// Stage and report names end up in group ids, topic names and URLs.
+fn check_name(name: &str) -> Result<(), String> {
+    let legal = |c: char| c.is_ascii_alphanumeric() || c == '-' || c == '_';
+    if name.is_empty() || !name.chars().all(legal) {
+        return Err("name must be non-empty and use only letters, digits, '-' and '_'".into());
+    }
+    Ok(())
+}
+
 /// Kafka's own rules for topic names, checked here so the error names the key.
 fn check_topic_name(topic: &str) -> Result<(), String> {
     let legal = |c: char| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-');
@@ -479,6 +619,25 @@ mod tests {
         assert_eq!(p.orders.topic, "pizza");
         assert_eq!(p.orders.completed_topic, "pizza-with-veggies");
         assert_eq!(p.stages[0].component, Path::new("/etc/pizza/sauce.wasm"));
+    }
+
+    #[test]
+    fn the_shipped_pipelines_are_valid() {
+        let chain = Pipeline::parse(include_str!("../../pipeline.toml"), Path::new("/p"));
+        let chain = chain.expect("pipeline.toml");
+        assert_eq!(chain.stages.len(), 4);
+        assert_eq!(
+            chain.reports[0].changelog.as_deref(),
+            Some("pizza-host-report-cheese")
+        );
+        let fanout = Pipeline::parse(include_str!("../../pipeline-fanout.toml"), Path::new("/p"));
+        let fanout = fanout.expect("pipeline-fanout.toml");
+        assert!(fanout.stages.iter().all(|s| s.input == "pizza"));
+        assert_eq!(fanout.joins[0].inputs.len(), 4);
+        assert_eq!(
+            fanout.joins[0].dead_letter_topic(),
+            "pizza-with-veggies.dlq"
+        );
     }
 
     #[test]

@@ -8,14 +8,19 @@
 //! neither duplicate nor reorder records.
 
 use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use anyhow::Context as _;
 use rdkafka::ClientConfig;
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::{Client, ClientContext, DefaultClientContext};
-use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, StreamConsumer};
+use rdkafka::consumer::{
+    BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance, StreamConsumer,
+};
 use rdkafka::producer::FutureProducer;
+use rdkafka::statistics::Statistics;
 use rdkafka::types::RDKafkaErrorCode;
 use rdkafka::{Offset, TopicPartitionList};
 
@@ -43,23 +48,50 @@ impl KafkaSettings {
     }
 
     /// A consumer in `group_id` that reads committed records, from the earliest offset when
-    /// the group is new, and commits only the offsets the host stores.
-    pub fn consumer(&self, group_id: &str) -> anyhow::Result<StreamConsumer> {
-        self.group_consumer(group_id, true)
+    /// the group is new, and commits only the offsets the host stores. It reports its
+    /// assignment and lag to `state`.
+    pub fn consumer(
+        &self,
+        group_id: &str,
+        state: Arc<GroupState>,
+    ) -> anyhow::Result<GroupConsumer> {
+        self.group_consumer(group_id, true, state)
     }
 
     /// A consumer whose offsets are committed by a producer's transactions, never by itself.
-    pub fn transactional_consumer(&self, group_id: &str) -> anyhow::Result<StreamConsumer> {
-        self.group_consumer(group_id, false)
+    pub fn transactional_consumer(
+        &self,
+        group_id: &str,
+        state: Arc<GroupState>,
+    ) -> anyhow::Result<GroupConsumer> {
+        self.group_consumer(group_id, false, state)
+    }
+
+    /// A transactional consumer of several co-partitioned topics (same partition count, same
+    /// keys) that gets partition `p` of all of them together: the range assignor, whatever
+    /// the `[kafka]` table says, since a join must see every part of a key in one place.
+    pub fn co_partitioned_consumer(
+        &self,
+        group_id: &str,
+        state: Arc<GroupState>,
+    ) -> anyhow::Result<GroupConsumer> {
+        let mut settings = self.clone();
+        settings
+            .properties
+            .insert("partition.assignment.strategy".into(), "range".into());
+        settings.group_consumer(group_id, false, state)
     }
 
     fn group_consumer(
         &self,
         group_id: &str,
         commits_itself: bool,
-    ) -> anyhow::Result<StreamConsumer> {
+        state: Arc<GroupState>,
+    ) -> anyhow::Result<GroupConsumer> {
+        state.reset();
         let mut config = self.base();
         config
+            .set_if_absent("statistics.interval.ms", "1000")
             .set("group.id", group_id)
             .set_if_absent("auto.offset.reset", "earliest")
             .set_if_absent("isolation.level", "read_committed")
@@ -70,7 +102,10 @@ impl KafkaSettings {
             config.set("isolation.level", "read_committed");
         }
         config
-            .create()
+            .create_with_context(GroupContext {
+                group: group_id.to_owned(),
+                state,
+            })
             .with_context(|| format!("cannot create a Kafka consumer for group {group_id}"))
     }
 
@@ -89,8 +124,9 @@ impl KafkaSettings {
             .with_context(|| format!("cannot create the transactional producer {transactional_id}"))
     }
 
-    /// A consumer with no group, for reading partitions the caller assigns itself.
-    pub fn reader(&self, name: &str) -> anyhow::Result<StreamConsumer> {
+    /// A consumer with no group (`StreamConsumer` or `BaseConsumer`), for reading partitions
+    /// the caller assigns itself.
+    pub fn reader<T: rdkafka::config::FromClientConfig>(&self, name: &str) -> anyhow::Result<T> {
         let mut config = self.base();
         config
             .set("group.id", name)
@@ -120,12 +156,30 @@ impl KafkaSettings {
         config
     }
 
-    /// Creates each of `topics` that does not exist yet; existing topics are left as they are.
+    /// An admin client (topic creation, metadata queries).
+    pub fn admin(&self) -> anyhow::Result<AdminClient<DefaultClientContext>> {
+        self.base()
+            .create()
+            .context("cannot create a Kafka admin client")
+    }
+
+    /// A producer for records a caller waits on (a customer's order): like [`Self::producer`],
+    /// but a record the broker has not acknowledged within `timeout` fails instead of being
+    /// retried for librdkafka's default five minutes.
+    pub fn producer_with_timeout(&self, timeout: Duration) -> anyhow::Result<FutureProducer> {
+        let mut config = self.producer_config();
+        config.set_if_absent("message.timeout.ms", &timeout.as_millis().to_string());
+        config.create().context("cannot create a Kafka producer")
+    }
+
+    /// Creates each of `topics` that does not exist yet, with the topic-level `settings`
+    /// (`cleanup.policy`, …); existing topics are left as they are.
     pub async fn ensure_topics(
         &self,
         topics: &[&str],
         partitions: i32,
         replication: i32,
+        settings: &[(&str, &str)],
     ) -> anyhow::Result<()> {
         // librdkafka crashes on a request that names a topic twice, and has nothing to do
         // for an empty one.
@@ -133,13 +187,15 @@ impl KafkaSettings {
         if topics.is_empty() {
             return Ok(());
         }
-        let admin: AdminClient<DefaultClientContext> = self
-            .base()
-            .create()
-            .context("cannot create a Kafka admin client")?;
+        let admin = self.admin()?;
         let new_topics: Vec<NewTopic<'_>> = topics
             .iter()
-            .map(|topic| NewTopic::new(topic, partitions, TopicReplication::Fixed(replication)))
+            .map(|topic| {
+                settings.iter().fold(
+                    NewTopic::new(topic, partitions, TopicReplication::Fixed(replication)),
+                    |topic, (key, value)| topic.set(key, value),
+                )
+            })
             .collect();
         let options = AdminOptions::new().operation_timeout(Some(ADMIN_TIMEOUT));
         let results = admin
@@ -264,6 +320,126 @@ pub fn watermarks<C: ConsumerContext>(
                 return Err(err)
                     .with_context(|| format!("cannot read the offsets of {topic}/{partition}"));
             }
+        }
+    }
+}
+
+/// Logs the errors a consumer hands out, without repeating itself.
+///
+/// Consumer errors are librdkafka saying what it is retrying on its own (a broker went away, a
+/// rebalance failed), so they are logged and never waited on: waiting after each would leave
+/// the errors that pile up during an outage to be drained one per wait, long after the broker
+/// is back, with the records queued behind them. The same message is logged at most once per
+/// [`ConsumerErrors::EVERY`].
+#[derive(Debug, Default)]
+pub struct ConsumerErrors {
+    last: Option<(String, std::time::Instant)>,
+}
+
+impl ConsumerErrors {
+    /// How often one message is logged while it repeats.
+    pub const EVERY: Duration = Duration::from_secs(10);
+
+    /// Logs `err` (from the consumer of `what`) unless it was just logged.
+    pub fn log(&mut self, what: &str, err: &rdkafka::error::KafkaError) {
+        let message = err.to_string();
+        let repeated = matches!(&self.last, Some((last, at)) if *last == message && at.elapsed() < Self::EVERY);
+        if !repeated {
+            tracing::warn!("{what}: consumer error: {message}");
+            self.last = Some((message, std::time::Instant::now()));
+        }
+    }
+}
+
+/// A stage's consumer: it reports to a [`GroupState`].
+pub type GroupConsumer = StreamConsumer<GroupContext>;
+
+/// What a stage's consumer knows of its place in the group: whether it joined, which
+/// partitions it holds, and how far behind it is on each. Outlives the consumer (a restarted
+/// stage gets a new one), so the host's readiness and metrics always find it.
+#[derive(Debug, Default)]
+pub struct GroupState {
+    joined: AtomicBool,
+    /// Counts assignments, so a consumer's owner can tell that its partitions changed hands
+    /// (and any state it keeps per partition may be stale) since it last looked.
+    assignments: std::sync::atomic::AtomicU64,
+    /// Assigned partition → records not yet read (`None` until librdkafka reports it).
+    partitions: Mutex<BTreeMap<i32, Option<i64>>>,
+}
+
+impl GroupState {
+    /// True once the consumer has joined its group and received an assignment (possibly of
+    /// no partitions, when the group has more members than the topic has partitions).
+    pub fn joined(&self) -> bool {
+        self.joined.load(Ordering::Acquire)
+    }
+
+    /// How many assignments the consumer has received so far.
+    pub fn assignments(&self) -> u64 {
+        self.assignments.load(Ordering::Acquire)
+    }
+
+    /// The assigned partitions with their lag, when known.
+    pub fn partitions(&self) -> BTreeMap<i32, Option<i64>> {
+        self.lock().clone()
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, BTreeMap<i32, Option<i64>>> {
+        self.partitions
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn reset(&self) {
+        self.joined.store(false, Ordering::Release);
+        self.lock().clear();
+    }
+}
+
+/// The librdkafka callbacks of a stage's consumer, kept in its [`GroupState`].
+pub struct GroupContext {
+    group: String,
+    state: Arc<GroupState>,
+}
+
+impl ClientContext for GroupContext {
+    fn stats(&self, statistics: Statistics) {
+        let mut partitions = self.state.lock();
+        for topic in statistics.topics.values() {
+            for (id, stats) in &topic.partitions {
+                let Some(lag) = partitions.get_mut(id) else {
+                    continue; // not ours (or librdkafka's internal partition -1)
+                };
+                // Records not yet read: from the position when there is one; right after an
+                // assignment, from the committed offset.
+                *lag = if stats.app_offset >= 0 && stats.ls_offset >= 0 {
+                    Some((stats.ls_offset - stats.app_offset).max(0))
+                } else if stats.consumer_lag >= 0 {
+                    Some(stats.consumer_lag)
+                } else {
+                    *lag
+                };
+            }
+        }
+    }
+}
+
+impl ConsumerContext for GroupContext {
+    fn post_rebalance(&self, _consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        match rebalance {
+            Rebalance::Assign(assigned) => {
+                let ids: Vec<i32> = assigned.elements().iter().map(|e| e.partition()).collect();
+                tracing::info!(group = self.group, partitions = ?ids, "partitions assigned");
+                *self.state.lock() = ids.into_iter().map(|id| (id, None)).collect();
+                self.state.joined.store(true, Ordering::Release);
+                self.state.assignments.fetch_add(1, Ordering::AcqRel);
+            }
+            Rebalance::Revoke(revoked) => {
+                let ids: Vec<i32> = revoked.elements().iter().map(|e| e.partition()).collect();
+                tracing::info!(group = self.group, partitions = ?ids, "partitions revoked");
+                self.state.lock().clear();
+            }
+            Rebalance::Error(err) => tracing::warn!(group = self.group, "rebalance failed: {err}"),
         }
     }
 }

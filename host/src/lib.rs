@@ -14,26 +14,39 @@
 //! - [`stage`]: one stage's consume → call → produce → commit loop (and its transactional
 //!   form in [`stage::exactly_once`]).
 //! - [`stages`]: the running stages; swaps and pipeline edits, validated before applied.
+//! - [`report`]: the reports (`GET /report/{name}`): a component folds a topic into a state
+//!   the host keeps exactly once ([`report::fold`]).
+//! - [`join`]: fan-in: assembling a pizza's parts, made by stages in parallel, exactly once.
 //! - [`reload`]: watching `pipeline.toml` and component files.
 //! - [`admin`]: the token-guarded admin API (stage table, deploy).
 //! - [`tools`]: `check` and `invoke`, for stage authors, without Kafka.
-//! - [`orders`]: placing orders, and the order book `GET /order` reads.
+//! - [`order_publisher`]: placing an order: its records, published under the guarantee.
+//! - [`orders`]: the order book `GET /order` reads.
 //! - [`order_view`]: filling the order book from Kafka (orders, completed and failed pizzas).
-//! - [`http`]: the axum routes.
+//! - [`cluster_health`]: whether Kafka answers (orders are refused with 503 while it does not).
+//! - [`http`]: the axum routes (orders, metrics, health).
+//! - [`metrics`]: what the host counts, for Prometheus.
+//! - [`trace_context`]: the W3C `traceparent` each order's records carry across stages.
 //!
 //! [`start`] wires them together; `main.rs` only parses the command line and handles signals.
 
 pub mod admin;
+pub mod cluster_health;
 pub mod config;
 pub mod http;
+pub mod join;
 pub mod kafka;
+pub mod metrics;
+pub mod order_publisher;
 pub mod order_view;
 pub mod orders;
 pub mod reload;
+pub mod report;
 pub mod runtime;
 pub mod stage;
 pub mod stages;
 pub mod tools;
+pub mod trace_context;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -61,7 +74,7 @@ pub struct RunningHost {
 
 impl RunningHost {
     /// Waits until every task has finished after the shutdown token was cancelled: stages
-    /// have finished their in-flight records and committed, and the HTTP server has closed.
+    /// have finished their in-flight records and committed, and then the servers closed.
     pub async fn wait(self) {
         self.tasks.wait().await;
     }
@@ -82,30 +95,67 @@ pub async fn start(
         .context("cannot start the WebAssembly runtime")?;
     let kafka = KafkaSettings::new(pipeline.kafka_properties().map_err(anyhow::Error::msg)?);
     let admin_token = pipeline.admin.token()?;
+    // Stages, the order view and file watching run on `tasks`; the HTTP and admin servers
+    // on `servers`, which stop only once `tasks` are done (see `stop_servers_after`).
     let tasks = TaskTracker::new();
+    let servers = TaskTracker::new();
+    let metrics = metrics::Metrics::new();
 
     // Stages first: their components are checked before any topic is created, so a bad
     // file fails fast and clearly.
+    let reports = Arc::new(report::Reports::new(
+        runtime.clone(),
+        kafka.clone(),
+        &pipeline,
+        shutdown.clone(),
+        tasks.clone(),
+    ));
+    let report_plan = reports.plan(&pipeline).await?;
     let stages = Arc::new(Stages::new(
         runtime,
         kafka.clone(),
         &pipeline,
         shutdown.clone(),
         tasks.clone(),
+        metrics.clone(),
     ));
     stages.apply(&pipeline).await?;
-    let order_topics = [
-        pipeline.orders.topic.as_str(),
-        pipeline.orders.completed_topic.as_str(),
-        pipeline.orders.orders_topic.as_str(),
-    ];
-    kafka
-        .ensure_topics(
-            &order_topics,
+    reports.carry_out(report_plan).await;
+    join::start(
+        &pipeline.joins,
+        &kafka,
+        &pipeline.group_prefix,
+        &pipeline.instance_id,
+        (
             pipeline.topics.partitions,
             pipeline.topics.replication_factor,
+        ),
+        &tasks,
+        &shutdown,
+    )
+    .await?;
+    let (partitions, replication) = (
+        pipeline.topics.partitions,
+        pipeline.topics.replication_factor,
+    );
+    let pizza_topics = [
+        pipeline.orders.topic.as_str(),
+        pipeline.orders.completed_topic.as_str(),
+    ];
+    kafka
+        .ensure_topics(&pizza_topics, partitions, replication, &[])
+        .await?;
+    // One record per order, keyed by its id: compaction keeps every order and nothing else.
+    kafka
+        .ensure_topics(
+            &[pipeline.orders.orders_topic.as_str()],
+            partitions,
+            replication,
+            &[("cleanup.policy", "compact")],
         )
         .await?;
+    let health =
+        cluster_health::spawn_probe(&kafka, &pipeline.orders.topic, &tasks, shutdown.clone())?;
 
     let book = orders::OrderBook::default();
     let reader = kafka.reader(&format!("{}-order-view", pipeline.group_prefix))?;
@@ -116,6 +166,10 @@ pub async fn start(
             .stages
             .iter()
             .map(|s| s.dead_letter_topic())
+            .chain(pipeline.joins.iter().map(|j| j.dead_letter_topic()))
+            // Stages that share an input share its dead-letter topic: read it once.
+            .collect::<std::collections::BTreeSet<_>>()
+            .into_iter()
             .collect(),
     };
     let view = order_view::start(book.clone(), reader, view_topics, shutdown.clone()).await?;
@@ -124,37 +178,78 @@ pub async fn start(
     let app = http::router(http::AppState {
         book,
         publisher: match pipeline.guarantee {
-            Guarantee::ExactlyOnce => orders::Publisher::transactional(
+            Guarantee::ExactlyOnce => order_publisher::Publisher::transactional(
                 &kafka,
                 &format!("{}-orders-{}", pipeline.group_prefix, pipeline.instance_id),
             )?,
-            Guarantee::AtLeastOnce => orders::Publisher::AtLeastOnce(kafka.producer()?),
+            Guarantee::AtLeastOnce => order_publisher::Publisher::at_least_once(&kafka)?,
         },
-        topics: orders::OrderTopics {
+        health,
+        topics: order_publisher::OrderTopics {
             orders: pipeline.orders.orders_topic.clone(),
             pizzas: pipeline.orders.topic.clone(),
         },
         max_order_count: pipeline.http.max_order_count,
+        stages: stages.clone(),
+        reports: reports.clone(),
+        metrics,
+        shutdown: shutdown.clone(),
     });
-    let http_addr = serve("HTTP API", pipeline.http.listen, app, &tasks, &shutdown).await?;
+    let servers_stop = CancellationToken::new();
+    let http_addr = serve(
+        "HTTP API",
+        pipeline.http.listen,
+        app,
+        &servers,
+        &servers_stop,
+    )
+    .await?;
     let admin_addr = match admin_token {
         Some(token) => {
             let app = admin::router(stages.clone(), token);
-            Some(serve("admin API", pipeline.admin.listen, app, &tasks, &shutdown).await?)
+            Some(
+                serve(
+                    "admin API",
+                    pipeline.admin.listen,
+                    app,
+                    &servers,
+                    &servers_stop,
+                )
+                .await?,
+            )
         }
         None => None,
     };
 
     if let Some(path) = watch {
-        tasks.spawn(reload::watch(path, pipeline, stages.clone(), shutdown.clone()).await?);
+        let running = reload::Running {
+            stages: stages.clone(),
+            reports,
+        };
+        tasks.spawn(reload::watch(path, pipeline, running, shutdown.clone()).await?);
     }
     tasks.close();
+    servers.spawn(stop_servers_after(tasks, shutdown, servers_stop));
+    servers.close();
     Ok(RunningHost {
         http_addr,
         admin_addr,
         stages,
-        tasks,
+        tasks: servers,
     })
+}
+
+/// The servers outlive the stages' drain on shutdown: meanwhile `POST /order` answers 503 and
+/// `/readyz` says the host is shutting down (so a load balancer moves traffic away), and
+/// `GET /order` and `/metrics` keep answering. Once every stage has committed, they stop.
+async fn stop_servers_after(
+    tasks: TaskTracker,
+    shutdown: CancellationToken,
+    servers_stop: CancellationToken,
+) {
+    shutdown.cancelled().await;
+    tasks.wait().await;
+    servers_stop.cancel();
 }
 
 /// Serves `app` on `addr` until `shutdown`; returns the bound address.

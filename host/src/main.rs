@@ -14,8 +14,17 @@ use tokio_util::sync::CancellationToken;
 #[derive(Parser)]
 #[command(version, about)]
 struct Cli {
+    /// How log lines are written to stderr: for people, or one JSON object per line.
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text, env = "PIZZA_HOST_LOG_FORMAT")]
+    log_format: LogFormat,
     #[command(subcommand)]
     command: Command,
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
 }
 
 #[derive(Subcommand)]
@@ -57,18 +66,28 @@ enum Command {
         #[arg(long, default_value = "http://127.0.0.1:5001")]
         host: String,
     },
+    /// Prints the stage table of a running host and whether it is ready; exits non-zero
+    /// when it is not.
+    Status {
+        /// The host's HTTP API.
+        #[arg(long, default_value = "http://127.0.0.1:5000")]
+        host: String,
+    },
 }
 
 fn main() -> ExitCode {
-    tracing_subscriber::fmt()
+    let cli = Cli::parse();
+    let logs = tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
-        .init();
-    let cli = Cli::parse();
+        );
+    match cli.log_format {
+        LogFormat::Text => logs.init(),
+        LogFormat::Json => logs.json().init(),
+    }
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -98,6 +117,7 @@ fn main() -> ExitCode {
             component,
             host,
         } => runtime.block_on(deploy(&stage, &component, &host)),
+        Command::Status { host } => runtime.block_on(status(&host)),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -113,6 +133,13 @@ async fn run(path: PathBuf, listen: Option<SocketAddr>, watch: bool) -> anyhow::
     if let Some(listen) = listen {
         pipeline.http.listen = listen;
     }
+    tracing::info!(
+        file = %path.display(),
+        stages = pipeline.stages.len(),
+        guarantee = ?pipeline.guarantee,
+        instance_id = pipeline.instance_id,
+        "pipeline loaded"
+    );
     let shutdown = CancellationToken::new();
     tokio::spawn(watch_signals(shutdown.clone()));
     let host = pizza_host::start(pipeline, watch.then_some(path), shutdown).await?;
@@ -160,6 +187,56 @@ async fn deploy(stage: &str, component: &Path, host: &str) -> anyhow::Result<()>
         );
     }
     Ok(())
+}
+
+async fn status(host: &str) -> anyhow::Result<()> {
+    let url = format!("{}/readyz", host.trim_end_matches('/'));
+    let response = reqwest::get(&url)
+        .await
+        .with_context(|| format!("cannot reach {url}"))?;
+    let body: serde_json::Value = response
+        .json()
+        .await
+        .with_context(|| format!("{url} did not answer with JSON"))?;
+    println!(
+        "{:<12} {:<40} {:<14} {:>10} {:>6}  partitions (lag)",
+        "stage", "input -> output", "digest", "processed", "dead"
+    );
+    for stage in body["stages"].as_array().into_iter().flatten() {
+        let text = |key: &str| stage[key].as_str().unwrap_or_default().to_owned();
+        let partitions: Vec<String> = stage["partitions"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .map(|p| match p["lag"].as_i64() {
+                Some(lag) => format!("{} ({lag})", p["partition"]),
+                None => format!("{} (?)", p["partition"]),
+            })
+            .collect();
+        let digest = text("digest");
+        println!(
+            "{:<12} {:<40} {:<14} {:>10} {:>6}  {}",
+            text("name"),
+            format!("{} -> {}", text("input"), text("output")),
+            digest.get(..14).unwrap_or(&digest),
+            stage["processed"],
+            stage["dead_lettered"],
+            if partitions.is_empty() {
+                "none".to_owned()
+            } else {
+                partitions.join(", ")
+            },
+        );
+    }
+    if body["ready"] == true {
+        println!("ready");
+        Ok(())
+    } else {
+        for reason in body["waiting_for"].as_array().into_iter().flatten() {
+            println!("not ready: {}", reason.as_str().unwrap_or_default());
+        }
+        anyhow::bail!("the host at {host} is not ready")
+    }
 }
 
 /// The first Ctrl-C or SIGTERM starts a graceful shutdown; a second one exits at once.

@@ -100,12 +100,13 @@ pub async fn start(
     );
 
     Ok(async move {
+        let mut errors = kafka::ConsumerErrors::default();
         loop {
             tokio::select! {
                 _ = shutdown.cancelled() => break,
                 received = consumer.recv() => match received {
                     Ok(message) => apply(&book, &topics, &message),
-                    Err(err) => tracing::warn!("order view: consumer error: {err}"),
+                    Err(err) => errors.log("order view", &err),
                 },
             }
         }
@@ -143,7 +144,14 @@ fn apply(book: &OrderBook, topics: &ViewTopics, message: &BorrowedMessage<'_>) {
     } else if topic == topics.completed {
         match json {
             Some(pizza) => {
-                book.record(&order_id, Outcome::Completed(Value::Object(pizza)));
+                let trail = message
+                    .headers()
+                    .into_iter()
+                    .flat_map(|h| h.iter())
+                    .filter(|h| h.key == crate::stage::TRAIL_HEADER)
+                    .filter_map(|h| serde_json::from_slice(h.value?).ok())
+                    .collect();
+                book.record(&order_id, Outcome::Completed(Value::Object(pizza), trail));
             }
             None => tracing::warn!(
                 topic,

@@ -18,7 +18,35 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::Pipeline;
+use crate::report::Reports;
 use crate::stages::{Stages, same_file};
+
+/// What file changes act on.
+#[derive(Clone)]
+pub struct Running {
+    /// The stages.
+    pub stages: Arc<Stages>,
+    /// The reports.
+    pub reports: Arc<Reports>,
+}
+
+impl Running {
+    /// Every component file in use, with the stage or report that uses it.
+    async fn component_files(&self) -> Vec<(Kind, String, PathBuf)> {
+        let stages = self.stages.component_files().await.into_iter();
+        let reports = self.reports.component_files().await.into_iter();
+        stages
+            .map(|(name, file)| (Kind::Stage, name, file))
+            .chain(reports.map(|(name, file)| (Kind::Report, name, file)))
+            .collect()
+    }
+}
+
+#[derive(Clone, Copy)]
+enum Kind {
+    Stage,
+    Report,
+}
 
 /// How long a file must be left alone before it is read.
 pub const QUIET: Duration = Duration::from_millis(300);
@@ -29,7 +57,7 @@ pub const QUIET: Duration = Duration::from_millis(300);
 pub async fn watch(
     pipeline_path: PathBuf,
     current: Pipeline,
-    stages: Arc<Stages>,
+    running: Running,
     shutdown: CancellationToken,
 ) -> anyhow::Result<impl Future<Output = ()> + use<>> {
     let pipeline_path = std::path::absolute(&pipeline_path)?;
@@ -43,14 +71,14 @@ pub async fn watch(
     .context("cannot start the file watcher")?;
 
     let mut watched = BTreeSet::new();
-    watch_folders(&mut debouncer, &mut watched, &pipeline_path, &stages).await;
+    watch_folders(&mut debouncer, &mut watched, &pipeline_path, &running).await;
     Ok(async move {
         let mut current = current;
         loop {
             if let Err(err) = changes(
                 &pipeline_path,
                 &mut current,
-                &stages,
+                &running,
                 &mut events,
                 &shutdown,
             )
@@ -59,7 +87,7 @@ pub async fn watch(
                 tracing::info!("file watching stopped: {err}");
                 return;
             }
-            watch_folders(&mut debouncer, &mut watched, &pipeline_path, &stages).await;
+            watch_folders(&mut debouncer, &mut watched, &pipeline_path, &running).await;
         }
     })
 }
@@ -71,10 +99,10 @@ async fn watch_folders(
     >,
     watched: &mut BTreeSet<PathBuf>,
     pipeline_path: &Path,
-    stages: &Stages,
+    running: &Running,
 ) {
     let mut folders = BTreeSet::from([parent(pipeline_path)]);
-    for (_, file) in stages.component_files().await {
+    for (_, _, file) in running.component_files().await {
         folders.insert(parent(&std::path::absolute(&file).unwrap_or(file)));
     }
     for folder in folders.difference(watched) {
@@ -92,7 +120,7 @@ async fn watch_folders(
 async fn changes(
     pipeline_path: &Path,
     current: &mut Pipeline,
-    stages: &Stages,
+    running: &Running,
     events: &mut mpsc::UnboundedReceiver<Vec<PathBuf>>,
     shutdown: &CancellationToken,
 ) -> anyhow::Result<()> {
@@ -101,17 +129,19 @@ async fn changes(
         changed = events.recv() => changed.context("the watcher stopped")?,
     };
     if changed.iter().any(|path| same_file(path, pipeline_path)) {
-        *current = apply_pipeline_edit(pipeline_path, current.clone(), stages).await;
+        *current = apply_pipeline_edit(pipeline_path, current.clone(), running).await;
     }
-    for (name, file) in stages.component_files().await {
-        if changed.iter().any(|path| same_file(path, &file)) {
-            match stages.reload_file(&name).await {
-                Ok(_) => {} // a swap logs itself; unchanged content needs nothing
-                Err(err) => tracing::error!(
-                    stage = name,
-                    "swap rejected, old version keeps running: {err:#}"
-                ),
-            }
+    for (kind, name, file) in running.component_files().await {
+        if !changed.iter().any(|path| same_file(path, &file)) {
+            continue;
+        }
+        // A swap logs itself; unchanged content needs nothing.
+        let reloaded = match kind {
+            Kind::Stage => running.stages.reload_file(&name).await.map(drop),
+            Kind::Report => running.reports.reload_file(&name).await,
+        };
+        if let Err(err) = reloaded {
+            tracing::error!(name, "swap rejected, old version keeps running: {err:#}");
         }
     }
     Ok(())
@@ -119,7 +149,8 @@ async fn changes(
 
 /// Applies an edited pipeline file; on any error the running pipeline stays as it was.
 /// Returns the pipeline that runs afterwards.
-async fn apply_pipeline_edit(path: &Path, current: Pipeline, stages: &Stages) -> Pipeline {
+async fn apply_pipeline_edit(path: &Path, current: Pipeline, running: &Running) -> Pipeline {
+    let stages = &running.stages;
     let edited = match Pipeline::load(path) {
         Ok(edited) => edited,
         Err(err) => {
@@ -138,8 +169,14 @@ async fn apply_pipeline_edit(path: &Path, current: Pipeline, stages: &Stages) ->
             needs_restart.join(", ")
         );
     }
-    match stages.apply(&edited).await {
-        Ok(()) => {
+    // Reports are checked first and changed last, so a bad edit changes nothing at all.
+    let applied = match running.reports.plan(&edited).await {
+        Ok(plan) => stages.apply(&edited).await.map(|()| plan),
+        Err(err) => Err(err),
+    };
+    match applied {
+        Ok(plan) => {
+            running.reports.carry_out(plan).await;
             tracing::info!(file = %path.display(), "pipeline edit applied");
             edited
         }
@@ -160,6 +197,7 @@ fn restart_only_settings(a: &Pipeline, b: &Pipeline) -> Vec<&'static str> {
         (a.orders != b.orders, "[orders]"),
         (a.topics != b.topics, "[topics]"),
         (a.group_prefix != b.group_prefix, "group_prefix"),
+        (a.joins != b.joins, "[[join]]"),
     ]
     .into_iter()
     .filter_map(|(differs, setting)| differs.then_some(setting))

@@ -23,6 +23,7 @@ use tokio_util::task::TaskTracker;
 
 use crate::config::{Guarantee, Pipeline, StageConfig};
 use crate::kafka::KafkaSettings;
+use crate::metrics::Metrics;
 use crate::runtime::{self, LoadError, Runtime, StageComponent};
 use crate::stage::{self, Route, StageShared, StopSignals};
 
@@ -66,6 +67,19 @@ pub struct StageInfo {
     pub last_error: Option<ErrorInfo>,
     /// The most recent rejected swap (file change or upload), if any.
     pub last_swap_error: Option<ErrorInfo>,
+    /// True once the stage's consumer has joined its group.
+    pub joined: bool,
+    /// The input partitions this host's consumer holds.
+    pub partitions: Vec<PartitionInfo>,
+}
+
+/// One input partition of a stage on this host.
+#[derive(Debug, Clone, Serialize)]
+pub struct PartitionInfo {
+    /// The partition.
+    pub partition: i32,
+    /// Records not yet read, once librdkafka has reported it.
+    pub lag: Option<i64>,
 }
 
 /// A failure as the admin API shows it.
@@ -135,6 +149,7 @@ pub struct Stages {
     replication: i32,
     shutdown: CancellationToken,
     tasks: TaskTracker,
+    metrics: Arc<Metrics>,
     running: Mutex<BTreeMap<String, RunningStage>>,
     last_edit_error: Mutex<Option<ErrorInfo>>,
 }
@@ -148,6 +163,7 @@ impl Stages {
         pipeline: &Pipeline,
         shutdown: CancellationToken,
         tasks: TaskTracker,
+        metrics: Arc<Metrics>,
     ) -> Self {
         Self {
             runtime,
@@ -159,6 +175,7 @@ impl Stages {
             replication: pipeline.topics.replication_factor,
             shutdown,
             tasks,
+            metrics,
             running: Mutex::new(BTreeMap::new()),
             last_edit_error: Mutex::new(None),
         }
@@ -201,7 +218,7 @@ impl Stages {
         }
         let topics: Vec<&str> = topics.iter().map(String::as_str).collect();
         self.kafka
-            .ensure_topics(&topics, self.partitions, self.replication)
+            .ensure_topics(&topics, self.partitions, self.replication, &[])
             .await?;
 
         // From here on nothing depends on the input being valid.
@@ -441,7 +458,10 @@ impl Stages {
             retries: config.retries,
         };
         let component_digest = component.digest().to_owned();
-        let shared = Arc::new(StageShared::new(component));
+        let shared = Arc::new(StageShared::new(
+            component,
+            self.metrics.stage(&config.name),
+        ));
         let signals = StopSignals {
             stop: self.shutdown.child_token(),
             drain: CancellationToken::new(),
@@ -586,6 +606,14 @@ fn info(stage: &RunningStage) -> StageInfo {
             .load(std::sync::atomic::Ordering::Relaxed),
         last_error,
         last_swap_error: stage.last_swap_error.clone(),
+        joined: stage.shared.group.joined(),
+        partitions: stage
+            .shared
+            .group
+            .partitions()
+            .into_iter()
+            .map(|(partition, lag)| PartitionInfo { partition, lag })
+            .collect(),
     }
 }
 

@@ -49,17 +49,32 @@ pub fn check(path: &Path) -> anyhow::Result<()> {
     for import in &imports {
         println!("    {import}: {}", grant(import));
     }
-    let verdict = runtime.load_bytes("check", &bytes, Limits::default());
-    match verdict {
+    let as_stage = runtime.load_bytes("check", &bytes, Limits::default());
+    let err = match as_stage {
         Ok(stage) => {
             println!(
                 "  fits: pizza:stage/topping (smoke call passed), digest {}",
                 stage.digest()
             );
-            Ok(())
+            return Ok(());
         }
-        Err(err) => Err(err.context(format!("{} does not fit a stage", path.display()))),
+        Err(err) => err,
+    };
+    // Not a stage: maybe a report.
+    if exports.iter().any(|e| e == "update" || e == "render") {
+        let report = runtime.load_report_bytes("check", &bytes, Limits::default());
+        return match report {
+            Ok(report) => {
+                println!(
+                    "  fits: pizza:stage/report (smoke calls passed), digest {}",
+                    report.digest()
+                );
+                Ok(())
+            }
+            Err(err) => Err(err.context(format!("{} does not fit a report", path.display()))),
+        };
     }
+    Err(err.context(format!("{} does not fit a stage", path.display())))
 }
 
 /// Runs the stage in `path` on each event of `input` (a file holding one JSON document, `-` for

@@ -14,28 +14,12 @@ use support::*;
 
 const WITHIN: Duration = Duration::from_secs(90);
 
-/// The demo pipeline with the sauce stage replaced by the hostile test component (which
-/// passes an event through unless its `act` field says how to misbehave), on tight limits.
-fn hostile_pipeline(topics: &Topics) -> String {
-    pipeline_toml(topics).replacen(
-        &format!(
-            "name = \"sauce\"\ncomponent = \"{}\"",
-            component("sauce").display()
-        ),
-        &format!(
-            "name = \"chaos\"\ncomponent = \"{}\"\ntimeout_ms = 300\nmemory_mib = 16",
-            test_component("hostile").display()
-        ),
-        1,
-    )
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn every_kind_of_stage_failure_is_dead_lettered_and_the_pipeline_keeps_flowing() {
     let topics = Topics::unique("hostile");
     let dir = temp_dir("hostile");
     let path = dir.join("pipeline.toml");
-    std::fs::write(&path, hostile_pipeline(&topics)).unwrap();
+    std::fs::write(&path, hostile_pipeline(&topics, 300)).unwrap();
     let host = TestHost::start_watching(&path).await;
 
     let expected = [
@@ -109,7 +93,7 @@ async fn an_order_with_a_failed_pizza_says_which_stage_failed_it_and_why() {
     let topics = Topics::unique("failed-order");
     let dir = temp_dir("failed-order");
     let path = dir.join("pipeline.toml");
-    std::fs::write(&path, hostile_pipeline(&topics)).unwrap();
+    std::fs::write(&path, hostile_pipeline(&topics, 300)).unwrap();
     let host = TestHost::start_watching(&path).await;
 
     // An order placed by someone else on the same topics (another host, or the original
@@ -193,83 +177,13 @@ async fn a_second_host_answers_for_orders_placed_on_the_first() {
     assert_eq!(order["count"], 4);
 }
 
-/// A `pizza-host run` process on `pipeline`, killed with SIGKILL when dropped.
-struct HostProcess {
-    child: std::process::Child,
-    url: String,
-}
-
-impl HostProcess {
-    async fn start(pipeline: &std::path::Path) -> Self {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
-        let log = std::fs::File::create(pipeline.with_extension(format!("{port}.log"))).unwrap();
-        let child = std::process::Command::new(env!("CARGO_BIN_EXE_pizza-host"))
-            .args([
-                "run",
-                "--no-watch",
-                "--listen",
-                &format!("127.0.0.1:{port}"),
-            ])
-            .arg(pipeline)
-            .stdout(std::process::Stdio::null())
-            .stderr(log)
-            .spawn()
-            .unwrap();
-        let url = format!("http://127.0.0.1:{port}");
-        wait_for(WITHIN, "the host to answer", || async {
-            reqwest::get(format!("{url}/order/none"))
-                .await
-                .ok()
-                .map(|_| ())
-        })
-        .await;
-        Self { child, url }
-    }
-
-    fn kill(mut self) {
-        self.child.kill().unwrap();
-        self.child.wait().unwrap();
-    }
-
-    async fn order(&self, count: u32) -> String {
-        place_order(&self.url, count).await
-    }
-
-    async fn pizzas(&self, id: &str) -> usize {
-        let Ok(response) = reqwest::get(format!("{}/order/{id}", self.url)).await else {
-            return 0;
-        };
-        let order: Value = response.json().await.unwrap_or_default();
-        order["pizzas"].as_array().map(Vec::len).unwrap_or_default()
-    }
-}
-
-impl Drop for HostProcess {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
 /// Under at-least-once this test fails (a killed stage redoes its uncommitted records, so
 /// pizzas show up twice downstream): it is what exactly-once buys.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn killing_the_host_mid_run_three_times_loses_and_doubles_nothing() {
     let topics = Topics::unique("crash");
-    let dir = temp_dir("crash");
-    let pipeline = dir.join("pipeline.toml");
-    // A killed host's consumers stay in their groups until the session times out: keep it at
-    // the broker's minimum so the restarted host gets its partitions back soon.
-    let toml = format!("instance_id = \"crash\"\n{}", pipeline_toml(&topics))
-        .replace("[http]\n", "[http]\nmax_order_count = 1000\n")
-        .replace("[kafka]\n", "[kafka]\n\"session.timeout.ms\" = 6000\n");
-    std::fs::write(&pipeline, toml).unwrap();
-
-    let mut host = HostProcess::start(&pipeline).await;
+    let pipeline = process_pipeline("crash", &topics, &bootstrap());
+    let mut host = HostProcess::start_named(&pipeline, "crash").await;
     let mut orders = Vec::new();
     for _ in 0..10 {
         orders.push(host.order(1_000).await);
@@ -284,7 +198,7 @@ async fn killing_the_host_mid_run_three_times_loses_and_doubles_nothing() {
         })
         .await;
         host.kill();
-        host = HostProcess::start(&pipeline).await;
+        host = HostProcess::start_named(&pipeline, "crash").await;
     }
     for id in &orders {
         wait_for(
@@ -295,21 +209,63 @@ async fn killing_the_host_mid_run_three_times_loses_and_doubles_nothing() {
         .await;
     }
 
-    // Every topic of the chain, as read_committed readers see it: each pizza exactly once.
-    for topic in &topics.chain[1..] {
-        let records = read_records(topic, 10_000, WITHIN);
-        let mut seen = std::collections::HashMap::new();
-        for record in &records {
-            let pizza: Value = serde_json::from_slice(&record.value).unwrap();
-            *seen
-                .entry(pizza["pizza_id"].as_str().unwrap().to_owned())
-                .or_insert(0) += 1;
+    assert_every_pizza_exactly_once(&bootstrap(), &topics, 10_000);
+}
+
+/// Peak resident memory of process `pid`, in MiB (Linux's VmHWM).
+fn peak_rss_mib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let line = status.lines().find(|l| l.starts_with("VmHWM:")).unwrap();
+    let kib: u64 = line.split_whitespace().nth(1).unwrap().parse().unwrap();
+    kib / 1024
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn stages_that_allocate_without_bound_leave_the_host_memory_bounded() {
+    const HOARDERS: usize = 200;
+    let topics = Topics::unique("hoard");
+    let dir = temp_dir("hoard");
+    let pipeline = dir.join("pipeline.toml");
+    std::fs::write(&pipeline, hostile_pipeline(&topics, 300)).unwrap();
+    let host = HostProcess::start(&pipeline).await;
+    let before = peak_rss_mib(host.pid());
+
+    // Each of these grows its instance to the 16 MiB limit before it is stopped: kept
+    // instead of freed, they would add up to over 3 GiB.
+    let producer = producer();
+    let sends = (0..HOARDERS).map(|n| {
+        let key = format!("hoard-{n}");
+        let event = json!({"order_id": key, "act": "alloc"}).to_string();
+        let producer = producer.clone();
+        let topic = topics.orders().to_owned();
+        async move {
+            producer
+                .send(
+                    rdkafka::producer::FutureRecord::to(&topic)
+                        .key(&key)
+                        .payload(&event),
+                    Duration::from_secs(10),
+                )
+                .await
+                .map_err(|(e, _)| e)
+                .unwrap();
         }
-        assert_eq!(records.len(), 10_000, "{topic}");
-        assert_eq!(seen.len(), 10_000, "{topic}: every pizza");
-        assert_eq!(record_count(topic), 10_000, "{topic}: nothing beyond");
-    }
-    for topic in &topics.chain[..4] {
-        assert_eq!(record_count(&format!("{topic}.dlq")), 0, "{topic}.dlq");
-    }
+    });
+    futures::future::join_all(sends).await;
+    let id = host.order(5).await;
+    wait_for(WITHIN, "the order behind the hoarders", || async {
+        (host.pizzas(&id).await == 5).then_some(())
+    })
+    .await;
+    wait_for(WITHIN, "every hoarder dead-lettered", || async {
+        (record_count(&format!("{}.dlq", topics.orders())) == HOARDERS as i64).then_some(())
+    })
+    .await;
+
+    let peak = peak_rss_mib(host.pid());
+    eprintln!("host peak RSS: {before} MiB at start, {peak} MiB after {HOARDERS} hoarders");
+    assert!(
+        peak < before + 128,
+        "peak RSS grew from {before} MiB to {peak} MiB"
+    );
 }

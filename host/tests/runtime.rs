@@ -110,6 +110,11 @@ fn check_says_what_a_component_asks_for_and_whether_it_fits() {
     );
     assert!(out.contains("fits: pizza:stage/topping"), "{out}");
 
+    let report = support::components().join("pizza_report_cheese.wasm");
+    let (ok, out, err) = pizza_host(&["check", &report.display().to_string()], "");
+    assert!(ok, "{out}{err}");
+    assert!(out.contains("fits: pizza:stage/report"), "{out}");
+
     let other = support::test_component("wrong-world").display().to_string();
     let (ok, out, err) = pizza_host(&["check", &other], "");
     assert!(!ok);

@@ -31,6 +31,10 @@ mod cache;
 use cache::CompileCache;
 pub use cache::Origin;
 
+mod report;
+
+pub use report::ReportComponent;
+
 mod bindings {
     wasmtime::component::bindgen!({
         path: "../wit",
@@ -160,14 +164,7 @@ impl Runtime {
     /// The names of what the component in `bytes` imports and exports, without checking that
     /// it fits a stage.
     pub fn describe(&self, bytes: &[u8]) -> anyhow::Result<(Vec<String>, Vec<String>)> {
-        let (component, _) = self
-            .cache
-            .get_or_compile(&self.engine, &digest(bytes), || {
-                check_header(bytes)?;
-                Component::from_binary(&self.engine, bytes)
-                    .map_err(anyhow::Error::from)
-                    .context("not a valid WebAssembly component")
-            })?;
+        let (component, _) = self.compile(bytes)?;
         let ty = component.component_type();
         let imports = ty
             .imports(&self.engine)
@@ -188,13 +185,7 @@ impl Runtime {
         bytes: &[u8],
         limits: Limits,
     ) -> anyhow::Result<StageComponent> {
-        let digest = digest(bytes);
-        let (component, origin) = self.cache.get_or_compile(&self.engine, &digest, || {
-            check_header(bytes)?;
-            Component::from_binary(&self.engine, bytes)
-                .map_err(anyhow::Error::from)
-                .context("not a valid WebAssembly component")
-        })?;
+        let (component, origin) = self.compile(bytes)?;
         let instance_pre = self
             .linker
             .instantiate_pre(&component)
@@ -205,7 +196,7 @@ impl Runtime {
             .context("the component does not export the `pizza:stage/topping` world")?;
         let loaded = StageComponent {
             name: stage.to_owned(),
-            digest,
+            digest: digest(bytes),
             origin,
             engine: self.engine.clone(),
             pre,
@@ -215,6 +206,18 @@ impl Runtime {
             .call(SMOKE_TEST_PIZZA)
             .context("the smoke call on a sample pizza failed")?;
         Ok(loaded)
+    }
+}
+
+impl Runtime {
+    /// Compiles `bytes`, or takes the compilation of identical bytes from the cache.
+    fn compile(&self, bytes: &[u8]) -> anyhow::Result<(Component, Origin)> {
+        self.cache.get_or_compile(&self.engine, &digest(bytes), || {
+            check_header(bytes)?;
+            Component::from_binary(&self.engine, bytes)
+                .map_err(anyhow::Error::from)
+                .context("not a valid WebAssembly component")
+        })
     }
 }
 
@@ -295,52 +298,67 @@ impl StageComponent {
 
     /// Calls the stage with one event, in a fresh instance.
     pub fn call(&self, event: &str) -> Result<String, CallError> {
+        let mut call = Call::new(&self.engine, self.limits);
+        let outcome = self
+            .pre
+            .instantiate(&mut call.store)
+            .and_then(|stage| stage.call_transform(&mut call.store, event));
+        match call.finish(outcome)? {
+            Ok(output) => check_output(event, output),
+            Err(err) => Err(CallError::Returned {
+                message: err.message,
+                retryable: err.retryable,
+            }),
+        }
+    }
+}
+
+/// One call's fresh store, under the call's limits, with the stage's stderr captured.
+struct Call {
+    store: Store<StageState>,
+    stderr: MemoryOutputPipe,
+    limits: Limits,
+}
+
+impl Call {
+    fn new(engine: &Engine, limits: Limits) -> Self {
         let stderr = MemoryOutputPipe::new(STDERR_CAPTURE_BYTES);
-        let mut store = Store::new(&self.engine, StageState::new(self.limits, stderr.clone()));
+        let mut store = Store::new(engine, StageState::new(limits, stderr.clone()));
         store.limiter(|state| &mut state.limiter);
-        let ticks = self
-            .limits
+        let ticks = limits
             .timeout
             .as_millis()
             .div_ceil(EPOCH_TICK.as_millis())
             .max(1);
         store.set_epoch_deadline(u64::try_from(ticks).unwrap_or(u64::MAX));
-
-        let outcome = self
-            .pre
-            .instantiate(&mut store)
-            .and_then(|stage| stage.call_transform(&mut store, event));
-        match outcome {
-            Ok(Ok(output)) => check_output(event, output),
-            Ok(Err(err)) => Err(CallError::Returned {
-                message: err.message,
-                retryable: err.retryable,
-            }),
-            Err(trap) => Err(self.classify(trap, &store, &stderr)),
+        Self {
+            store,
+            stderr,
+            limits,
         }
     }
 
-    fn classify(
-        &self,
-        trap: wasmtime::Error,
-        store: &Store<StageState>,
-        stderr: &MemoryOutputPipe,
-    ) -> CallError {
+    /// What the call returned, or why it did not return (a trap, the time or memory limit).
+    fn finish<T>(&self, outcome: wasmtime::Result<T>) -> Result<T, CallError> {
+        let trap = match outcome {
+            Ok(returned) => return Ok(returned),
+            Err(trap) => trap,
+        };
         if trap.downcast_ref::<Trap>() == Some(&Trap::Interrupt) {
-            return CallError::Timeout(self.limits.timeout);
+            return Err(CallError::Timeout(self.limits.timeout));
         }
-        if store.data().limiter.refused {
-            return CallError::Memory(self.limits.memory_bytes);
+        if self.store.data().limiter.refused {
+            return Err(CallError::Memory(self.limits.memory_bytes));
         }
-        let said = String::from_utf8_lossy(&stderr.contents())
+        let said = String::from_utf8_lossy(&self.stderr.contents())
             .trim()
             .to_owned();
         let cause = format!("{trap:#}");
-        CallError::Trap(if said.is_empty() {
+        Err(CallError::Trap(if said.is_empty() {
             cause
         } else {
             format!("{said} ({cause})")
-        })
+        }))
     }
 }
 

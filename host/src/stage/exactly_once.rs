@@ -18,7 +18,7 @@ use rdkafka::{Message, Offset, TopicPartitionList};
 use tokio::time::Instant;
 
 use super::{Route, StageShared, StopSignals, consumed_to_end, process};
-use crate::kafka::KafkaSettings;
+use crate::kafka::{ConsumerErrors, KafkaSettings};
 
 /// Most records in one transaction.
 const MAX_BATCH: usize = 1_000;
@@ -38,7 +38,7 @@ pub async fn run(
     signals: &StopSignals,
     transactional_id: &str,
 ) -> anyhow::Result<()> {
-    let consumer = kafka.transactional_consumer(&route.group_id)?;
+    let consumer = kafka.transactional_consumer(&route.group_id, stage.group.clone())?;
     let producer = kafka.transactional_producer(transactional_id)?;
     tokio::task::block_in_place(|| producer.init_transactions(TXN_TIMEOUT))
         .with_context(|| format!("cannot start transactions as {transactional_id}"))?;
@@ -47,6 +47,7 @@ pub async fn run(
         .with_context(|| format!("cannot subscribe to {}", route.input))?;
     let mut drain_check = tokio::time::interval(super::DRAIN_CHECK);
     drain_check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut errors = ConsumerErrors::default();
 
     loop {
         // The first record opens a batch; stopping happens between batches.
@@ -66,12 +67,7 @@ pub async fn run(
         let first = match first {
             Ok(message) => message,
             Err(err) => {
-                tracing::warn!(
-                    stage = route.name,
-                    topic = route.input,
-                    "consumer error: {err}"
-                );
-                tokio::time::sleep(super::ERROR_BACKOFF).await;
+                errors.log(&format!("stage {}", route.name), &err);
                 continue;
             }
         };

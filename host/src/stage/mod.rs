@@ -19,7 +19,7 @@ use std::time::{Duration, SystemTime};
 
 use anyhow::Context as _;
 use arc_swap::ArcSwap;
-use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
+use rdkafka::consumer::{CommitMode, Consumer};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{BorrowedMessage, Header, Headers, OwnedHeaders};
 use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord};
@@ -27,10 +27,16 @@ use rdkafka::{Message, Offset, TopicPartitionList};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-use crate::kafka::KafkaSettings;
+use crate::kafka::{ConsumerErrors, GroupConsumer, GroupState, KafkaSettings};
+use crate::metrics::StageMetrics;
+use crate::trace_context;
 
 pub mod exactly_once;
 use crate::runtime::{CallError, StageComponent};
+
+/// The header each stage adds to its output: `{"stage", "digest", "at"}` (JSON), so the last
+/// topic's records say when each stage processed the pizza, with which component.
+pub const TRAIL_HEADER: &str = "pizza-host.trail";
 
 /// Sent but not yet acknowledged results per stage; bounds memory when the broker is slow.
 const MAX_IN_FLIGHT: usize = 10_000;
@@ -43,8 +49,6 @@ const RETRY_BACKOFF: Duration = Duration::from_millis(50);
 pub(crate) const DRAIN_CHECK: Duration = Duration::from_millis(100);
 /// How long a watermark or committed-offset query may take.
 const WATERMARK_TIMEOUT: Duration = Duration::from_secs(10);
-/// Pause after a consumer error, so a persistent one is logged, not spun on.
-pub(crate) const ERROR_BACKOFF: Duration = Duration::from_millis(500);
 
 /// What a running stage shares with the rest of the host: its current component, which a
 /// swap replaces atomically between two records, and its counters.
@@ -52,14 +56,22 @@ pub struct StageShared {
     component: ArcSwap<StageComponent>,
     /// What the stage has done so far.
     pub stats: StageStats,
+    /// Its consumer's place in the group (assignment, lag).
+    pub group: Arc<GroupState>,
 }
 
 impl StageShared {
-    /// A stage that starts with `component`.
-    pub fn new(component: StageComponent) -> Self {
+    /// A stage that starts with `component` and counts into `metrics`.
+    pub fn new(component: StageComponent, metrics: StageMetrics) -> Self {
         Self {
             component: ArcSwap::from_pointee(component),
-            stats: StageStats::default(),
+            stats: StageStats {
+                processed: AtomicU64::default(),
+                dead_lettered: AtomicU64::default(),
+                last_error: Mutex::default(),
+                metrics,
+            },
+            group: Arc::default(),
         }
     }
 
@@ -71,12 +83,12 @@ impl StageShared {
     /// Makes `component` process every record from the next one on; returns the old one.
     /// A record being processed right now finishes with the old version.
     pub fn swap(&self, component: StageComponent) -> Arc<StageComponent> {
+        self.stats.metrics.swapped();
         self.component.swap(Arc::new(component))
     }
 }
 
-/// Counters of one stage, for the admin API and logs.
-#[derive(Debug, Default)]
+/// Counters of one stage, for the admin API, logs and metrics.
 pub struct StageStats {
     /// Records whose result was sent to the output topic.
     pub processed: AtomicU64,
@@ -84,6 +96,7 @@ pub struct StageStats {
     pub dead_lettered: AtomicU64,
     /// The most recent failure.
     pub last_error: Mutex<Option<LastError>>,
+    metrics: StageMetrics,
 }
 
 /// A stage's most recent failure.
@@ -102,9 +115,11 @@ impl StageStats {
         match outcome {
             Ok(_) => {
                 self.processed.fetch_add(1, Ordering::Relaxed);
+                self.metrics.record_out();
             }
             Err(failure) => {
                 self.dead_lettered.fetch_add(1, Ordering::Relaxed);
+                self.metrics.dead_letter(failure.kind);
                 let last = LastError {
                     at: SystemTime::now(),
                     kind: failure.kind,
@@ -184,7 +199,7 @@ pub async fn run(
     kafka: &KafkaSettings,
     signals: &StopSignals,
 ) -> anyhow::Result<()> {
-    let consumer = Arc::new(kafka.consumer(&route.group_id)?);
+    let consumer = Arc::new(kafka.consumer(&route.group_id, stage.group.clone())?);
     let producer = kafka.producer()?;
     consumer
         .subscribe(&[&route.input])
@@ -199,6 +214,7 @@ pub async fn run(
 
     let mut drain_check = tokio::time::interval(DRAIN_CHECK);
     drain_check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut errors = ConsumerErrors::default();
     let stopped = loop {
         tokio::select! {
             biased;
@@ -213,10 +229,7 @@ pub async fn run(
                         continue;
                     }
                 }
-                Err(err) => {
-                    tracing::warn!(stage = route.name, topic = route.input, "consumer error: {err}");
-                    tokio::time::sleep(ERROR_BACKOFF).await;
-                }
+                Err(err) => errors.log(&format!("stage {}", route.name), &err),
             },
             // Last in priority: records first. Ticks even when not draining, so a drain
             // request is noticed while the input is idle.
@@ -252,7 +265,7 @@ pub async fn run(
 
 /// True when this consumer has read every record of its assigned partitions of `topic`
 /// (as far as they reached when asked).
-pub(crate) fn consumed_to_end(consumer: &StreamConsumer, topic: &str) -> anyhow::Result<bool> {
+pub(crate) fn consumed_to_end(consumer: &GroupConsumer, topic: &str) -> anyhow::Result<bool> {
     let positions = consumer.position()?;
     for element in positions.elements_for_topic(topic) {
         let partition = element.partition();
@@ -290,6 +303,7 @@ pub(crate) async fn process(
     producer: &FutureProducer,
     message: &BorrowedMessage<'_>,
 ) -> anyhow::Result<Pending> {
+    stats.metrics.record_in();
     let key = message.key();
     let order_id = key.map(String::from_utf8_lossy);
     let outcome = match message.payload().map(std::str::from_utf8) {
@@ -303,15 +317,14 @@ pub(crate) async fn process(
             message: format!("value is not UTF-8: {err}"),
             attempts: 0,
         }),
-        Some(Ok(event)) => call_with_retries(component, event, route.retries).await,
+        Some(Ok(event)) => call_with_retries(component, &stats.metrics, event, route.retries).await,
     };
 
     stats.record(&outcome);
-    let headers = copy_headers(message);
     let record = match &outcome {
         Ok(output) => FutureRecord::to(&route.output)
             .payload(output.as_bytes())
-            .headers(headers),
+            .headers(onward_headers(message, component)),
         Err(failure) => {
             tracing::warn!(
                 stage = component.name(),
@@ -319,12 +332,13 @@ pub(crate) async fn process(
                 partition = message.partition(),
                 offset = message.offset(),
                 order_id = order_id.as_deref(),
+                trace_id = trace_id(message).as_deref(),
                 kind = failure.kind,
                 "record sent to {}: {}",
                 route.dead_letter,
                 failure.message
             );
-            let why = dead_letter_headers(headers, component, failure, message);
+            let why = dead_letter_headers(copy_headers(message), component, failure, message);
             FutureRecord::to(&route.dead_letter)
                 .payload(message.payload().unwrap_or_default())
                 .headers(why)
@@ -346,13 +360,20 @@ pub(crate) async fn process(
 /// partition waits meanwhile: records of a partition stay in order.
 async fn call_with_retries(
     component: &StageComponent,
+    metrics: &StageMetrics,
     event: &str,
     retries: u32,
 ) -> Result<String, Failure> {
     let mut attempt = 1;
     loop {
         // A call is CPU-bound for up to its deadline: keep it off the async workers' budget.
-        match tokio::task::block_in_place(|| component.call(event)) {
+        let started = std::time::Instant::now();
+        let called = tokio::task::block_in_place(|| component.call(event));
+        metrics.call(
+            started.elapsed(),
+            called.as_ref().err().map(CallError::kind),
+        );
+        match called {
             Ok(output) => return Ok(output),
             Err(CallError::Returned {
                 retryable: true, ..
@@ -390,7 +411,7 @@ async fn enqueue(
 /// Awaits acknowledgements in send order and stores each input offset after its output is
 /// safely in Kafka. Returns an error, storing nothing more, at the first failed send.
 async fn store_acknowledged(
-    consumer: Arc<StreamConsumer>,
+    consumer: Arc<GroupConsumer>,
     input: String,
     mut pending: mpsc::Receiver<Pending>,
 ) -> anyhow::Result<()> {
@@ -419,18 +440,48 @@ async fn store_acknowledged(
     Ok(())
 }
 
-/// The input record's headers, carried to the output (trace context and the like).
+/// The input record's headers, as they were.
 fn copy_headers(message: &BorrowedMessage<'_>) -> OwnedHeaders {
     let mut copy = OwnedHeaders::new();
-    if let Some(headers) = message.headers() {
-        for header in headers.iter() {
-            copy = copy.insert(Header {
-                key: header.key,
-                value: header.value,
-            });
-        }
+    for header in message.headers().into_iter().flat_map(|h| h.iter()) {
+        copy = copy.insert(header);
     }
     copy
+}
+
+/// The headers of a result: the input's, with the trace context continued as a child span
+/// of this stage and this stage's visit added to the trail.
+fn onward_headers(message: &BorrowedMessage<'_>, component: &StageComponent) -> OwnedHeaders {
+    let mut onward = OwnedHeaders::new();
+    for header in message.headers().into_iter().flat_map(|h| h.iter()) {
+        let child = (header.key == trace_context::HEADER)
+            .then(|| trace_context::child_of(std::str::from_utf8(header.value?).ok()?))
+            .flatten();
+        onward = onward.insert(Header {
+            key: header.key,
+            value: child.as_deref().map(str::as_bytes).or(header.value),
+        });
+    }
+    let visit = serde_json::json!({
+        "stage": component.name(),
+        "digest": component.digest(),
+        "at": humantime::format_rfc3339_millis(SystemTime::now()).to_string(),
+    })
+    .to_string();
+    onward.insert(Header {
+        key: TRAIL_HEADER,
+        value: Some(visit.as_bytes()),
+    })
+}
+
+/// The trace id of a record's trace context, for logs.
+fn trace_id(message: &BorrowedMessage<'_>) -> Option<String> {
+    let header = message
+        .headers()?
+        .iter()
+        .find(|h| h.key == trace_context::HEADER)?;
+    let traceparent = std::str::from_utf8(header.value?).ok()?;
+    trace_context::trace_id(traceparent).map(str::to_owned)
 }
 
 /// The headers that tell an operator where a dead-lettered record came from and why.

@@ -104,6 +104,37 @@ orders_topic = "pizza-orders-{suffix}"
     toml
 }
 
+/// The demo pipeline with the sauce stage replaced by the hostile test component, named
+/// `chaos` (it passes an event through unless its `act` field says how to misbehave), with
+/// a call time limit of `timeout_ms` and 16 MiB of memory.
+pub fn hostile_pipeline(topics: &Topics, timeout_ms: u64) -> String {
+    pipeline_toml(topics).replacen(
+        &format!(
+            "name = \"sauce\"\ncomponent = \"{}\"",
+            component("sauce").display()
+        ),
+        &format!(
+            "name = \"chaos\"\ncomponent = \"{}\"\ntimeout_ms = {timeout_ms}\nmemory_mib = 16",
+            test_component("hostile").display()
+        ),
+        1,
+    )
+}
+
+/// The demo pipeline on `topics` and the cluster at `bootstrap`, for hosts run as processes,
+/// in a fresh folder: orders of up to 1,000, and the broker's shortest consumer session, so
+/// that the group members of a killed host (or of consumers cut off by an outage) time out
+/// soon and their partitions move on.
+pub fn process_pipeline(test: &str, topics: &Topics, bootstrap: &str) -> PathBuf {
+    let pipeline = temp_dir(test).join("pipeline.toml");
+    let toml = pipeline_toml(topics)
+        .replace(&self::bootstrap(), bootstrap)
+        .replace("[http]\n", "[http]\nmax_order_count = 1000\n")
+        .replace("[kafka]\n", "[kafka]\n\"session.timeout.ms\" = 6000\n");
+    std::fs::write(&pipeline, toml).unwrap();
+    pipeline
+}
+
 /// A host running in this process, stopped when dropped.
 pub struct TestHost {
     pub url: String,
@@ -254,14 +285,14 @@ where
     }
 }
 
-fn client_config() -> ClientConfig {
+fn client_config(bootstrap: &str) -> ClientConfig {
     let mut config = ClientConfig::new();
-    config.set("bootstrap.servers", bootstrap());
+    config.set("bootstrap.servers", bootstrap);
     config
 }
 
 pub fn producer() -> FutureProducer {
-    client_config().create().unwrap()
+    client_config(&bootstrap()).create().unwrap()
 }
 
 pub async fn produce(topic: &str, key: Option<&str>, value: &[u8]) {
@@ -280,20 +311,22 @@ pub async fn produce(topic: &str, key: Option<&str>, value: &[u8]) {
 /// How many records `topic` holds, as a `read_committed` reader sees them: read to the end,
 /// because offsets also count transaction markers and aborted records.
 pub fn record_count(topic: &str) -> i64 {
-    count_records(
-        topic,
-        &format!("test-counter-{}", uuid::Uuid::new_v4()),
-        false,
-    )
+    record_count_at(&bootstrap(), topic)
+}
+
+/// [`record_count`] on the cluster at `bootstrap`.
+pub fn record_count_at(bootstrap: &str, topic: &str) -> i64 {
+    let group = format!("test-counter-{}", uuid::Uuid::new_v4());
+    count_records(bootstrap, topic, &group, false)
 }
 
 /// How many records of `topic` lie beyond what `group` committed: what a restart would redo.
 pub fn records_after_commit(group: &str, topic: &str) -> i64 {
-    count_records(topic, group, true)
+    count_records(&bootstrap(), topic, group, true)
 }
 
-fn count_records(topic: &str, group: &str, from_committed: bool) -> i64 {
-    let consumer: BaseConsumer = client_config()
+fn count_records(bootstrap: &str, topic: &str, group: &str, from_committed: bool) -> i64 {
+    let consumer: BaseConsumer = client_config(bootstrap)
         .set("group.id", group)
         .set("enable.auto.commit", "false")
         .set("isolation.level", "read_committed")
@@ -324,6 +357,8 @@ fn count_records(topic: &str, group: &str, from_committed: bool) -> i64 {
                 assignment
                     .set_partition_offset(topic, element.partition(), Offset::Offset(at))
                     .unwrap();
+                // Already at the end: there is nothing to read, so no position to wait for.
+                ends.retain(|&(p, end)| p != element.partition() || at < end);
             }
         }
     }
@@ -385,8 +420,13 @@ pub struct Record {
 
 /// Reads `topic` from the beginning until it has yielded `n` records or `limit` passes.
 pub fn read_records(topic: &str, n: usize, limit: Duration) -> Vec<Record> {
+    read_records_at(&bootstrap(), topic, n, limit)
+}
+
+/// [`read_records`] from the cluster at `bootstrap`.
+pub fn read_records_at(bootstrap: &str, topic: &str, n: usize, limit: Duration) -> Vec<Record> {
     use rdkafka::message::Headers;
-    let consumer: BaseConsumer = client_config()
+    let consumer: BaseConsumer = client_config(bootstrap)
         .set("group.id", format!("test-reader-{}", uuid::Uuid::new_v4()))
         .set("auto.offset.reset", "earliest")
         .set("enable.auto.commit", "false")
@@ -424,4 +464,197 @@ pub fn read_records(topic: &str, n: usize, limit: Duration) -> Vec<Record> {
         }
     }
     records
+}
+
+/// A `pizza-host run` process on `pipeline`, killed with SIGKILL when dropped.
+pub struct HostProcess {
+    child: std::process::Child,
+    pub url: String,
+}
+
+impl HostProcess {
+    pub async fn start(pipeline: &std::path::Path) -> Self {
+        Self::start_with(pipeline, None).await
+    }
+
+    /// A host whose instance id (and so its transactional ids) is `name`, as several hosts
+    /// of one pipeline need.
+    pub async fn start_named(pipeline: &std::path::Path, name: &str) -> Self {
+        Self::start_with(pipeline, Some(name)).await
+    }
+
+    async fn start_with(pipeline: &std::path::Path, name: Option<&str>) -> Self {
+        let port = free_port();
+        let log = std::fs::File::create(pipeline.with_extension(format!("{port}.log"))).unwrap();
+        let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_pizza-host"));
+        if let Some(name) = name {
+            command.env("HOSTNAME", name);
+        }
+        let child = command
+            .args([
+                "run",
+                "--no-watch",
+                "--listen",
+                &format!("127.0.0.1:{port}"),
+            ])
+            .arg(pipeline)
+            .stdout(std::process::Stdio::null())
+            .stderr(log)
+            .spawn()
+            .unwrap();
+        let url = format!("http://127.0.0.1:{port}");
+        wait_for(Duration::from_secs(90), "the host to answer", || async {
+            reqwest::get(format!("{url}/order/none"))
+                .await
+                .ok()
+                .map(|_| ())
+        })
+        .await;
+        Self { child, url }
+    }
+
+    /// The process id, to read its memory use from /proc.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// True while the process has not exited.
+    pub fn is_running(&mut self) -> bool {
+        self.child.try_wait().unwrap().is_none()
+    }
+
+    /// Sends SIGTERM and waits up to `limit` for the exit; returns its exit code.
+    pub fn terminate(mut self, limit: Duration) -> Option<i32> {
+        let pid = self.child.id().to_string();
+        let sent = std::process::Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .unwrap();
+        assert!(sent.success());
+        let deadline = Instant::now() + limit;
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return status.code();
+            }
+            assert!(
+                Instant::now() < deadline,
+                "no exit within {limit:?} of SIGTERM"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    pub fn kill(mut self) {
+        self.child.kill().unwrap();
+        self.child.wait().unwrap();
+    }
+
+    pub async fn order(&self, count: u32) -> String {
+        place_order(&self.url, count).await
+    }
+
+    pub async fn pizzas(&self, id: &str) -> usize {
+        let Ok(response) = reqwest::get(format!("{}/order/{id}", self.url)).await else {
+            return 0;
+        };
+        let order: serde_json::Value = response.json().await.unwrap_or_default();
+        order["pizzas"].as_array().map(Vec::len).unwrap_or_default()
+    }
+}
+
+impl Drop for HostProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A single-node broker of one test's own, beside the shared one (`dev/kafka.sh` with its own
+/// ports and folder), so a test can stop and restart it without disturbing other tests.
+/// Stopped when dropped.
+pub struct OwnBroker {
+    state: PathBuf,
+    port: u16,
+    controller_port: u16,
+}
+
+impl OwnBroker {
+    pub fn start(test: &str) -> Self {
+        let broker = Self {
+            state: temp_dir(&format!("{test}-broker")),
+            port: free_port(),
+            controller_port: free_port(),
+        };
+        broker.restart();
+        broker
+    }
+
+    pub fn bootstrap(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+
+    /// Stops the broker gracefully (its data stays for the next start).
+    pub fn stop(&self) {
+        assert!(self.run("stop"), "dev/kafka.sh stop failed");
+    }
+
+    /// Starts it again on the same data; returns once it is ready.
+    pub fn restart(&self) {
+        assert!(self.run("start"), "dev/kafka.sh start failed");
+    }
+
+    fn run(&self, command: &str) -> bool {
+        std::process::Command::new(workspace_root().join("dev/kafka.sh"))
+            .arg(command)
+            .env_remove("KAFKA_BOOTSTRAP")
+            .env("KAFKA_STATE", &self.state)
+            .env("KAFKA_PORT", self.port.to_string())
+            .env("KAFKA_CONTROLLER_PORT", self.controller_port.to_string())
+            .status()
+            .is_ok_and(|status| status.success())
+    }
+}
+
+impl Drop for OwnBroker {
+    fn drop(&mut self) {
+        self.run("stop");
+    }
+}
+
+/// A TCP port nothing listens on right now.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// Every topic of the chain on the cluster at `bootstrap`, as `read_committed` readers see it,
+/// holds each of the `total` pizzas exactly once, and no dead-letter topic holds anything.
+pub fn assert_every_pizza_exactly_once(bootstrap: &str, topics: &Topics, total: usize) {
+    for topic in &topics.chain[1..] {
+        let records = read_records_at(bootstrap, topic, total, Duration::from_secs(90));
+        let mut seen = std::collections::HashMap::new();
+        for record in &records {
+            let pizza: serde_json::Value = serde_json::from_slice(&record.value).unwrap();
+            *seen
+                .entry(pizza["pizza_id"].as_str().unwrap().to_owned())
+                .or_insert(0) += 1;
+        }
+        assert_eq!(records.len(), total, "{topic}");
+        assert_eq!(seen.len(), total, "{topic}: every pizza");
+        assert_eq!(
+            record_count_at(bootstrap, topic),
+            total as i64,
+            "{topic}: nothing beyond"
+        );
+    }
+    for topic in &topics.chain[..4] {
+        assert_eq!(
+            record_count_at(bootstrap, &format!("{topic}.dlq")),
+            0,
+            "{topic}.dlq"
+        );
+    }
 }

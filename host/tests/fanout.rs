@@ -1,0 +1,186 @@
+//! The fan-out/fan-in topology against the real broker and the real components: the four
+//! topping stages all consume `pizza`, and the join assembles their parts into complete
+//! pizzas, exactly once across a crash, giving up on parts whose siblings never come.
+
+#![allow(clippy::unwrap_used)] // a test fails loudly on any unexpected error
+
+mod support;
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use serde_json::{Value, json};
+use support::*;
+
+const WITHIN: Duration = Duration::from_secs(120);
+
+/// A fan-out pipeline's topics: `pizza`, one part topic per stage, the completed topic.
+struct Fanout {
+    suffix: String,
+    pizza: String,
+    parts: Vec<String>,
+    completed: String,
+}
+
+impl Fanout {
+    fn unique(test: &str) -> Self {
+        let suffix = format!("{test}-{}", &uuid::Uuid::new_v4().simple().to_string()[..8]);
+        Self {
+            pizza: format!("pizza-{suffix}"),
+            parts: STAGES
+                .iter()
+                .map(|s| format!("pizza-{s}-{suffix}"))
+                .collect(),
+            completed: format!("pizza-with-veggies-{suffix}"),
+            suffix,
+        }
+    }
+
+    /// The pipeline: orders of up to 1,000, parts given up on after `expire_after_ms`.
+    fn toml(&self, expire_after_ms: u64) -> String {
+        let mut toml = format!(
+            r#"
+group_prefix = "test-{suffix}"
+[kafka]
+"bootstrap.servers" = "{bootstrap}"
+"session.timeout.ms" = 6000
+[http]
+listen = "127.0.0.1:0"
+max_order_count = 1000
+[orders]
+topic = "{pizza}"
+completed_topic = "{completed}"
+orders_topic = "pizza-orders-{suffix}"
+[[join]]
+name = "assemble"
+inputs = {inputs}
+output = "{completed}"
+expire_after_ms = {expire_after_ms}
+"#,
+            suffix = self.suffix,
+            bootstrap = bootstrap(),
+            pizza = self.pizza,
+            completed = self.completed,
+            inputs = json!(self.parts),
+        );
+        for (stage, output) in STAGES.iter().zip(&self.parts) {
+            toml.push_str(&format!(
+                "[[stage]]\nname = \"{stage}\"\ncomponent = \"{}\"\ninput = \"{}\"\noutput = \"{output}\"\n",
+                component(stage).display(),
+                self.pizza,
+            ));
+        }
+        toml
+    }
+}
+
+fn assert_complete_pizza(pizza: &Value) {
+    for field in [
+        "order_id", "pizza_id", "sauce", "cheese", "meats", "veggies",
+    ] {
+        let value = pizza[field].as_str().unwrap_or_default();
+        assert!(!value.is_empty(), "{field} not set: {pizza}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn orders_of_1_3_and_500_are_assembled_with_every_topping() {
+    let topics = Fanout::unique("fanout");
+    let host = TestHost::start_toml(&topics.toml(60_000)).await;
+    for count in [1, 3, 500] {
+        let id = host.order(count).await;
+        let order = host.wait_complete(&id, count as usize, WITHIN).await;
+        let pizzas = order["pizzas"].as_array().unwrap();
+        for pizza in pizzas {
+            assert_complete_pizza(pizza);
+            assert_eq!(pizza["order_id"], id.as_str());
+        }
+        let ids: std::collections::HashSet<&str> = pizzas
+            .iter()
+            .map(|p| p["pizza_id"].as_str().unwrap())
+            .collect();
+        assert_eq!(ids.len(), count as usize);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn killing_the_host_mid_join_loses_and_doubles_nothing() {
+    let topics = Fanout::unique("fanout-crash");
+    let pipeline = temp_dir("fanout-crash").join("pipeline.toml");
+    std::fs::write(&pipeline, topics.toml(120_000)).unwrap();
+    let mut host = HostProcess::start_named(&pipeline, "fanout-crash").await;
+    let mut orders = Vec::new();
+    for _ in 0..5 {
+        orders.push(host.order(1_000).await);
+    }
+    for _ in 0..2 {
+        let watched = orders.last().unwrap().clone();
+        let before = host.pizzas(&watched).await;
+        wait_for(WITHIN, "progress before the kill", || async {
+            let now = host.pizzas(&watched).await;
+            (now > before || now == 1_000).then_some(())
+        })
+        .await;
+        host.kill();
+        host = HostProcess::start_named(&pipeline, "fanout-crash").await;
+    }
+    for id in &orders {
+        wait_for(WITHIN, &format!("order {id}"), || async {
+            (host.pizzas(id).await == 1_000).then_some(())
+        })
+        .await;
+    }
+
+    // As read_committed readers see it: every pizza assembled exactly once, complete.
+    let records = read_records(&topics.completed, 5_000, WITHIN);
+    let mut seen: HashMap<String, usize> = HashMap::new();
+    for record in &records {
+        let pizza: Value = serde_json::from_slice(&record.value).unwrap();
+        assert_complete_pizza(&pizza);
+        *seen
+            .entry(pizza["pizza_id"].as_str().unwrap().to_owned())
+            .or_default() += 1;
+    }
+    assert_eq!(seen.len(), 5_000);
+    assert_eq!(
+        record_count(&topics.completed),
+        5_000,
+        "nothing assembled twice"
+    );
+    assert_eq!(record_count(&format!("{}.dlq", topics.completed)), 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_part_whose_siblings_never_come_expires_to_the_dead_letter_topic() {
+    let topics = Fanout::unique("fanout-expire");
+    let host = TestHost::start_toml(&topics.toml(1_500)).await;
+    // A sauce part of a pizza that no other stage ever sees.
+    let part = json!({"order_id": "lonely", "pizza_id": "lonely-0", "sauce": "bbq", "cheese": ""});
+    produce(
+        &topics.parts[0],
+        Some("lonely"),
+        part.to_string().as_bytes(),
+    )
+    .await;
+    // Orders placed meanwhile are not held up.
+    let id = host.order(3).await;
+    host.wait_complete(&id, 3, WITHIN).await;
+
+    let dead = read_records(&format!("{}.dlq", topics.completed), 1, WITHIN);
+    assert_eq!(dead.len(), 1, "the lonely part is given up on");
+    let record = &dead[0];
+    assert_eq!(record.key.as_deref(), Some("lonely"));
+    assert_eq!(record.headers["pizza-host.error-kind"], "join-expired");
+    assert!(
+        record.headers["pizza-host.error"].contains("only 1 of 4 parts"),
+        "{:?}",
+        record.headers
+    );
+    let given_up: Value = serde_json::from_slice(&record.value).unwrap();
+    assert_eq!(given_up["sauce"], "bbq");
+    assert_eq!(
+        record_count(&topics.completed),
+        3,
+        "the lonely pizza never completes"
+    );
+}

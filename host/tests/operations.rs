@@ -1,0 +1,343 @@
+//! What an operator sees and does, against the real broker and the real components: metrics
+//! that add up, a trace id that follows an order across every topic, health and readiness,
+//! the `status` command, a graceful shutdown under load, and several hosts sharing the work.
+
+#![allow(clippy::unwrap_used)] // a test fails loudly on any unexpected error
+
+mod support;
+
+use std::collections::{HashMap, HashSet};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+use support::*;
+
+const WITHIN: Duration = Duration::from_secs(90);
+
+/// `GET /metrics` as series (`name{labels}`) → value.
+async fn scrape(url: &str) -> HashMap<String, f64> {
+    let response = reqwest::get(format!("{url}/metrics")).await.unwrap();
+    assert_eq!(response.status(), 200);
+    let text = response.text().await.unwrap();
+    text.lines()
+        .filter(|line| !line.starts_with('#') && !line.is_empty())
+        .map(|line| {
+            let (series, value) = line.rsplit_once(' ').unwrap();
+            (series.to_owned(), value.parse().unwrap())
+        })
+        .collect()
+}
+
+/// The sum of every series of `name` whose labels contain `label`.
+fn sum(metrics: &HashMap<String, f64>, name: &str, label: &str) -> f64 {
+    metrics
+        .iter()
+        .filter(|(series, _)| series.starts_with(&format!("{name}{{")) && series.contains(label))
+        .map(|(_, value)| value)
+        .sum()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn metrics_add_up_and_one_trace_id_follows_each_order_through_every_stage() {
+    let topics = Topics::unique("observe");
+    let host = TestHost::start(&topics).await;
+    // One poison record, so that a dead letter shows in the counters.
+    produce(topics.orders(), Some("poison"), b"not json").await;
+    let id = host.order(20).await;
+    host.wait_complete(&id, 20, WITHIN).await;
+    wait_for(WITHIN, "the poison record dead-lettered", || async {
+        (record_count(&format!("{}.dlq", topics.orders())) == 1).then_some(())
+    })
+    .await;
+
+    // Every stage: what came in went out or to the dead letters. Lag shows per partition.
+    let metrics = wait_for(WITHIN, "lag of every stage's partitions", || async {
+        let metrics = scrape(&host.url).await;
+        STAGES
+            .iter()
+            .all(|stage| {
+                sum(
+                    &metrics,
+                    "pizza_host_stage_consumer_lag",
+                    &format!("stage=\"{stage}\""),
+                ) == 0.0
+                    && metrics.keys().any(|k| {
+                        k.starts_with("pizza_host_stage_consumer_lag{")
+                            && k.contains(&format!("stage=\"{stage}\""))
+                    })
+            })
+            .then_some(metrics)
+    })
+    .await;
+    for stage in STAGES {
+        let label = format!("stage=\"{stage}\"");
+        let input = sum(&metrics, "pizza_host_stage_records_in_total", &label);
+        let output = sum(&metrics, "pizza_host_stage_records_out_total", &label);
+        let dead = sum(&metrics, "pizza_host_stage_dead_letters_total", &label);
+        let expected_dead = if stage == "sauce" { 1.0 } else { 0.0 };
+        assert_eq!(dead, expected_dead, "{stage}");
+        assert_eq!(input, output + dead, "{stage}: in = out + dead letters");
+        assert!(output >= 20.0, "{stage}: {output}");
+        let calls = sum(
+            &metrics,
+            "pizza_host_stage_call_duration_seconds_count",
+            &label,
+        );
+        assert_eq!(calls, output + dead, "{stage}: one call per record");
+        let digest = host.stage(stage).await.unwrap().digest;
+        assert_eq!(
+            metrics.get(&format!(
+                "pizza_host_stage_component_info{{stage=\"{stage}\",digest=\"{digest}\"}}"
+            )),
+            Some(&1.0),
+            "{stage}"
+        );
+    }
+    assert_eq!(metrics["pizza_host_orders_placed_total"], 1.0);
+    assert_eq!(metrics["pizza_host_orders{status=\"complete\"}"], 1.0);
+    assert_eq!(
+        metrics["pizza_host_http_requests_total{route=\"/order/{param}\",method=\"POST\",status=\"200\"}"],
+        1.0
+    );
+
+    // The same trace id on every record of the order, on every topic; a new span per hop.
+    let mut trace_ids = HashSet::new();
+    let mut spans = HashSet::new();
+    for (hop, topic) in topics.chain.iter().enumerate() {
+        // The first topic holds the poison record too.
+        let records = if hop == 0 { 21 } else { 20 };
+        for record in read_records(topic, records, WITHIN) {
+            if record.key.as_deref() != Some(id.as_str()) {
+                continue;
+            }
+            let traceparent = &record.headers["traceparent"];
+            let parts: Vec<&str> = traceparent.split('-').collect();
+            assert_eq!(parts.len(), 4, "{traceparent}");
+            trace_ids.insert(parts[1].to_owned());
+            spans.insert((topic.clone(), parts[2].to_owned()));
+        }
+    }
+    assert_eq!(trace_ids.len(), 1, "one trace per order: {trace_ids:?}");
+    // The order's pizzas share its span on the first topic; each stage makes a new one.
+    assert_eq!(spans.len(), 1 + 4 * 20, "a new span on each hop");
+
+    // With detail, each pizza says when each stage processed it, and with which component.
+    let response = reqwest::get(format!("{}/order/{id}?detail=true", host.url))
+        .await
+        .unwrap();
+    let order: Value = response.json().await.unwrap();
+    for pizza in order["pizzas"].as_array().unwrap() {
+        let visits = pizza["stages"].as_array().unwrap();
+        let names: Vec<&str> = visits
+            .iter()
+            .map(|v| v["stage"].as_str().unwrap())
+            .collect();
+        assert_eq!(names, STAGES, "{pizza}");
+        let times: Vec<&str> = visits.iter().map(|v| v["at"].as_str().unwrap()).collect();
+        assert!(times.windows(2).all(|w| w[0] <= w[1]), "{times:?}");
+        assert!(
+            visits
+                .iter()
+                .all(|v| v["digest"].as_str().unwrap().starts_with("sha256:"))
+        );
+    }
+    let plain: Value = reqwest::get(format!("{}/order/{id}", host.url))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert!(plain["pizzas"][0].get("stages").is_none(), "{plain}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn health_readiness_and_the_status_command_describe_a_running_host() {
+    let topics = Topics::unique("ready");
+    let host = TestHost::start(&topics).await;
+    let health: Value = reqwest::get(format!("{}/healthz", host.url))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(health["status"], "ok");
+    let ready: Value = wait_for(WITHIN, "the host to be ready", || async {
+        let response = reqwest::get(format!("{}/readyz", host.url)).await.ok()?;
+        (response.status() == 200).then_some(())?;
+        response.json().await.ok()
+    })
+    .await;
+    assert_eq!(ready["ready"], true);
+    let stages = ready["stages"].as_array().unwrap();
+    assert_eq!(stages.len(), 4);
+    let held: usize = stages
+        .iter()
+        .map(|s| s["partitions"].as_array().unwrap().len())
+        .sum();
+    assert_eq!(held, 4 * 3, "one host holds every partition of every stage");
+
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_pizza-host"))
+        .args(["status", "--host", &host.url])
+        .output()
+        .unwrap();
+    let out = String::from_utf8_lossy(&output.stdout);
+    assert!(output.status.success(), "{out}");
+    for stage in STAGES {
+        assert!(out.contains(stage), "{out}");
+    }
+    assert!(out.lines().last() == Some("ready"), "{out}");
+
+    // Errors stay JSON, with the right status.
+    let client = reqwest::Client::new();
+    let wrong_method = client
+        .delete(format!("{}/order/1", host.url))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(wrong_method.status(), 405);
+    let body: Value = wrong_method.json().await.unwrap();
+    assert!(body["error"].is_string());
+    let bad_detail = reqwest::get(format!("{}/order/1?detail=maybe", host.url))
+        .await
+        .unwrap();
+    assert_eq!(bad_detail.status(), 400);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_stopping_host_refuses_orders_and_is_not_ready_while_it_finishes_its_records() {
+    let topics = Topics::unique("draining");
+    let host = TestHost::start_toml(&hostile_pipeline(&topics, 3_000)).await;
+    // A record the stage spins on until its 3 s limit: the host must finish it before it stops.
+    let spin = serde_json::json!({"order_id": "spin", "act": "loop"}).to_string();
+    produce(topics.orders(), Some("spin"), spin.as_bytes()).await;
+    wait_for(WITHIN, "the stage to take the record", || async {
+        let metrics = scrape(&host.url).await;
+        (sum(
+            &metrics,
+            "pizza_host_stage_records_in_total",
+            "stage=\"chaos\"",
+        ) >= 1.0)
+            .then_some(())
+    })
+    .await;
+    host.shutdown.cancel();
+
+    let refused = reqwest::Client::new()
+        .post(format!("{}/order/1", host.url))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(refused.status(), 503);
+    let body: Value = refused.json().await.unwrap();
+    assert!(
+        body["error"].as_str().unwrap().contains("shutting down"),
+        "{body}"
+    );
+    let ready = reqwest::get(format!("{}/readyz", host.url)).await.unwrap();
+    assert_eq!(ready.status(), 503);
+    let url = host.url.clone();
+    host.stop(Duration::from_secs(30)).await;
+    assert!(
+        reqwest::get(format!("{url}/healthz")).await.is_err(),
+        "the server stopped"
+    );
+    // The record in hand was finished (as a timeout) and committed, not dropped.
+    assert_eq!(record_count(&format!("{}.dlq", topics.orders())), 1);
+    assert_eq!(
+        records_after_commit(&format!("test-{}-chaos", topics.suffix), topics.orders()),
+        0
+    );
+}
+
+#[test]
+fn logs_are_json_lines_with_a_flag() {
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_pizza-host"))
+        .args(["--log-format", "json", "check", "/no/such/file.wasm"])
+        .output()
+        .unwrap();
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    let line: Value = serde_json::from_str(stderr.lines().last().unwrap()).unwrap();
+    assert_eq!(line["level"], "ERROR", "{stderr}");
+    assert!(
+        line["fields"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("/no/such/file.wasm"),
+        "{stderr}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn sigterm_under_load_exits_cleanly_leaving_the_groups_and_nothing_is_lost_or_doubled() {
+    let topics = Topics::unique("sigterm");
+    // The default session timeout (45 s): a host that did not leave its groups would hold up
+    // the next one's assignment that long.
+    let pipeline = temp_dir("sigterm").join("pipeline.toml");
+    let toml = pipeline_toml(&topics).replace("[http]\n", "[http]\nmax_order_count = 1000\n");
+    std::fs::write(&pipeline, toml).unwrap();
+    let host = HostProcess::start_named(&pipeline, "sigterm").await;
+    let mut orders = Vec::new();
+    for _ in 0..5 {
+        orders.push(host.order(1_000).await);
+    }
+    let stopping = Instant::now();
+    let code = host.terminate(Duration::from_secs(60));
+    assert_eq!(code, Some(0), "exit status after SIGTERM");
+    eprintln!("graceful stop took {:?}", stopping.elapsed());
+
+    let restarted = Instant::now();
+    let host = HostProcess::start_named(&pipeline, "sigterm").await;
+    wait_for(
+        Duration::from_secs(30),
+        "every stage to join again",
+        || async {
+            let response = reqwest::get(format!("{}/readyz", host.url)).await.ok()?;
+            (response.status() == 200).then_some(())
+        },
+    )
+    .await;
+    eprintln!("ready again after {:?}", restarted.elapsed());
+    for id in &orders {
+        wait_for(Duration::from_secs(120), &format!("order {id}"), || async {
+            (host.pizzas(id).await == 1_000).then_some(())
+        })
+        .await;
+    }
+    assert_every_pizza_exactly_once(&bootstrap(), &topics, 5_000);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn three_hosts_share_the_work_and_when_one_is_killed_every_order_completes_exactly_once() {
+    let topics = Topics::unique("scale");
+    let pipeline = process_pipeline("scale", &topics, &bootstrap());
+    let mut hosts = Vec::new();
+    for name in ["scale-a", "scale-b", "scale-c"] {
+        hosts.push(HostProcess::start_named(&pipeline, name).await);
+    }
+    // Each host takes orders; with three partitions per topic, each ends up with a share.
+    let mut orders = Vec::new();
+    for round in 0..9 {
+        orders.push(hosts[round % 3].order(1_000).await);
+    }
+    let watched = orders[0].clone();
+    let before = hosts[1].pizzas(&watched).await;
+    wait_for(WITHIN, "progress before the kill", || async {
+        let now = hosts[1].pizzas(&watched).await;
+        (now > before || now == 1_000).then_some(())
+    })
+    .await;
+    hosts.remove(0).kill();
+
+    for id in &orders {
+        for host in &hosts {
+            wait_for(
+                Duration::from_secs(180),
+                &format!("order {id} on {}", host.url),
+                || async { (host.pizzas(id).await == 1_000).then_some(()) },
+            )
+            .await;
+        }
+    }
+    assert_every_pizza_exactly_once(&bootstrap(), &topics, 9_000);
+}

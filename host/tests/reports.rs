@@ -1,0 +1,170 @@
+//! Reports against the real broker and the real components: the cheese reporter counts every
+//! cheese exactly once, across a crash of the host, a swap of its component, and the removal of
+//! the stage that feeds it.
+
+#![allow(clippy::unwrap_used)] // a test fails loudly on any unexpected error
+
+mod support;
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use serde_json::Value;
+use support::*;
+
+const WITHIN: Duration = Duration::from_secs(120);
+
+/// `toml` with the cheese report on the cheese stage's output added.
+fn with_cheese_report(toml: &str, topics: &Topics) -> String {
+    format!(
+        "{toml}\n[[report]]\nname = \"cheese\"\ncomponent = \"{}\"\ninput = \"{}\"\n",
+        components().join("pizza_report_cheese.wasm").display(),
+        topics.chain[2],
+    )
+}
+
+/// Counts by cheese of `pizzas`.
+fn cheese_counts<'a>(pizzas: impl IntoIterator<Item = &'a Value>) -> BTreeMap<String, u64> {
+    let mut counts = BTreeMap::new();
+    for pizza in pizzas {
+        *counts
+            .entry(pizza["cheese"].as_str().unwrap().to_owned())
+            .or_default() += 1;
+    }
+    counts
+}
+
+async fn report(url: &str, name: &str) -> (u16, Value) {
+    let response = reqwest::get(format!("{url}/report/{name}")).await.unwrap();
+    (response.status().as_u16(), response.json().await.unwrap())
+}
+
+/// Waits until the report at `url` has counted `total` events; returns its counts.
+async fn report_with_total(url: &str, total: u64) -> BTreeMap<String, u64> {
+    wait_for(WITHIN, &format!("the report to count {total}"), || async {
+        let (status, body) = report(url, "cheese").await;
+        let counts: BTreeMap<String, u64> = serde_json::from_value(body).ok()?;
+        (status == 200 && counts.values().sum::<u64>() == total).then_some(counts)
+    })
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_cheese_report_matches_the_orders_survives_a_swap_and_outlives_its_stage() {
+    let topics = Topics::unique("report");
+    let dir = temp_dir("report");
+    let path = dir.join("pipeline.toml");
+    let toml = pipeline_toml(&topics).replace("[http]\n", "[http]\nmax_order_count = 1000\n");
+    std::fs::write(&path, with_cheese_report(&toml, &topics)).unwrap();
+    let host = TestHost::start_watching(&path).await;
+
+    let id = host.order(1_000).await;
+    let order = host.wait_complete(&id, 1_000, WITHIN).await;
+    let expected = cheese_counts(order["pizzas"].as_array().unwrap());
+    assert_eq!(report_with_total(&host.url, 1_000).await, expected);
+    let listed: Value = reqwest::get(format!("{}/report", host.url))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(listed["reports"][0]["name"], "cheese");
+    assert_eq!(listed["reports"][0]["events"], 1_000);
+
+    // Swap the report's component: the counts carry over to the new version.
+    let report_file = dir.join("cheese-report.wasm");
+    std::fs::copy(components().join("pizza_report_cheese.wasm"), &report_file).unwrap();
+    let toml = with_cheese_report(&toml, &topics).replace(
+        &components()
+            .join("pizza_report_cheese.wasm")
+            .display()
+            .to_string(),
+        &report_file.display().to_string(),
+    );
+    replace_file(&path, toml.as_bytes());
+    wait_for(WITHIN, "the report to follow the edit", || async {
+        let files = reqwest::get(format!("{}/report", host.url)).await.ok()?;
+        let listed: Value = files.json().await.ok()?;
+        (listed["reports"][0]["component"] == report_file.display().to_string()).then_some(())
+    })
+    .await;
+    replace_file(
+        &report_file,
+        &std::fs::read(test_component("report-v2")).unwrap(),
+    );
+    let swapped = wait_for(WITHIN, "version 2 of the report", || async {
+        let (_, body) = report(&host.url, "cheese").await;
+        (body["version"] == 2).then_some(body)
+    })
+    .await;
+    let kept: BTreeMap<String, u64> = serde_json::from_value(swapped["cheeses"].clone()).unwrap();
+    assert_eq!(kept, expected, "the swap kept the state");
+
+    // Remove the cheese stage: the report keeps answering with its last counts.
+    let without_cheese = toml.replace(
+        &format!(
+            "[[stage]]\nname = \"cheese\"\ncomponent = \"{}\"\ninput = \"{}\"\noutput = \"{}\"\n",
+            component("cheese").display(),
+            topics.chain[1],
+            topics.chain[2],
+        ),
+        "",
+    );
+    assert_ne!(without_cheese, toml);
+    replace_file(&path, without_cheese.as_bytes());
+    wait_for(WITHIN, "the cheese stage to stop", || async {
+        host.stage("cheese").await.is_none().then_some(())
+    })
+    .await;
+    host.order(10).await;
+    let (status, body) = report(&host.url, "cheese").await;
+    assert_eq!(status, 200);
+    let counts: BTreeMap<String, u64> = serde_json::from_value(body["cheeses"].clone()).unwrap();
+    assert_eq!(counts, expected, "the last counts, while the stage is gone");
+
+    let (status, body) = report(&host.url, "no-such-report").await;
+    assert_eq!(status, 404);
+    assert!(body["error"].is_string());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn killing_the_host_mid_run_neither_loses_nor_double_counts_a_cheese() {
+    let topics = Topics::unique("report-crash");
+    let pipeline = process_pipeline("report-crash", &topics, &bootstrap());
+    let toml = std::fs::read_to_string(&pipeline).unwrap();
+    std::fs::write(&pipeline, with_cheese_report(&toml, &topics)).unwrap();
+
+    let host = HostProcess::start_named(&pipeline, "report-crash").await;
+    let mut orders = Vec::new();
+    for _ in 0..5 {
+        orders.push(host.order(1_000).await);
+    }
+    // Kill it while the report is counting.
+    wait_for(WITHIN, "the report to be counting", || async {
+        let (_, body) = report(&host.url, "cheese").await;
+        let counts: BTreeMap<String, u64> = serde_json::from_value(body).ok()?;
+        let total: u64 = counts.values().sum();
+        (total > 0).then_some(())
+    })
+    .await;
+    host.kill();
+    let host = HostProcess::start_named(&pipeline, "report-crash").await;
+    for id in &orders {
+        wait_for(WITHIN, &format!("order {id}"), || async {
+            (host.pizzas(id).await == 1_000).then_some(())
+        })
+        .await;
+    }
+
+    // The truth: the cheese of every pizza on the report's topic, read directly.
+    let records = read_records(&topics.chain[2], 5_000, WITHIN);
+    assert_eq!(records.len(), 5_000);
+    let pizzas: Vec<Value> = records
+        .iter()
+        .map(|r| serde_json::from_slice(&r.value).unwrap())
+        .collect();
+    assert_eq!(
+        report_with_total(&host.url, 5_000).await,
+        cheese_counts(&pizzas)
+    );
+}
