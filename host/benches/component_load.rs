@@ -37,6 +37,7 @@ fn main() -> anyhow::Result<()> {
     let stage = StageShared::new(
         warm.load("sauce", &sauce, Limits::default())?,
         pizza_host::metrics::Metrics::new().stage("sauce"),
+        pizza_host::events::Events::default(),
     );
     let swap = median(1_000, || {
         let next = warm

@@ -6,6 +6,8 @@
 //! `GET /metrics` (Prometheus), `GET /healthz` (the process answers) and `GET /readyz` (Kafka
 //! answers and every stage has joined its group; the body is the stage table).
 //!
+//! The web page (`/`) and its live stream (`/events`) are in [`crate::web`].
+//!
 //! Handlers are thin: they check the request and call into [`crate::order_publisher`] and
 //! [`crate::orders`]. Every error is a JSON body `{"error": …}` with a fitting status; nothing a
 //! client sends causes a 500.
@@ -23,6 +25,7 @@ use serde_json::json;
 use tokio_util::sync::CancellationToken;
 
 use crate::cluster_health::ClusterHealth;
+use crate::events::Events;
 use crate::metrics::{HttpLabels, Metrics};
 use crate::order_publisher::{self, Publisher};
 use crate::orders::OrderBook;
@@ -48,6 +51,8 @@ pub struct AppState {
     pub reports: Arc<Reports>,
     /// The host's metrics.
     pub metrics: Arc<Metrics>,
+    /// Live events for the web page.
+    pub events: Events,
     /// Cancelled when the host shuts down: new orders are refused from then on.
     pub shutdown: CancellationToken,
 }
@@ -55,6 +60,8 @@ pub struct AppState {
 /// The API's routes.
 pub fn router(state: AppState) -> Router {
     Router::new()
+        .route("/", get(crate::web::page))
+        .route("/events", get(crate::web::events))
         .route("/order/{param}", post(place_order).get(get_order))
         .route("/report", get(list_reports))
         .route("/report/{name}", get(get_report))

@@ -24,7 +24,8 @@
 //! - [`orders`]: the order book `GET /order` reads.
 //! - [`order_view`]: filling the order book from Kafka (orders, completed and failed pizzas).
 //! - [`cluster_health`]: whether Kafka answers (orders are refused with 503 while it does not).
-//! - [`http`]: the axum routes (orders, metrics, health).
+//! - [`http`]: the axum routes (orders, metrics, health), and [`web`]: the web page.
+//! - [`events`]: live events (pizzas as stages make them) for the web page.
 //! - [`metrics`]: what the host counts, for Prometheus.
 //! - [`trace_context`]: the W3C `traceparent` each order's records carry across stages.
 //!
@@ -33,6 +34,7 @@
 pub mod admin;
 pub mod cluster_health;
 pub mod config;
+pub mod events;
 pub mod http;
 pub mod join;
 pub mod kafka;
@@ -47,6 +49,7 @@ pub mod stage;
 pub mod stages;
 pub mod tools;
 pub mod trace_context;
+pub mod web;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -100,6 +103,7 @@ pub async fn start(
     let tasks = TaskTracker::new();
     let servers = TaskTracker::new();
     let metrics = metrics::Metrics::new();
+    let events = events::Events::default();
 
     // Stages first: their components are checked before any topic is created, so a bad
     // file fails fast and clearly.
@@ -118,6 +122,7 @@ pub async fn start(
         shutdown.clone(),
         tasks.clone(),
         metrics.clone(),
+        events.clone(),
     ));
     stages.apply(&pipeline).await?;
     reports.carry_out(report_plan).await;
@@ -172,7 +177,14 @@ pub async fn start(
             .into_iter()
             .collect(),
     };
-    let view = order_view::start(book.clone(), reader, view_topics, shutdown.clone()).await?;
+    let view = order_view::start(
+        book.clone(),
+        reader,
+        view_topics,
+        events.clone(),
+        shutdown.clone(),
+    )
+    .await?;
     tasks.spawn(view);
 
     let app = http::router(http::AppState {
@@ -193,6 +205,7 @@ pub async fn start(
         stages: stages.clone(),
         reports: reports.clone(),
         metrics,
+        events,
         shutdown: shutdown.clone(),
     });
     let servers_stop = CancellationToken::new();

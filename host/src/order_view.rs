@@ -12,9 +12,10 @@ use anyhow::Context as _;
 use rdkafka::consumer::{Consumer, StreamConsumer};
 use rdkafka::message::{BorrowedMessage, Headers};
 use rdkafka::{Message, Offset, TopicPartitionList};
-use serde_json::{Map, Value};
+use serde_json::{Map, Value, json};
 use tokio_util::sync::CancellationToken;
 
+use crate::events::Events;
 use crate::kafka;
 use crate::orders::{FailedPizza, OrderBook, Outcome};
 
@@ -40,6 +41,7 @@ pub async fn start(
     book: OrderBook,
     consumer: StreamConsumer,
     topics: ViewTopics,
+    events: Events,
     shutdown: CancellationToken,
 ) -> anyhow::Result<impl Future<Output = ()> + use<>> {
     let mut assignment = TopicPartitionList::new();
@@ -79,7 +81,7 @@ pub async fn start(
             received = tokio::time::timeout(POSITION_CHECK, consumer.recv()) => received,
         };
         match received {
-            Ok(Ok(message)) => apply(&book, &topics, &message),
+            Ok(Ok(message)) => apply(&book, &topics, &events, &message),
             Ok(Err(err)) => tracing::warn!("order view: consumer error: {err}"),
             Err(_) => {} // quiet: look at the positions
         }
@@ -105,7 +107,7 @@ pub async fn start(
             tokio::select! {
                 _ = shutdown.cancelled() => break,
                 received = consumer.recv() => match received {
-                    Ok(message) => apply(&book, &topics, &message),
+                    Ok(message) => apply(&book, &topics, &events, &message),
                     Err(err) => errors.log("order view", &err),
                 },
             }
@@ -114,7 +116,7 @@ pub async fn start(
 }
 
 /// Applies one record of any of the view's topics to the book.
-fn apply(book: &OrderBook, topics: &ViewTopics, message: &BorrowedMessage<'_>) {
+fn apply(book: &OrderBook, topics: &ViewTopics, events: &Events, message: &BorrowedMessage<'_>) {
     let json: Option<Map<String, Value>> = message
         .payload()
         .and_then(|p| serde_json::from_slice(p).ok());
@@ -151,7 +153,9 @@ fn apply(book: &OrderBook, topics: &ViewTopics, message: &BorrowedMessage<'_>) {
                     .filter(|h| h.key == crate::stage::TRAIL_HEADER)
                     .filter_map(|h| serde_json::from_slice(h.value?).ok())
                     .collect();
-                book.record(&order_id, Outcome::Completed(Value::Object(pizza), trail));
+                let pizza = Value::Object(pizza);
+                events.publish(|| json!({"type": "complete", "pizza": pizza}));
+                book.record(&order_id, Outcome::Completed(pizza, trail));
             }
             None => tracing::warn!(
                 topic,
@@ -176,6 +180,7 @@ fn apply(book: &OrderBook, topics: &ViewTopics, message: &BorrowedMessage<'_>) {
             kind: header("pizza-host.error-kind"),
             error: header("pizza-host.error"),
         };
+        events.publish(|| json!({"type": "failed", "order_id": order_id, "failure": failed}));
         book.record(&order_id, Outcome::Failed(failed));
     }
 }

@@ -22,6 +22,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::config::{Guarantee, Pipeline, StageConfig};
+use crate::events::Events;
 use crate::kafka::KafkaSettings;
 use crate::metrics::Metrics;
 use crate::runtime::{self, LoadError, Runtime, StageComponent};
@@ -150,6 +151,7 @@ pub struct Stages {
     shutdown: CancellationToken,
     tasks: TaskTracker,
     metrics: Arc<Metrics>,
+    events: Events,
     running: Mutex<BTreeMap<String, RunningStage>>,
     last_edit_error: Mutex<Option<ErrorInfo>>,
 }
@@ -164,6 +166,7 @@ impl Stages {
         shutdown: CancellationToken,
         tasks: TaskTracker,
         metrics: Arc<Metrics>,
+        events: Events,
     ) -> Self {
         Self {
             runtime,
@@ -176,6 +179,7 @@ impl Stages {
             shutdown,
             tasks,
             metrics,
+            events,
             running: Mutex::new(BTreeMap::new()),
             last_edit_error: Mutex::new(None),
         }
@@ -461,6 +465,7 @@ impl Stages {
         let shared = Arc::new(StageShared::new(
             component,
             self.metrics.stage(&config.name),
+            self.events.clone(),
         ));
         let signals = StopSignals {
             stop: self.shutdown.child_token(),

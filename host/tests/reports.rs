@@ -14,15 +14,6 @@ use support::*;
 
 const WITHIN: Duration = Duration::from_secs(120);
 
-/// `toml` with the cheese report on the cheese stage's output added.
-fn with_cheese_report(toml: &str, topics: &Topics) -> String {
-    format!(
-        "{toml}\n[[report]]\nname = \"cheese\"\ncomponent = \"{}\"\ninput = \"{}\"\n",
-        components().join("pizza_report_cheese.wasm").display(),
-        topics.chain[2],
-    )
-}
-
 /// Counts by cheese of `pizzas`.
 fn cheese_counts<'a>(pizzas: impl IntoIterator<Item = &'a Value>) -> BTreeMap<String, u64> {
     let mut counts = BTreeMap::new();

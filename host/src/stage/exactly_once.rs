@@ -76,8 +76,7 @@ pub async fn run(
             .context("cannot begin a transaction")?;
         let mut next_offsets: BTreeMap<i32, i64> = BTreeMap::new();
         let batch = async {
-            let component = stage.current();
-            process(&component, &stage.stats, route, &producer, &first).await?;
+            process(stage, route, &producer, &first).await?;
             next_offsets.insert(first.partition(), first.offset() + 1);
             let deadline = Instant::now() + BATCH_WINDOW;
             let mut taken = 1;
@@ -87,8 +86,7 @@ pub async fn run(
                     break;
                 };
                 let message = received.context("consumer error inside a transaction")?;
-                let component = stage.current();
-                process(&component, &stage.stats, route, &producer, &message).await?;
+                process(stage, route, &producer, &message).await?;
                 next_offsets.insert(message.partition(), message.offset() + 1);
                 taken += 1;
             }

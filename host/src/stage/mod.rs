@@ -27,6 +27,7 @@ use rdkafka::{Message, Offset, TopicPartitionList};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
+use crate::events::Events;
 use crate::kafka::{ConsumerErrors, GroupConsumer, GroupState, KafkaSettings};
 use crate::metrics::StageMetrics;
 use crate::trace_context;
@@ -58,11 +59,14 @@ pub struct StageShared {
     pub stats: StageStats,
     /// Its consumer's place in the group (assignment, lag).
     pub group: Arc<GroupState>,
+    /// Where each pizza it makes is shown live.
+    events: Events,
 }
 
 impl StageShared {
-    /// A stage that starts with `component` and counts into `metrics`.
-    pub fn new(component: StageComponent, metrics: StageMetrics) -> Self {
+    /// A stage that starts with `component`, counts into `metrics` and shows what it makes
+    /// on `events`.
+    pub fn new(component: StageComponent, metrics: StageMetrics, events: Events) -> Self {
         Self {
             component: ArcSwap::from_pointee(component),
             stats: StageStats {
@@ -72,6 +76,7 @@ impl StageShared {
                 metrics,
             },
             group: Arc::default(),
+            events,
         }
     }
 
@@ -222,8 +227,7 @@ pub async fn run(
             acked = &mut acker => break acked.context("acknowledgement task panicked").and_then(|r| r),
             received = consumer.recv() => match received {
                 Ok(message) => {
-                    let component = stage.current();
-                    let pending = process(&component, &stage.stats, route, &producer, &message).await?;
+                    let pending = process(stage, route, &producer, &message).await?;
                     if pending_tx.send(pending).await.is_err() {
                         // The acker ended; its result says why on the next turn.
                         continue;
@@ -297,12 +301,12 @@ pub(crate) fn consumed_to_end(consumer: &GroupConsumer, topic: &str) -> anyhow::
 /// Calls the stage on one record and sends the outcome: the result to the output topic, or
 /// the original record to the dead-letter topic.
 pub(crate) async fn process(
-    component: &StageComponent,
-    stats: &StageStats,
+    stage: &StageShared,
     route: &Route,
     producer: &FutureProducer,
     message: &BorrowedMessage<'_>,
 ) -> anyhow::Result<Pending> {
+    let (component, stats) = (&*stage.current(), &stage.stats);
     stats.metrics.record_in();
     let key = message.key();
     let order_id = key.map(String::from_utf8_lossy);
@@ -321,6 +325,15 @@ pub(crate) async fn process(
     };
 
     stats.record(&outcome);
+    if let Ok(output) = &outcome {
+        stage.events.publish(|| {
+            serde_json::json!({
+                "type": "stage",
+                "stage": component.name(),
+                "pizza": serde_json::from_str::<serde_json::Value>(output).unwrap_or_default(),
+            })
+        });
+    }
     let record = match &outcome {
         Ok(output) => FutureRecord::to(&route.output)
             .payload(output.as_bytes())

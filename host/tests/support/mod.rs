@@ -135,6 +135,15 @@ pub fn process_pipeline(test: &str, topics: &Topics, bootstrap: &str) -> PathBuf
     pipeline
 }
 
+/// `toml` with the cheese report (`GET /report/cheese`) on the cheese stage's output added.
+pub fn with_cheese_report(toml: &str, topics: &Topics) -> String {
+    format!(
+        "{toml}\n[[report]]\nname = \"cheese\"\ncomponent = \"{}\"\ninput = \"{}\"\n",
+        components().join("pizza_report_cheese.wasm").display(),
+        topics.chain[2],
+    )
+}
+
 /// A host running in this process, stopped when dropped.
 pub struct TestHost {
     pub url: String,

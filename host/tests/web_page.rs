@@ -1,0 +1,137 @@
+//! The web page and its live stream, against the real broker and the real components: the
+//! stream shows each pizza at each stage in order, and a person ordering three pizzas in a
+//! real (headless) browser sees them complete and counted in the cheese chart.
+
+#![allow(clippy::unwrap_used)] // a test fails loudly on any unexpected error
+
+mod support;
+
+use std::collections::{BTreeMap, HashMap};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+use support::*;
+
+const WITHIN: Duration = Duration::from_secs(90);
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_live_stream_shows_each_pizza_at_each_stage_in_order() {
+    let topics = Topics::unique("stream");
+    let host = TestHost::start(&topics).await;
+    let mut stream = reqwest::get(format!("{}/events", host.url)).await.unwrap();
+    assert_eq!(stream.status(), 200);
+    assert_eq!(stream.headers()["content-type"], "text/event-stream");
+    let id = host.order(2).await;
+
+    // Per pizza of the order: what the stream said happened to it, in order.
+    let mut seen: HashMap<String, Vec<String>> = HashMap::new();
+    let mut snapshot = None;
+    let mut buffer = String::new();
+    let deadline = Instant::now() + WITHIN;
+    while seen
+        .values()
+        .filter(|e| e.last().map(String::as_str) == Some("complete"))
+        .count()
+        < 2
+        || snapshot.is_none()
+    {
+        assert!(Instant::now() < deadline, "stream so far: {seen:?}");
+        let chunk = tokio::time::timeout(WITHIN, stream.chunk())
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap();
+        buffer.push_str(&String::from_utf8_lossy(&chunk));
+        while let Some(end) = buffer.find("\n\n") {
+            let message: String = buffer.drain(..end + 2).collect();
+            let Some(data) = message.lines().find_map(|l| l.strip_prefix("data: ")) else {
+                continue; // a keep-alive comment
+            };
+            let event: Value = serde_json::from_str(data).unwrap();
+            match event["type"].as_str().unwrap() {
+                "snapshot" => snapshot = Some(event),
+                kind @ ("stage" | "complete") if event["pizza"]["order_id"] == id.as_str() => {
+                    let pizza = event["pizza"]["pizza_id"].as_str().unwrap().to_owned();
+                    let step = match kind {
+                        "stage" => event["stage"].as_str().unwrap().to_owned(),
+                        _ => "complete".to_owned(),
+                    };
+                    seen.entry(pizza).or_default().push(step);
+                }
+                _ => {}
+            }
+        }
+    }
+    for (pizza, steps) in &seen {
+        assert_eq!(
+            steps,
+            &["sauce", "cheese", "meats", "veggies", "complete"],
+            "{pizza}"
+        );
+    }
+    let stages = snapshot.unwrap()["stages"].as_array().unwrap().len();
+    assert_eq!(stages, 4);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn ordering_three_pizzas_in_a_browser_shows_them_complete_and_counts_their_cheese() {
+    let topics = Topics::unique("browser");
+    let host = TestHost::start_toml(&with_cheese_report(&pipeline_toml(&topics), &topics)).await;
+    let root = workspace_root();
+    let chromium = browser();
+    let screenshot = root.join("target/test-artifacts/web-page.png");
+    std::fs::create_dir_all(screenshot.parent().unwrap()).unwrap();
+    let _ = std::fs::remove_file(&screenshot);
+    let (url, shot) = (format!("{}/", host.url), screenshot.clone());
+    let output = tokio::task::spawn_blocking(move || {
+        std::process::Command::new("node")
+            .arg(root.join("host/tests/browser/order-pizzas.mjs"))
+            .args([url.as_str(), shot.to_str().unwrap(), "3"])
+            .env("CHROMIUM", chromium)
+            .output()
+            .unwrap()
+    })
+    .await
+    .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "the browser run failed: {stderr}");
+    let seen: Value = serde_json::from_slice(&output.stdout).unwrap();
+
+    let cards = seen["cards"].as_array().unwrap();
+    assert_eq!(cards.len(), 3, "{seen}");
+    let mut cheeses: BTreeMap<String, u64> = BTreeMap::new();
+    for card in cards {
+        for field in ["sauce", "cheese", "meats", "veggies"] {
+            let shown = card[field].as_str().unwrap();
+            assert!(!shown.is_empty() && shown != "…", "{field} in {card}");
+        }
+        *cheeses
+            .entry(card["cheese"].as_str().unwrap().to_owned())
+            .or_default() += 1;
+    }
+    let chart: BTreeMap<String, u64> = serde_json::from_value(seen["chart"].clone()).unwrap();
+    assert_eq!(chart, cheeses, "the cheese chart counts the pizzas shown");
+    assert_eq!(
+        seen["stages"],
+        serde_json::json!(["cheese", "meats", "sauce", "veggies"])
+    );
+    let size = std::fs::metadata(&screenshot).unwrap().len();
+    assert!(
+        size > 10_000,
+        "a screenshot was saved at {}",
+        screenshot.display()
+    );
+}
+
+/// The headless browser's executable, installed on first use (dev/browser.sh).
+fn browser() -> String {
+    let output = std::process::Command::new(workspace_root().join("dev/browser.sh"))
+        .output()
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "dev/browser.sh failed: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8_lossy(&output.stdout).trim().to_owned()
+}
