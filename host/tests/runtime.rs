@@ -151,3 +151,46 @@ fn invoke_runs_a_stage_on_each_line_and_reports_failures_with_their_kind() {
     assert!(ok);
     assert!(out.contains("\"order_id\":\"smoke-test\""), "{out}");
 }
+
+#[test]
+fn a_stage_reaching_for_files_environment_clock_or_network_gets_nothing() {
+    let escape = support::test_component("escape").display().to_string();
+    let acts = ["read-file", "list-root", "env", "clock", "connect"];
+    let input: String = acts
+        .iter()
+        .map(|act| format!("{{\"order_id\":\"1\",\"act\":\"{act}\"}}\n"))
+        .collect();
+    let (ok, out, err) = pizza_host(&["invoke", &escape, "--input", "-"], &input);
+    assert!(ok, "{err}");
+    let got: std::collections::HashMap<String, String> = out
+        .lines()
+        .map(|line| {
+            let event: serde_json::Value = serde_json::from_str(line).expect("JSON");
+            let field = |name: &str| event[name].as_str().expect(name).to_owned();
+            (field("act"), field("escape"))
+        })
+        .collect();
+    assert!(got["read-file"].starts_with("refused"), "{got:?}");
+    assert!(got["list-root"].starts_with("refused"), "{got:?}");
+    assert_eq!(got["env"], "0 variables, HOME=None");
+    assert_eq!(got["clock"], "0 s since the epoch");
+    assert!(got["connect"].starts_with("refused"), "{got:?}");
+}
+
+#[test]
+fn a_component_importing_what_stages_are_not_granted_is_refused_and_check_says_why() {
+    let thief = support::test_component("ungranted").display().to_string();
+    let (ok, out, err) = pizza_host(&["check", &thief], "");
+    assert!(!ok, "{out}");
+    assert!(
+        out.contains("test:evil/secrets@0.1.0: not provided by pizza-host"),
+        "{out}"
+    );
+    assert!(
+        err.contains("the component needs imports that stages are not granted"),
+        "{err}"
+    );
+    let (ok, _, err) = pizza_host(&["invoke", &thief], "");
+    assert!(!ok);
+    assert!(err.contains("not granted"), "{err}");
+}
