@@ -621,6 +621,32 @@ mod tests {
         assert_eq!(p.stages[0].component, Path::new("/etc/pizza/sauce.wasm"));
     }
 
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(2_000))]
+
+        /// Whatever the file holds, parsing answers Ok or an error, never a panic.
+        #[test]
+        fn any_text_parses_or_fails_cleanly(text in "\\PC{0,400}") {
+            let _ = Pipeline::parse(&text, Path::new("/p"));
+        }
+
+        /// Values of any shape in every slot of a stage: Ok or an error, never a panic.
+        #[test]
+        fn any_values_in_a_stage_parse_or_fail_cleanly(
+            name in "\\PC{0,20}",
+            topic in "\\PC{0,30}",
+            number in proptest::num::i64::ANY,
+            bootstrap in "\\PC{0,40}",
+        ) {
+            let text = format!(
+                "[kafka]\n\"bootstrap.servers\" = {bootstrap:?}\n[[stage]]\nname = {name:?}\n\
+                 component = \"s.wasm\"\ninput = {topic:?}\noutput = \"out\"\ntimeout_ms = {number}\n\
+                 [[join]]\nname = {name:?}\ninputs = [{topic:?}, \"b\"]\noutput = \"o\"\n"
+            );
+            let _ = Pipeline::parse(&text, Path::new("/p"));
+        }
+    }
+
     #[test]
     fn the_shipped_pipelines_are_valid() {
         let chain = Pipeline::parse(include_str!("../../pipeline.toml"), Path::new("/p"));

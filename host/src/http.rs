@@ -27,8 +27,12 @@ use tokio_util::sync::CancellationToken;
 use crate::cluster_health::ClusterHealth;
 use crate::events::Events;
 use crate::metrics::{HttpLabels, Metrics};
+#[allow(unused_imports)] // named by the OpenAPI annotations
+use crate::openapi::{ErrorBody, Health, OrderPlaced, Readiness, ReportList};
 use crate::order_publisher::{self, Publisher};
 use crate::orders::OrderBook;
+#[allow(unused_imports)]
+use crate::orders::OrderView;
 use crate::report::Reports;
 use crate::stages::Stages;
 
@@ -66,10 +70,8 @@ pub fn router(state: AppState) -> Router {
         .route("/report", get(list_reports))
         .route("/report/{name}", get(get_report))
         .route("/metrics", get(metrics))
-        .route(
-            "/healthz",
-            get(|| async { Json(json!({ "status": "ok" })) }),
-        )
+        .route("/healthz", get(healthz))
+        .route("/openapi.json", get(crate::openapi::document))
         .route("/readyz", get(readyz))
         .fallback(|| async { error(StatusCode::NOT_FOUND, "no such route".into()) })
         .method_not_allowed_fallback(|| async {
@@ -79,10 +81,58 @@ pub fn router(state: AppState) -> Router {
             )
         })
         .layer(middleware::from_fn_with_state(
+            Arc::new(tokio::sync::Semaphore::new(MAX_CONCURRENT_REQUESTS)),
+            guard,
+        ))
+        .layer(middleware::from_fn_with_state(
             state.metrics.clone(),
             count_request,
         ))
         .with_state(state)
+}
+
+/// Largest request body accepted: no public route takes one.
+pub const MAX_BODY_BYTES: u64 = 1024;
+/// Longest request path (with query) accepted.
+pub const MAX_PATH_BYTES: usize = 512;
+/// Requests handled at once; more are refused with 503 rather than queued without bound.
+pub const MAX_CONCURRENT_REQUESTS: usize = 256;
+
+/// Refuses, with a JSON error, what no route needs: a body, a very long path, or a request
+/// beyond the concurrency limit.
+async fn guard(
+    State(in_flight): State<Arc<tokio::sync::Semaphore>>,
+    request: Request,
+    next: Next,
+) -> Response {
+    let declared_body = request
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
+    // An undeclared (chunked) body is never read by any route, so it costs nothing.
+    if declared_body.is_some_and(|bytes| bytes > MAX_BODY_BYTES) {
+        return error(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            format!("request bodies are limited to {MAX_BODY_BYTES} bytes"),
+        );
+    }
+    let path = request
+        .uri()
+        .path_and_query()
+        .map_or(0, |p| p.as_str().len());
+    if path > MAX_PATH_BYTES {
+        return error(
+            StatusCode::URI_TOO_LONG,
+            format!("paths are limited to {MAX_PATH_BYTES} bytes"),
+        );
+    }
+    let Ok(_permit) = in_flight.try_acquire() else {
+        return error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "too many requests in flight; try again shortly".into(),
+        );
+    };
+    next.run(request).await
 }
 
 /// A JSON error response: `{"error": message}`.
@@ -112,7 +162,20 @@ async fn count_request(
     response
 }
 
-async fn place_order(State(state): State<AppState>, Path(count): Path<String>) -> Response {
+/// Orders `count` random pizzas.
+#[utoipa::path(post, path = "/order/{param}", tag = "orders",
+    params(("param" = u32, Path, minimum = 1, maximum = 100,
+        description = "How many pizzas: from 1 to the host's `http.max_order_count` (100 by default)")),
+    responses(
+        (status = 200, description = "The order was placed", body = OrderPlaced),
+        (status = 400, description = "The count is not a whole number in range", body = ErrorBody),
+        (status = 414, description = "The path is longer than 512 bytes", body = ErrorBody),
+        (status = 503, description = "Kafka is unreachable, or the host is shutting down", body = ErrorBody),
+    ))]
+pub(crate) async fn place_order(
+    State(state): State<AppState>,
+    Path(count): Path<String>,
+) -> Response {
     let max = state.max_order_count;
     let count = match count.parse::<u32>() {
         Ok(n) if (1..=max).contains(&n) => n,
@@ -160,7 +223,19 @@ async fn place_order(State(state): State<AppState>, Path(count): Path<String>) -
     }
 }
 
-async fn get_order(
+/// The order as it stands.
+#[utoipa::path(get, path = "/order/{param}", tag = "orders",
+    params(
+        ("param" = String, Path, description = "The order id"),
+        ("detail" = Option<bool>, Query, description = "Add each pizza's stage visits"),
+    ),
+    responses(
+        (status = 200, description = "The order", body = OrderView),
+        (status = 400, description = "detail is neither true nor false", body = ErrorBody),
+        (status = 414, description = "The path is longer than 512 bytes", body = ErrorBody),
+        (status = 404, description = "No order with this id", body = ErrorBody),
+    ))]
+pub(crate) async fn get_order(
     State(state): State<AppState>,
     Path(id): Path<String>,
     Query(query): Query<HashMap<String, String>>,
@@ -181,12 +256,27 @@ async fn get_order(
     }
 }
 
-async fn list_reports(State(state): State<AppState>) -> Response {
+/// The running reports.
+#[utoipa::path(get, path = "/report", tag = "reports",
+    responses((status = 200, description = "The reports", body = ReportList)))]
+pub(crate) async fn list_reports(State(state): State<AppState>) -> Response {
     Json(json!({ "reports": state.reports.list().await })).into_response()
 }
 
-/// The report's rendered JSON, as is.
-async fn get_report(State(state): State<AppState>, Path(name): Path<String>) -> Response {
+/// The report's rendered JSON, as its component renders it (the cheese report:
+/// `{"<cheese>": <count>, …}`).
+#[utoipa::path(get, path = "/report/{name}", tag = "reports",
+    params(("name" = String, Path, description = "The report's name")),
+    responses(
+        (status = 200, description = "The rendered report", body = Object),
+        (status = 404, description = "No report with this name", body = ErrorBody),
+        (status = 414, description = "The path is longer than 512 bytes", body = ErrorBody),
+        (status = 503, description = "The report's component could not render it", body = ErrorBody),
+    ))]
+pub(crate) async fn get_report(
+    State(state): State<AppState>,
+    Path(name): Path<String>,
+) -> Response {
     match state.reports.render(&name).await {
         Some(Ok(rendered)) => {
             ([(header::CONTENT_TYPE, "application/json")], rendered).into_response()
@@ -205,7 +295,10 @@ async fn get_report(State(state): State<AppState>, Path(name): Path<String>) -> 
     }
 }
 
-async fn metrics(State(state): State<AppState>) -> Response {
+/// Metrics in Prometheus's text format.
+#[utoipa::path(get, path = "/metrics", tag = "operations",
+    responses((status = 200, description = "The metrics", content_type = "text/plain", body = String)))]
+pub(crate) async fn metrics(State(state): State<AppState>) -> Response {
     let stages = state.stages.list().await;
     let text = state.metrics.render(&stages, state.book.counts());
     (
@@ -218,8 +311,20 @@ async fn metrics(State(state): State<AppState>) -> Response {
         .into_response()
 }
 
+/// Answers while the process runs.
+#[utoipa::path(get, path = "/healthz", tag = "operations",
+    responses((status = 200, description = "The process answers", body = Health)))]
+pub(crate) async fn healthz() -> Response {
+    Json(json!({ "status": "ok" })).into_response()
+}
+
 /// Ready when Kafka answers and every stage's consumer has joined its group.
-async fn readyz(State(state): State<AppState>) -> Response {
+#[utoipa::path(get, path = "/readyz", tag = "operations",
+    responses(
+        (status = 200, description = "Ready", body = Readiness),
+        (status = 503, description = "Not ready: `waiting_for` says why", body = Readiness),
+    ))]
+pub(crate) async fn readyz(State(state): State<AppState>) -> Response {
     let stages = state.stages.list().await;
     let mut waiting: Vec<String> = stages
         .iter()

@@ -27,6 +27,7 @@
 //! - [`http`]: the axum routes (orders, metrics, health), and [`web`]: the web page.
 //! - [`events`]: live events (pizzas as stages make them) for the web page.
 //! - [`metrics`]: what the host counts, for Prometheus.
+//! - [`openapi`]: the HTTP API's OpenAPI document, generated from the handlers.
 //! - [`trace_context`]: the W3C `traceparent` each order's records carry across stages.
 //!
 //! [`start`] wires them together; `main.rs` only parses the command line and handles signals.
@@ -39,6 +40,7 @@ pub mod http;
 pub mod join;
 pub mod kafka;
 pub mod metrics;
+pub mod openapi;
 pub mod order_publisher;
 pub mod order_view;
 pub mod orders;

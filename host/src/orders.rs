@@ -17,7 +17,7 @@ use serde_json::Value;
 const MAX_EARLY_PIZZAS: usize = 100_000;
 
 /// An order as `GET /order/{id}` shows it.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct OrderView {
     /// The order id.
     pub id: String,
@@ -25,7 +25,9 @@ pub struct OrderView {
     pub count: u32,
     /// Where the order stands.
     pub status: Status,
-    /// The completed pizzas so far, in arrival order.
+    /// The completed pizzas so far, in arrival order: `order_id`, `pizza_id`, `sauce`,
+    /// `cheese`, `meats`, `veggies` (and, with `?detail=true`, `stages`).
+    #[schema(value_type = Vec<Object>)]
     pub pizzas: Vec<Value>,
     /// The pizzas that went to a dead-letter topic, and why.
     #[serde(skip_serializing_if = "Vec::is_empty")]
@@ -33,7 +35,7 @@ pub struct OrderView {
 }
 
 /// Where an order stands.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum Status {
     /// Some pizzas are still on their way.
@@ -45,7 +47,7 @@ pub enum Status {
 }
 
 /// A pizza that a stage could not make.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct FailedPizza {
     /// The pizza's id, when it had one.
     pub pizza_id: Option<String>,

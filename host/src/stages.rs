@@ -44,7 +44,7 @@ pub enum Source {
 }
 
 /// One stage as the admin API shows it.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct StageInfo {
     /// The stage's name.
     pub name: String,
@@ -52,7 +52,8 @@ pub struct StageInfo {
     pub input: String,
     /// Output topic.
     pub output: String,
-    /// Where the running component came from.
+    /// Where the running component came from: `{"file": "<path>"}` or `"upload"`.
+    #[schema(value_type = Object)]
     pub source: Source,
     /// SHA-256 of the running component.
     pub digest: String,
@@ -75,7 +76,7 @@ pub struct StageInfo {
 }
 
 /// One input partition of a stage on this host.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct PartitionInfo {
     /// The partition.
     pub partition: i32,
@@ -84,7 +85,7 @@ pub struct PartitionInfo {
 }
 
 /// A failure as the admin API shows it.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct ErrorInfo {
     /// When (RFC 3339).
     pub at: String,

@@ -55,6 +55,17 @@ fn span_id() -> String {
 mod tests {
     use super::*;
 
+    proptest::proptest! {
+        /// A `traceparent` header is written by whoever produced the record: any value is
+        /// either continued or left alone, never a panic.
+        #[test]
+        fn any_header_value_is_continued_or_ignored(value in "\\PC{0,80}") {
+            if let Some(child) = child_of(&value) {
+                proptest::prop_assert_eq!(trace_id(&child), trace_id(&value));
+            }
+        }
+    }
+
     #[test]
     fn a_child_keeps_the_trace_and_flags_with_a_new_span() {
         let root = new_trace();

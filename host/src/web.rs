@@ -21,12 +21,16 @@ use crate::http::AppState;
 /// How often the stream carries a snapshot of the stages and reports.
 const SNAPSHOT_EVERY: Duration = Duration::from_secs(1);
 
-/// `GET /`: the page.
+/// The web page: order pizzas and watch them move through the stages.
+#[utoipa::path(get, path = "/", tag = "web",
+    responses((status = 200, description = "The page", content_type = "text/html", body = String)))]
 pub async fn page() -> Response {
     Html(include_str!("web/index.html")).into_response()
 }
 
-/// `GET /events`: the live stream.
+/// The live stream of pizzas at each stage, completed and failed pizzas, and snapshots.
+#[utoipa::path(get, path = "/events", tag = "web",
+    responses((status = 200, description = "Server-sent events, one JSON object each", content_type = "text/event-stream", body = String)))]
 pub async fn events(
     State(state): State<AppState>,
 ) -> Sse<impl Stream<Item = Result<Event, Infallible>>> {

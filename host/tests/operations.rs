@@ -341,3 +341,35 @@ async fn three_hosts_share_the_work_and_when_one_is_killed_every_order_completes
     }
     assert_every_pizza_exactly_once(&bootstrap(), &topics, 9_000);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn oversized_requests_are_refused_with_json_errors() {
+    let topics = Topics::unique("limits");
+    let host = TestHost::start(&topics).await;
+    let client = reqwest::Client::new();
+    let big_body = client
+        .post(format!("{}/order/1", host.url))
+        .body(vec![b'x'; 4096])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(big_body.status(), 413);
+    let body: Value = big_body.json().await.unwrap();
+    assert!(
+        body["error"].as_str().unwrap().contains("1024 bytes"),
+        "{body}"
+    );
+    let long_path = reqwest::get(format!("{}/order/{}", host.url, "9".repeat(600)))
+        .await
+        .unwrap();
+    assert_eq!(long_path.status(), 414);
+    assert!(long_path.json::<Value>().await.unwrap()["error"].is_string());
+    let unknown = reqwest::get(format!("{}/no/such/route", host.url))
+        .await
+        .unwrap();
+    assert_eq!(unknown.status(), 404);
+    assert!(unknown.json::<Value>().await.unwrap()["error"].is_string());
+    // None of it placed an order.
+    let metrics = scrape(&host.url).await;
+    assert_eq!(metrics["pizza_host_orders_placed_total"], 0.0);
+}

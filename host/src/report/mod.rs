@@ -30,13 +30,14 @@ use fold::{ReportRoute, ReportShared};
 const RESTART_BACKOFF: Duration = Duration::from_secs(1);
 
 /// One report as `GET /report` lists it.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct ReportInfo {
     /// Its name; it is served at `/report/{name}`.
     pub name: String,
     /// The topic it folds.
     pub input: String,
     /// The component file named in `pipeline.toml`.
+    #[schema(value_type = String)]
     pub component: PathBuf,
     /// SHA-256 of the running component.
     pub digest: String,

@@ -480,6 +480,14 @@ impl HostMonotonicClock for FrozenClock {
 mod tests {
     use super::*;
 
+    proptest::proptest! {
+        /// Whatever a stage got and returned, checking its output never panics.
+        #[test]
+        fn checking_any_output_never_panics(input in "\\PC{0,200}", output in "\\PC{0,200}") {
+            let _ = check_output(&input, output);
+        }
+    }
+
     #[test]
     fn output_must_be_an_object_keeping_order_id() {
         let input = r#"{"order_id":"7","sauce":""}"#;

@@ -627,6 +627,8 @@ impl OwnBroker {
 impl Drop for OwnBroker {
     fn drop(&mut self) {
         self.run("stop");
+        // Its data and logs: a broker's worth of files per run otherwise.
+        let _ = std::fs::remove_dir_all(&self.state);
     }
 }
 
