@@ -17,5 +17,7 @@ if ! "$venv/bin/st" --version 2>/dev/null | grep -q "$version"; then
   python3 -m venv "$venv"
   "$venv/bin/pip" install -q --disable-pip-version-check "schemathesis==$version" >&2
 fi
+# Its cache of found failures goes to .local, not wherever the caller stands.
+cd "$root/.local"
 exec "$venv/bin/st" run "$url/openapi.json" --url "$url" --checks all \
   --exclude-path /events --max-examples "${SCHEMATHESIS_EXAMPLES:-25}" --no-color "$@"
