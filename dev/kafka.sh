@@ -11,7 +11,9 @@
 #
 # A second broker beside the first (tests that stop and restart their own broker use this):
 # KAFKA_PORT and KAFKA_CONTROLLER_PORT pick its ports and KAFKA_STATE its folder for config,
-# data, logs and pid; the jars are shared.
+# data, logs and pid; the jars are shared. KAFKA_SASL_USERS="user:password ..." makes its
+# client listener SASL_PLAINTEXT with the PLAIN mechanism and those users (the broker itself
+# logs in as an extra user, `broker`).
 set -euo pipefail
 
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -44,15 +46,25 @@ provision() {
 
 write_config() {
   mkdir -p "$home/config" "$home/data" "$home/logs"
+  local client=PLAINTEXT sasl=""
+  if [[ -n "${KAFKA_SASL_USERS:-}" ]]; then
+    client=SASL_PLAINTEXT
+    local users='user_broker="broker-secret"' entry
+    for entry in $KAFKA_SASL_USERS; do users+=" user_${entry%%:*}=\"${entry#*:}\""; done
+    sasl="sasl.enabled.mechanisms=PLAIN
+sasl.mechanism.inter.broker.protocol=PLAIN
+listener.name.sasl_plaintext.plain.sasl.jaas.config=org.apache.kafka.common.security.plain.PlainLoginModule required username=\"broker\" password=\"broker-secret\" $users;"
+  fi
   cat >"$home/config/server.properties" <<EOF
 process.roles=broker,controller
 node.id=1
 controller.quorum.bootstrap.servers=127.0.0.1:$controller_port
-listeners=PLAINTEXT://127.0.0.1:$port,CONTROLLER://127.0.0.1:$controller_port
-advertised.listeners=PLAINTEXT://127.0.0.1:$port
+listeners=$client://127.0.0.1:$port,CONTROLLER://127.0.0.1:$controller_port
+advertised.listeners=$client://127.0.0.1:$port
 controller.listener.names=CONTROLLER
-inter.broker.listener.name=PLAINTEXT
-listener.security.protocol.map=CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT
+inter.broker.listener.name=$client
+listener.security.protocol.map=CONTROLLER:PLAINTEXT,$client:$client
+$sasl
 log.dirs=$home/data
 num.partitions=3
 # The host creates the topics it needs; a typo must not silently create a new one.

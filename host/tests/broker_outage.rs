@@ -67,14 +67,8 @@ async fn a_broker_restart_mid_run_loses_and_doubles_nothing_and_orders_get_503_m
     })
     .await;
     orders.push(after);
-    for id in &orders {
-        wait_for(
-            Duration::from_secs(180),
-            &format!("order {id} complete"),
-            || async { (host.pizzas(id).await == 1_000).then_some(()) },
-        )
+    host.wait_complete(&orders, 1_000, Duration::from_secs(180))
         .await;
-    }
     assert!(host.is_running(), "the host must survive the outage");
     assert_every_pizza_exactly_once(&broker.bootstrap(), &topics, 11_000);
 }

@@ -200,14 +200,8 @@ async fn killing_the_host_mid_run_three_times_loses_and_doubles_nothing() {
         host.kill();
         host = HostProcess::start_named(&pipeline, "crash").await;
     }
-    for id in &orders {
-        wait_for(
-            Duration::from_secs(180),
-            &format!("order {id} complete"),
-            || async { (host.pizzas(id).await == 1_000).then_some(()) },
-        )
+    host.wait_complete(&orders, 1_000, Duration::from_secs(180))
         .await;
-    }
 
     assert_every_pizza_exactly_once(&bootstrap(), &topics, 10_000);
 }
@@ -267,5 +261,56 @@ async fn stages_that_allocate_without_bound_leave_the_host_memory_bounded() {
     assert!(
         peak < before + 128,
         "peak RSS grew from {before} MiB to {peak} MiB"
+    );
+}
+
+/// `dead_lettered` of stage `name` in the host's stage table.
+async fn dead_lettered(url: &str, name: &str) -> u64 {
+    let table: Value = reqwest::get(format!("{url}/readyz"))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let stages = table["stages"].as_array().unwrap();
+    let stage = stages.iter().find(|s| s["name"] == name).unwrap();
+    stage["dead_lettered"].as_u64().unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_stage_spinning_at_its_time_limit_does_not_hold_up_the_others() {
+    const SPINS: u64 = 20;
+    let topics = Topics::unique("starve");
+    let spin = format!("spin-{}", topics.suffix);
+    let toml = format!(
+        "{}[[stage]]\nname = \"spinner\"\ncomponent = \"{}\"\ninput = \"{spin}\"\n\
+         output = \"spun-{}\"\ntimeout_ms = 500\n",
+        pipeline_toml(&topics),
+        test_component("hostile").display(),
+        topics.suffix
+    );
+    let pipeline = temp_dir("starve").join("pipeline.toml");
+    std::fs::write(&pipeline, toml).unwrap();
+    // A process of its own: the runtime it gets is the real one (a worker per core).
+    let host = HostProcess::start(&pipeline).await;
+    for n in 0..SPINS {
+        let key = format!("spin-{n}");
+        let event = json!({"order_id": key, "act": "loop"}).to_string();
+        produce(&spin, Some(&key), event.as_bytes()).await;
+    }
+    wait_for(WITHIN, "the spinner to be spinning", || async {
+        (dead_lettered(&host.url, "spinner").await >= 1).then_some(())
+    })
+    .await;
+
+    let id = host.order(50).await;
+    wait_for(WITHIN, "the order, while the spinner spins", || async {
+        (host.pizzas(&id).await == 50).then_some(())
+    })
+    .await;
+    let spun = dead_lettered(&host.url, "spinner").await;
+    assert!(
+        spun < SPINS,
+        "the order completed only after the spinner had spun all {SPINS} records"
     );
 }

@@ -124,12 +124,7 @@ async fn killing_the_host_mid_join_loses_and_doubles_nothing() {
         host.kill();
         host = HostProcess::start_named(&pipeline, "fanout-crash").await;
     }
-    for id in &orders {
-        wait_for(WITHIN, &format!("order {id}"), || async {
-            (host.pizzas(id).await == 1_000).then_some(())
-        })
-        .await;
-    }
+    host.wait_complete(&orders, 1_000, WITHIN).await;
 
     // As read_committed readers see it: every pizza assembled exactly once, complete.
     let records = read_records(&topics.completed, 5_000, WITHIN);

@@ -295,6 +295,17 @@ async fn the_admin_api_needs_its_token_and_deploys_from_the_cli() {
     assert_eq!(names, ["cheese", "meats", "sauce", "veggies"]);
     assert!(listed[0]["digest"].as_str().unwrap().starts_with("sha256:"));
 
+    // An upload over the limit is refused before it is read whole, and changes nothing.
+    let oversized = client
+        .put(format!("{stages_url}/sauce"))
+        .bearer_auth(ADMIN_TOKEN)
+        .body(vec![0u8; pizza_host::admin::MAX_UPLOAD_BYTES + 1])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(oversized.status(), 413);
+    assert_eq!(host.stage("sauce").await.unwrap().swaps, 0);
+
     let unknown = client
         .put(format!("{stages_url}/oregano"))
         .bearer_auth(ADMIN_TOKEN)

@@ -298,12 +298,8 @@ async fn sigterm_under_load_exits_cleanly_leaving_the_groups_and_nothing_is_lost
     )
     .await;
     eprintln!("ready again after {:?}", restarted.elapsed());
-    for id in &orders {
-        wait_for(Duration::from_secs(120), &format!("order {id}"), || async {
-            (host.pizzas(id).await == 1_000).then_some(())
-        })
+    host.wait_complete(&orders, 1_000, Duration::from_secs(120))
         .await;
-    }
     assert_every_pizza_exactly_once(&bootstrap(), &topics, 5_000);
 }
 
@@ -329,15 +325,9 @@ async fn three_hosts_share_the_work_and_when_one_is_killed_every_order_completes
     .await;
     hosts.remove(0).kill();
 
-    for id in &orders {
-        for host in &hosts {
-            wait_for(
-                Duration::from_secs(180),
-                &format!("order {id} on {}", host.url),
-                || async { (host.pizzas(id).await == 1_000).then_some(()) },
-            )
+    for host in &hosts {
+        host.wait_complete(&orders, 1_000, Duration::from_secs(180))
             .await;
-        }
     }
     assert_every_pizza_exactly_once(&bootstrap(), &topics, 9_000);
 }

@@ -140,12 +140,7 @@ async fn killing_the_host_mid_run_neither_loses_nor_double_counts_a_cheese() {
     .await;
     host.kill();
     let host = HostProcess::start_named(&pipeline, "report-crash").await;
-    for id in &orders {
-        wait_for(WITHIN, &format!("order {id}"), || async {
-            (host.pizzas(id).await == 1_000).then_some(())
-        })
-        .await;
-    }
+    host.wait_complete(&orders, 1_000, WITHIN).await;
 
     // The truth: the cheese of every pizza on the report's topic, read directly.
     let records = read_records(&topics.chain[2], 5_000, WITHIN);

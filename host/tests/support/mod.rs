@@ -479,26 +479,43 @@ pub fn read_records_at(bootstrap: &str, topic: &str, n: usize, limit: Duration) 
 pub struct HostProcess {
     child: std::process::Child,
     pub url: String,
+    /// Where its log (stderr) goes.
+    pub log: PathBuf,
 }
 
 impl HostProcess {
     pub async fn start(pipeline: &std::path::Path) -> Self {
-        Self::start_with(pipeline, None).await
+        Self::start_with(pipeline, None, &[]).await
     }
 
     /// A host whose instance id (and so its transactional ids) is `name`, as several hosts
     /// of one pipeline need.
     pub async fn start_named(pipeline: &std::path::Path, name: &str) -> Self {
-        Self::start_with(pipeline, Some(name)).await
+        Self::start_with(pipeline, Some(name), &[]).await
     }
 
-    async fn start_with(pipeline: &std::path::Path, name: Option<&str>) -> Self {
+    /// A host named `name` with `env` added to its environment.
+    pub async fn start_with_env(
+        pipeline: &std::path::Path,
+        name: &str,
+        env: &[(&str, &str)],
+    ) -> Self {
+        Self::start_with(pipeline, Some(name), env).await
+    }
+
+    async fn start_with(
+        pipeline: &std::path::Path,
+        name: Option<&str>,
+        env: &[(&str, &str)],
+    ) -> Self {
         let port = free_port();
-        let log = std::fs::File::create(pipeline.with_extension(format!("{port}.log"))).unwrap();
+        let log_path = pipeline.with_extension(format!("{port}.log"));
+        let log = std::fs::File::create(&log_path).unwrap();
         let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_pizza-host"));
         if let Some(name) = name {
             command.env("HOSTNAME", name);
         }
+        command.envs(env.iter().copied());
         let child = command
             .args([
                 "run",
@@ -519,7 +536,11 @@ impl HostProcess {
                 .map(|_| ())
         })
         .await;
-        Self { child, url }
+        Self {
+            child,
+            url,
+            log: log_path,
+        }
     }
 
     /// The process id, to read its memory use from /proc.
@@ -562,6 +583,18 @@ impl HostProcess {
         place_order(&self.url, count).await
     }
 
+    /// Waits until each of `orders` holds `count` pizzas.
+    pub async fn wait_complete(&self, orders: &[String], count: usize, limit: Duration) {
+        for id in orders {
+            wait_for(
+                limit,
+                &format!("order {id} complete on {}", self.url),
+                || async { (self.pizzas(id).await == count).then_some(()) },
+            )
+            .await;
+        }
+    }
+
     pub async fn pizzas(&self, id: &str) -> usize {
         let Ok(response) = reqwest::get(format!("{}/order/{id}", self.url)).await else {
             return 0;
@@ -585,14 +618,26 @@ pub struct OwnBroker {
     state: PathBuf,
     port: u16,
     controller_port: u16,
+    /// `user:password …` for a SASL listener; empty for a plaintext one.
+    sasl_users: String,
 }
 
 impl OwnBroker {
     pub fn start(test: &str) -> Self {
+        Self::start_with_users(test, &[])
+    }
+
+    /// A broker whose client listener takes SASL/PLAIN logins of `users` (name, password).
+    pub fn start_with_users(test: &str, users: &[(&str, &str)]) -> Self {
         let broker = Self {
             state: temp_dir(&format!("{test}-broker")),
             port: free_port(),
             controller_port: free_port(),
+            sasl_users: users
+                .iter()
+                .map(|(u, p)| format!("{u}:{p}"))
+                .collect::<Vec<_>>()
+                .join(" "),
         };
         broker.restart();
         broker
@@ -619,6 +664,7 @@ impl OwnBroker {
             .env("KAFKA_STATE", &self.state)
             .env("KAFKA_PORT", self.port.to_string())
             .env("KAFKA_CONTROLLER_PORT", self.controller_port.to_string())
+            .env("KAFKA_SASL_USERS", &self.sasl_users)
             .status()
             .is_ok_and(|status| status.success())
     }
