@@ -168,7 +168,11 @@ async fn run(
             _ = stop.cancelled() => return Ok(()),
             received = consumer.recv() => received,
             _ = expiry.tick() => {
-                assembly.in_transaction(|a| a.expire())?;
+                // Parts restored after a restart expire too, even if no record comes.
+                assembly.load_assigned()?;
+                if assembly.any_expired() {
+                    assembly.in_transaction(|a| a.expire())?;
+                }
                 continue;
             }
         };
@@ -228,15 +232,28 @@ async fn run(
 
 impl Assembly<'_> {
     fn begin(&mut self) -> anyhow::Result<()> {
-        // Partitions may have changed hands since the last batch: what is held of them may
-        // be stale, so it is read again from the changelog when next needed.
+        self.forget_if_reassigned();
+        tokio::task::block_in_place(|| self.producer.begin_transaction())
+            .context("cannot begin a transaction")
+    }
+
+    /// Partitions may have changed hands since the last look: what is held of them may be
+    /// stale, so it is read again from the changelog when next needed.
+    fn forget_if_reassigned(&mut self) {
         let assignments = self.group.assignments();
         if assignments != self.loaded_under {
             self.waiting.clear();
             self.loaded_under = assignments;
         }
-        tokio::task::block_in_place(|| self.producer.begin_transaction())
-            .context("cannot begin a transaction")
+    }
+
+    /// Reads what waits in every assigned partition that is not loaded yet.
+    fn load_assigned(&mut self) -> anyhow::Result<()> {
+        self.forget_if_reassigned();
+        for partition in self.group.partitions().into_keys() {
+            self.load(partition)?;
+        }
+        Ok(())
     }
 
     fn abort(&mut self) {
@@ -308,10 +325,22 @@ impl Assembly<'_> {
         self.send_changelog(partition, &id, None)
     }
 
+    fn expire_limit_ms(&self) -> i64 {
+        i64::try_from(self.route.config.expire_after_ms).unwrap_or(i64::MAX)
+    }
+
+    /// True if some pizza waits longer than it may (so an expiry needs a transaction).
+    fn any_expired(&self) -> bool {
+        let (limit, now) = (self.expire_limit_ms(), now_ms());
+        self.waiting
+            .values()
+            .flat_map(HashMap::values)
+            .any(|whole| now - whole.first_ms >= limit)
+    }
+
     /// Gives up on pizzas whose parts did not all arrive in time.
     fn expire(&mut self) -> anyhow::Result<()> {
-        let limit = i64::try_from(self.route.config.expire_after_ms).unwrap_or(i64::MAX);
-        let now = now_ms();
+        let (limit, now) = (self.expire_limit_ms(), now_ms());
         let mut expired = Vec::new();
         for (&partition, waiting) in &mut self.waiting {
             waiting.retain(|id, whole| {

@@ -360,8 +360,8 @@ pub type GroupConsumer = StreamConsumer<GroupContext>;
 #[derive(Debug, Default)]
 pub struct GroupState {
     joined: AtomicBool,
-    /// Counts assignments, so a consumer's owner can tell that its partitions changed hands
-    /// (and any state it keeps per partition may be stale) since it last looked.
+    /// Counts assignments and revocations, so a consumer's owner can tell that its partitions
+    /// changed hands (and any state it keeps per partition may be stale) since it last looked.
     assignments: std::sync::atomic::AtomicU64,
     /// Assigned partition → records not yet read (`None` until librdkafka reports it).
     partitions: Mutex<BTreeMap<i32, Option<i64>>>,
@@ -374,7 +374,7 @@ impl GroupState {
         self.joined.load(Ordering::Acquire)
     }
 
-    /// How many assignments the consumer has received so far.
+    /// How many times the consumer's partitions have changed (assigned or revoked) so far.
     pub fn assignments(&self) -> u64 {
         self.assignments.load(Ordering::Acquire)
     }
@@ -438,6 +438,7 @@ impl ConsumerContext for GroupContext {
                 let ids: Vec<i32> = revoked.elements().iter().map(|e| e.partition()).collect();
                 tracing::info!(group = self.group, partitions = ?ids, "partitions revoked");
                 self.state.lock().clear();
+                self.state.assignments.fetch_add(1, Ordering::AcqRel);
             }
             Rebalance::Error(err) => tracing::warn!(group = self.group, "rebalance failed: {err}"),
         }

@@ -146,9 +146,10 @@ async fn killing_the_host_mid_join_loses_and_doubles_nothing() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn a_part_whose_siblings_never_come_expires_to_the_dead_letter_topic() {
+async fn a_part_whose_siblings_never_come_expires_to_the_dead_letter_topic_even_across_a_restart() {
     let topics = Fanout::unique("fanout-expire");
-    let host = TestHost::start_toml(&topics.toml(1_500)).await;
+    let toml = topics.toml(4_000);
+    let host = TestHost::start_toml(&toml).await;
     // A sauce part of a pizza that no other stage ever sees.
     let part = json!({"order_id": "lonely", "pizza_id": "lonely-0", "sauce": "bbq", "cheese": ""});
     produce(
@@ -157,6 +158,15 @@ async fn a_part_whose_siblings_never_come_expires_to_the_dead_letter_topic() {
         part.to_string().as_bytes(),
     )
     .await;
+    // Once the join has it on its changelog, restart the host: the new one must restore it
+    // and expire it, though no further record comes to that partition.
+    let changelog = format!("test-{}-join-assemble", topics.suffix);
+    wait_for(WITHIN, "the part on the join's changelog", || async {
+        (record_count(&changelog) == 1).then_some(())
+    })
+    .await;
+    host.stop(WITHIN).await;
+    let host = TestHost::start_toml(&toml).await;
     // Orders placed meanwhile are not held up.
     let id = host.order(3).await;
     host.wait_complete(&id, 3, WITHIN).await;
