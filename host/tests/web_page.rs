@@ -115,6 +115,7 @@ async fn ordering_three_pizzas_in_a_browser_shows_them_complete_and_counts_their
         seen["stages"],
         serde_json::json!(["cheese", "meats", "sauce", "veggies"])
     );
+    assert_eq!(seen["phone_overflow"], 0, "the page fits a phone's width");
     let size = std::fs::metadata(&screenshot).unwrap().len();
     assert!(
         size > 10_000,

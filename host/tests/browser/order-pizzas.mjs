@@ -42,7 +42,12 @@ try {
   );
   const stages = await page.$$eval("#stages th[scope=row]", (rows) => rows.map((r) => r.textContent));
   await page.screenshot({ path: screenshot, fullPage: true });
-  console.log(JSON.stringify({ cards, chart, stages }));
+  // The same page as a phone shows it: nothing may stick out sideways but the table, which
+  // scrolls in its own box.
+  await page.setViewportSize({ width: 390, height: 844 });
+  const overflow = await page.evaluate(() => document.documentElement.scrollWidth - window.innerWidth);
+  await page.screenshot({ path: screenshot.replace(/\.png$/, "-phone.png"), fullPage: true });
+  console.log(JSON.stringify({ cards, chart, stages, phone_overflow: overflow }));
 } catch (error) {
   // What the page showed when it went wrong, for the test's failure message.
   await page.screenshot({ path: screenshot, fullPage: true }).catch(() => {});
