@@ -169,6 +169,7 @@ async fn count_request(
     responses(
         (status = 200, description = "The order was placed", body = OrderPlaced),
         (status = 400, description = "The count is not a whole number in range", body = ErrorBody),
+        (status = 404, description = "No count in the path (no such route)", body = ErrorBody),
         (status = 414, description = "The path is longer than 512 bytes", body = ErrorBody),
         (status = 503, description = "Kafka is unreachable, or the host is shutting down", body = ErrorBody),
     ))]
