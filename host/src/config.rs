@@ -261,6 +261,11 @@ pub struct JoinConfig {
 }
 
 impl JoinConfig {
+    /// The compacted topic of the waiting parts (`Pipeline::parse` fills in the default).
+    pub fn changelog_topic(&self) -> &str {
+        self.changelog.as_deref().unwrap_or_default()
+    }
+
     /// The topic for parts the join gives up on.
     pub fn dead_letter_topic(&self) -> String {
         self.dead_letter
@@ -277,6 +282,11 @@ fn default_expire_after_ms() -> u64 {
 }
 
 impl ReportConfig {
+    /// The compacted topic of the saved state (`Pipeline::parse` fills in the default).
+    pub fn changelog_topic(&self) -> &str {
+        self.changelog.as_deref().unwrap_or_default()
+    }
+
     /// The resource limits of one call of this report.
     pub fn limits(&self) -> crate::runtime::Limits {
         crate::runtime::Limits {
@@ -478,7 +488,7 @@ impl Pipeline {
                     "{at}: timeout_ms and memory_mib must be above 0"
                 )));
             }
-            let changelog = report.changelog.as_deref().unwrap_or_default();
+            let changelog = report.changelog_topic();
             for (key, topic) in [("input", report.input.as_str()), ("changelog", changelog)] {
                 check_topic_name(topic).map_err(|why| invalid(format!("{at}: {key}: {why}")))?;
             }
@@ -505,7 +515,7 @@ impl Pipeline {
                 )));
             }
             let dead_letter = join.dead_letter_topic();
-            let changelog = join.changelog.as_deref().unwrap_or_default();
+            let changelog = join.changelog_topic();
             let topics = join.inputs.iter().map(|t| ("inputs", t.as_str()));
             let others = [
                 ("output", join.output.as_str()),

@@ -23,7 +23,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context as _;
-use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::consumer::Consumer;
 use rdkafka::message::{BorrowedMessage, Header, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
 use rdkafka::{Message, Offset, TopicPartitionList};
@@ -34,19 +34,13 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::config::JoinConfig;
-use crate::kafka::{self, ConsumerErrors, GroupState, KafkaSettings};
+// Batches and restarts like a stage's: the same trade-off of latency against transactions.
+use crate::kafka::{ConsumerErrors, GroupState, KafkaSettings, send_blocking as send};
+use crate::stage::exactly_once::{BATCH_WINDOW, IDLE_GAP, MAX_BATCH, TXN_TIMEOUT};
+use crate::stages::RESTART_BACKOFF;
 
-/// Most records in one transaction.
-const MAX_BATCH: usize = 1_000;
-/// A batch ends when no further record arrives within this gap, or after [`BATCH_WINDOW`].
-const IDLE_GAP: Duration = Duration::from_millis(2);
-const BATCH_WINDOW: Duration = Duration::from_millis(100);
 /// How often waiting parts are checked for expiry when no record arrives.
 const EXPIRY_CHECK: Duration = Duration::from_secs(1);
-/// How long a transaction call may take.
-const TXN_TIMEOUT: Duration = Duration::from_secs(30);
-/// Pause before a failed join is started again (from its committed state).
-const RESTART_BACKOFF: Duration = Duration::from_secs(1);
 
 /// The parts of one pizza that have arrived, as kept in memory and on the changelog.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -79,7 +73,7 @@ pub async fn start(
             .await?;
         kafka
             .ensure_topics(
-                &[changelog(join)],
+                &[join.changelog_topic()],
                 partitions,
                 replication,
                 &[("cleanup.policy", "compact")],
@@ -96,11 +90,6 @@ pub async fn start(
         tasks.spawn(supervise(route, kafka.clone(), shutdown.clone()));
     }
     Ok(())
-}
-
-fn changelog(join: &JoinConfig) -> &str {
-    // `Pipeline::parse` fills in the default.
-    join.changelog.as_deref().unwrap_or_default()
 }
 
 struct JoinRoute {
@@ -402,7 +391,7 @@ impl Assembly<'_> {
     }
 
     fn send_changelog(&self, partition: i32, id: &str, value: Option<&[u8]>) -> anyhow::Result<()> {
-        let mut record = FutureRecord::<str, [u8]>::to(changelog(&self.route.config))
+        let mut record = FutureRecord::<str, [u8]>::to(self.route.config.changelog_topic())
             .partition(partition)
             .key(id);
         if let Some(value) = value {
@@ -416,7 +405,7 @@ impl Assembly<'_> {
         if self.waiting.contains_key(&partition) {
             return Ok(());
         }
-        let topic = changelog(&self.route.config);
+        let topic = self.route.config.changelog_topic();
         let restored = tokio::task::block_in_place(|| restore(self.kafka, topic, partition))
             .with_context(|| {
                 format!("cannot read the waiting parts of partition {partition} from {topic}")
@@ -450,74 +439,34 @@ fn merge(inputs: &[String], parts: &BTreeMap<String, Value>) -> Value {
     Value::Object(whole)
 }
 
-/// Hands `record` to the transactional producer; its delivery is settled by the commit.
-fn send(producer: &FutureProducer, mut record: FutureRecord<'_, str, [u8]>) -> anyhow::Result<()> {
-    loop {
-        match producer.send_result(record) {
-            Ok(_delivery) => return Ok(()),
-            Err((
-                rdkafka::error::KafkaError::MessageProduction(
-                    rdkafka::types::RDKafkaErrorCode::QueueFull,
-                ),
-                back,
-            )) => {
-                record = back;
-                producer.poll(Duration::from_millis(10));
-            }
-            Err((err, _)) => return Err(err).context("cannot hand a record to the producer"),
-        }
-    }
-}
-
 /// Blocking: the parts waiting in `partition` of the changelog `topic`, read to its end.
 fn restore(
     kafka: &KafkaSettings,
     topic: &str,
     partition: i32,
 ) -> anyhow::Result<HashMap<String, Waiting>> {
-    let consumer: BaseConsumer = kafka.reader(&format!("join-restore-{topic}"))?;
-    let (low, high) = kafka::watermarks(&consumer, topic, partition)?;
     let mut waiting = HashMap::new();
-    if high <= low {
-        return Ok(waiting);
-    }
-    let mut assignment = TopicPartitionList::new();
-    assignment.add_partition_offset(topic, partition, Offset::Beginning)?;
-    consumer.assign(&assignment)?;
-    let deadline = std::time::Instant::now() + kafka::ADMIN_TIMEOUT;
-    loop {
-        if let Some(message) = consumer.poll(Duration::from_millis(100)) {
-            let message = message?;
-            let Some(id) = message
-                .key()
-                .map(|k| String::from_utf8_lossy(k).into_owned())
-            else {
-                continue;
-            };
-            match message.payload().map(serde_json::from_slice::<Waiting>) {
-                Some(Ok(parts)) => {
-                    waiting.insert(id, parts);
-                }
-                Some(Err(err)) => {
-                    tracing::warn!(topic, partition, "unreadable waiting parts skipped: {err}")
-                }
-                None => {
-                    waiting.remove(&id);
-                }
+    let reader = format!("join-restore-{topic}");
+    kafka.read_to_end(&reader, topic, Some(partition), |message| {
+        let Some(id) = message
+            .key()
+            .map(|k| String::from_utf8_lossy(k).into_owned())
+        else {
+            return;
+        };
+        match message.payload().map(serde_json::from_slice::<Waiting>) {
+            Some(Ok(parts)) => {
+                waiting.insert(id, parts);
+            }
+            Some(Err(err)) => {
+                tracing::warn!(topic, partition, "unreadable waiting parts skipped: {err}")
+            }
+            None => {
+                waiting.remove(&id);
             }
         }
-        // Read to the end: the position passes the last offset (transaction markers take
-        // offsets too, so counting records would not do).
-        let position = consumer.position()?;
-        if matches!(position.find_partition(topic, partition).map(|e| e.offset()), Some(Offset::Offset(at)) if at >= high)
-        {
-            return Ok(waiting);
-        }
-        anyhow::ensure!(
-            std::time::Instant::now() < deadline,
-            "cannot read {topic}/{partition} to its end"
-        );
-    }
+    })?;
+    Ok(waiting)
 }
 
 fn now_ms() -> i64 {

@@ -274,6 +274,81 @@ impl KafkaSettings {
     }
 }
 
+impl KafkaSettings {
+    /// Blocking: reads partition `only` of `topic` (every partition when `None`) from its
+    /// beginning to where it ended when asked, as a `read_committed` reader named `reader`,
+    /// handing each record to `each`. Done when the position passes each end (transaction
+    /// markers take offsets too, so counting records would not do); fails after
+    /// [`ADMIN_TIMEOUT`].
+    pub fn read_to_end(
+        &self,
+        reader: &str,
+        topic: &str,
+        only: Option<i32>,
+        mut each: impl FnMut(&rdkafka::message::BorrowedMessage<'_>),
+    ) -> anyhow::Result<()> {
+        let consumer: BaseConsumer = self.reader(reader)?;
+        let chosen = match only {
+            Some(partition) => vec![partition],
+            None => partitions(consumer.client(), topic)?,
+        };
+        let mut ends = BTreeMap::new();
+        let mut assignment = TopicPartitionList::new();
+        for partition in chosen {
+            let (low, high) = watermarks(&consumer, topic, partition)?;
+            if high > low {
+                ends.insert(partition, high);
+                assignment.add_partition_offset(topic, partition, Offset::Beginning)?;
+            }
+        }
+        if ends.is_empty() {
+            return Ok(());
+        }
+        consumer.assign(&assignment)?;
+        let deadline = std::time::Instant::now() + ADMIN_TIMEOUT;
+        while !ends.is_empty() {
+            anyhow::ensure!(
+                std::time::Instant::now() < deadline,
+                "cannot read {topic} to its end in {ADMIN_TIMEOUT:?}"
+            );
+            if let Some(message) = consumer.poll(Duration::from_millis(100)) {
+                each(&message?);
+            }
+            let positions = consumer.position()?;
+            ends.retain(|&partition, &mut end| {
+                !matches!(
+                    positions.find_partition(topic, partition).map(|e| e.offset()),
+                    Some(Offset::Offset(at)) if at >= end
+                )
+            });
+        }
+        Ok(())
+    }
+}
+
+/// Blocking: hands `record` to the producer, waiting while its queue is full. Its delivery is
+/// settled later (by a transaction's commit, or a flush).
+pub fn send_blocking<K, P>(
+    producer: &FutureProducer,
+    mut record: rdkafka::producer::FutureRecord<'_, K, P>,
+) -> anyhow::Result<()>
+where
+    K: rdkafka::message::ToBytes + ?Sized,
+    P: rdkafka::message::ToBytes + ?Sized,
+{
+    use rdkafka::error::KafkaError;
+    loop {
+        match producer.send_result(record) {
+            Ok(_delivery) => return Ok(()),
+            Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), back)) => {
+                record = back;
+                producer.poll(Duration::from_millis(10));
+            }
+            Err((err, _)) => return Err(err).context("cannot hand a record to the producer"),
+        }
+    }
+}
+
 /// The partitions of `topic`, once every one has a leader. A topic created moments ago may
 /// not be in the cluster's metadata yet, or have partitions without a leader (queries then
 /// fail with "not leader"): ask again until it is ready, up to [`ADMIN_TIMEOUT`].

@@ -12,10 +12,8 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use anyhow::Context as _;
-use rdkafka::error::KafkaError;
 use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
-use rdkafka::types::RDKafkaErrorCode;
 use serde_json::json;
 
 use crate::kafka::KafkaSettings;
@@ -163,17 +161,8 @@ fn send_in_transaction(producer: &FutureProducer, records: &OrderRecords) -> any
         .begin_transaction()
         .context("cannot begin a transaction")?;
     for value in &records.values {
-        let mut record = records.record(value);
-        loop {
-            match producer.send_result(record) {
-                Ok(_delivery) => break,
-                Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), back)) => {
-                    record = back;
-                    producer.poll(Duration::from_millis(10));
-                }
-                Err((err, _)) => return Err(err).context("cannot send the order's records"),
-            }
-        }
+        crate::kafka::send_blocking(producer, records.record(value))
+            .context("cannot send the order's records")?;
     }
     producer
         .commit_transaction(PUBLISH_TIMEOUT)

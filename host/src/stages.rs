@@ -29,7 +29,7 @@ use crate::runtime::{self, LoadError, Runtime, StageComponent};
 use crate::stage::{self, Route, StageShared, StopSignals};
 
 /// Pause before a stopped stage is started again.
-const RESTART_BACKOFF: Duration = Duration::from_secs(1);
+pub(crate) const RESTART_BACKOFF: Duration = Duration::from_secs(1);
 /// How long a pipeline edit waits for a stage to read its old input to the end.
 const DRAIN_LIMIT: Duration = Duration::from_secs(30);
 

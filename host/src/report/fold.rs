@@ -17,7 +17,7 @@ use std::time::{Duration, SystemTime};
 
 use anyhow::Context as _;
 use arc_swap::ArcSwap;
-use rdkafka::consumer::{BaseConsumer, Consumer, StreamConsumer};
+use rdkafka::consumer::{Consumer, StreamConsumer};
 use rdkafka::producer::FutureRecord;
 use rdkafka::{Message, Offset, TopicPartitionList};
 use serde::{Deserialize, Serialize};
@@ -251,47 +251,21 @@ async fn save_state(
 /// Blocking: the last state saved under `route.key`, read from the whole changelog (a fresh
 /// state if there is none).
 fn restore(kafka: &KafkaSettings, route: &ReportRoute) -> anyhow::Result<Folded> {
-    let consumer: BaseConsumer = kafka.reader(&format!("report-restore-{}", route.name))?;
-    let mut ends = BTreeMap::new();
-    let mut assignment = TopicPartitionList::new();
-    for partition in kafka::partitions(consumer.client(), &route.changelog)? {
-        let (low, high) = kafka::watermarks(&consumer, &route.changelog, partition)?;
-        if high > low {
-            ends.insert(partition, high);
-        }
-        assignment.add_partition_offset(&route.changelog, partition, Offset::Beginning)?;
-    }
-    consumer.assign(&assignment)?;
     let mut latest: Option<Folded> = None;
-    let deadline = std::time::Instant::now() + kafka::ADMIN_TIMEOUT;
-    while !ends.is_empty() {
-        anyhow::ensure!(
-            std::time::Instant::now() < deadline,
-            "cannot read {} to its end",
-            route.changelog
-        );
-        if let Some(message) = consumer.poll(Duration::from_millis(100)) {
-            let message = message?;
-            if message.key() == Some(route.key.as_bytes())
-                && let Some(payload) = message.payload()
-            {
-                match serde_json::from_slice::<Folded>(payload) {
-                    Ok(folded) => latest = Some(folded),
-                    Err(err) => tracing::warn!(
-                        report = route.name,
-                        offset = message.offset(),
-                        "unreadable saved state skipped: {err}"
-                    ),
-                }
-            }
+    let reader = format!("report-restore-{}", route.name);
+    kafka.read_to_end(&reader, &route.changelog, None, |message| {
+        if message.key() != Some(route.key.as_bytes()) {
+            return;
         }
-        let positions = consumer.position()?;
-        ends.retain(|&partition, &mut end| {
-            !matches!(
-                positions.find_partition(&route.changelog, partition).map(|e| e.offset()),
-                Some(Offset::Offset(at)) if at >= end
-            )
-        });
-    }
+        match message.payload().map(serde_json::from_slice::<Folded>) {
+            Some(Ok(folded)) => latest = Some(folded),
+            Some(Err(err)) => tracing::warn!(
+                report = route.name,
+                offset = message.offset(),
+                "unreadable saved state skipped: {err}"
+            ),
+            None => {}
+        }
+    })?;
     Ok(latest.unwrap_or_default())
 }

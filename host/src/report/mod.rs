@@ -9,7 +9,6 @@
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::Duration;
 
 use serde::Serialize;
 use tokio::sync::Mutex;
@@ -20,14 +19,11 @@ use tokio_util::task::TaskTracker;
 use crate::config::{Pipeline, ReportConfig};
 use crate::kafka::KafkaSettings;
 use crate::runtime::{self, CallError, ReportComponent, Runtime};
-use crate::stages::ErrorInfo;
+use crate::stages::{ErrorInfo, RESTART_BACKOFF};
 
 pub mod fold;
 
 use fold::{ReportRoute, ReportShared};
-
-/// Pause before a report whose run failed is started again.
-const RESTART_BACKOFF: Duration = Duration::from_secs(1);
 
 /// One report as `GET /report` lists it.
 #[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
@@ -111,7 +107,7 @@ impl Reports {
                 continue;
             }
             loaded.insert(config.name.clone(), self.load_file(config).await?);
-            let changelog = changelog(config);
+            let changelog = config.changelog_topic();
             self.kafka
                 .ensure_topics(&[&config.input], self.partitions, self.replication, &[])
                 .await?;
@@ -280,7 +276,7 @@ impl Reports {
         let route = ReportRoute {
             name: config.name.clone(),
             input: config.input.clone(),
-            changelog: changelog(&config).to_owned(),
+            changelog: config.changelog_topic().to_owned(),
             key: self.instance_id.clone(),
         };
         let file_digest = component.digest().to_owned();
@@ -300,11 +296,6 @@ impl Reports {
             task,
         }
     }
-}
-
-fn changelog(config: &ReportConfig) -> &str {
-    // `Pipeline::parse` fills in the default.
-    config.changelog.as_deref().unwrap_or_default()
 }
 
 async fn stop(report: RunningReport) {

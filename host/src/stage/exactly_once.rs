@@ -21,14 +21,14 @@ use super::{Route, StageShared, StopSignals, consumed_to_end, process};
 use crate::kafka::{ConsumerErrors, KafkaSettings};
 
 /// Most records in one transaction.
-const MAX_BATCH: usize = 1_000;
+pub(crate) const MAX_BATCH: usize = 1_000;
 /// A batch ends when no further record arrives within this gap (a lone record is not held
 /// back waiting for company)...
-const IDLE_GAP: Duration = Duration::from_millis(2);
+pub(crate) const IDLE_GAP: Duration = Duration::from_millis(2);
 /// ...or when it has been open this long (records keep coming).
-const BATCH_WINDOW: Duration = Duration::from_millis(100);
+pub(crate) const BATCH_WINDOW: Duration = Duration::from_millis(100);
 /// How long a transaction call may take.
-const TXN_TIMEOUT: Duration = Duration::from_secs(30);
+pub(crate) const TXN_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Runs the stage transactionally until told to stop; see the module docs.
 pub async fn run(
