@@ -6,7 +6,7 @@
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use pizza_host::runtime::{Limits, Origin, Runtime, SMOKE_TEST_PIZZA};
+use pizza_host::runtime::{Origin, Runtime, SMOKE_TEST_PIZZA, Settings};
 use pizza_host::stage::StageShared;
 
 fn main() -> anyhow::Result<()> {
@@ -35,13 +35,13 @@ fn main() -> anyhow::Result<()> {
     });
 
     let stage = StageShared::new(
-        warm.load("sauce", &sauce, Limits::default())?,
+        warm.load("sauce", &sauce, &Settings::default())?,
         pizza_host::metrics::Metrics::new().stage("sauce"),
         pizza_host::events::Events::default(),
     );
     let swap = median(1_000, || {
         let next = warm
-            .load("sauce", &sauce, Limits::default())
+            .load("sauce", &sauce, &Settings::default())
             .expect("loads");
         timed(|| drop(stage.swap(next)))
     });
@@ -77,7 +77,7 @@ fn main() -> anyhow::Result<()> {
 /// Loads the sauce stage (compile or cache, validation, smoke call) and says from where.
 fn load(runtime: &Runtime, sauce: &Path) -> Origin {
     runtime
-        .load("sauce", sauce, Limits::default())
+        .load("sauce", sauce, &Settings::default())
         .expect("loads")
         .origin()
 }

@@ -42,6 +42,28 @@ pub enum ConfigError {
     },
 }
 
+/// What the command line sets over the file: it wins at startup and over every later edit.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Overrides {
+    /// `run --listen`.
+    pub listen: Option<SocketAddr>,
+    /// `run --seed`.
+    pub seed: Option<u64>,
+}
+
+impl Overrides {
+    /// `pipeline` with these settings in place of the file's.
+    pub fn apply(&self, mut pipeline: Pipeline) -> Pipeline {
+        if let Some(listen) = self.listen {
+            pipeline.http.listen = listen;
+        }
+        if self.seed.is_some() {
+            pipeline.seed = self.seed;
+        }
+        pipeline
+    }
+}
+
 /// The whole pipeline: Kafka client settings, HTTP, topics and the stages.
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -62,6 +84,11 @@ pub struct Pipeline {
     /// (relative to this file; default: `pizza-host-cache` in the system's temporary folder).
     #[serde(default)]
     pub compile_cache: Option<PathBuf>,
+    /// Makes every stage's randomness and every new order id reproducible: the same seed and
+    /// the same orders give the same pizzas. For tests and demos only (two runs with one seed
+    /// hand out the same order ids); without it randomness is secure. `run --seed` sets it too.
+    #[serde(default)]
+    pub seed: Option<u64>,
     /// librdkafka client properties, passed through to every consumer, producer and admin
     /// client (`bootstrap.servers`, `security.protocol`, `sasl.username`, …).
     #[serde(default)]
@@ -210,6 +237,10 @@ pub struct StageConfig {
     pub retries: u32,
     /// Where records the stage cannot process go (default `<input>.dlq`).
     pub dead_letter: Option<String>,
+    /// Settings the component reads through the `pizza:stage/config` import; an edit is
+    /// applied live, like a swap.
+    #[serde(default, deserialize_with = "component_config")]
+    pub config: BTreeMap<String, String>,
 }
 
 /// One report: a component that folds every event of a topic into a state, served as JSON at
@@ -232,6 +263,9 @@ pub struct ReportConfig {
     /// Compacted topic where the state is saved together with the position in `input`
     /// (default `<group_prefix>-report-<name>`).
     pub changelog: Option<String>,
+    /// Settings the component reads through the `pizza:stage/config` import.
+    #[serde(default, deserialize_with = "component_config")]
+    pub config: BTreeMap<String, String>,
 }
 
 /// A join (fan-in): assembles the parts of one pizza, each made by a stage on its own topic,
@@ -287,12 +321,9 @@ impl ReportConfig {
         self.changelog.as_deref().unwrap_or_default()
     }
 
-    /// The resource limits of one call of this report.
-    pub fn limits(&self) -> crate::runtime::Limits {
-        crate::runtime::Limits {
-            timeout: std::time::Duration::from_millis(self.timeout_ms),
-            memory_bytes: self.memory_mib << 20,
-        }
+    /// What every call of this report gets: its limits and its `config` table.
+    pub fn settings(&self) -> crate::runtime::Settings {
+        crate::runtime::Settings::new(self.timeout_ms, self.memory_mib, &self.config)
     }
 }
 
@@ -304,12 +335,9 @@ impl StageConfig {
             .unwrap_or_else(|| format!("{}.dlq", self.input))
     }
 
-    /// The resource limits of one call of this stage.
-    pub fn limits(&self) -> crate::runtime::Limits {
-        crate::runtime::Limits {
-            timeout: std::time::Duration::from_millis(self.timeout_ms),
-            memory_bytes: self.memory_mib << 20,
-        }
+    /// What every call of this stage gets: its limits and its `config` table.
+    pub fn settings(&self) -> crate::runtime::Settings {
+        crate::runtime::Settings::new(self.timeout_ms, self.memory_mib, &self.config)
     }
 }
 
@@ -325,6 +353,34 @@ fn default_instance_id() -> String {
 fn default_timeout_ms() -> u64 {
     1_000
 }
+/// A component's `config` table: strings, or numbers and booleans taken as their text. A
+/// nested table or an array is refused with the key named, rather than flattened in some
+/// way the component would have to guess.
+fn component_config<'de, D: serde::Deserializer<'de>>(
+    deserializer: D,
+) -> Result<BTreeMap<String, String>, D::Error> {
+    let table = BTreeMap::<String, toml::Value>::deserialize(deserializer)?;
+    table
+        .into_iter()
+        .map(|(key, value)| {
+            let text = match value {
+                toml::Value::String(text) => text,
+                toml::Value::Integer(_) | toml::Value::Float(_) | toml::Value::Boolean(_) => {
+                    value.to_string()
+                }
+                other => {
+                    return Err(serde::de::Error::custom(format!(
+                        "config value `{key}` is {}: values are strings, numbers or booleans \
+                         (write a list as one string, e.g. \"a,b,c\")",
+                        other.type_str()
+                    )));
+                }
+            };
+            Ok((key, text))
+        })
+        .collect()
+}
+
 fn default_retries() -> u32 {
     3
 }

@@ -45,6 +45,8 @@ pub struct AppState {
     pub publisher: Publisher,
     /// Where new orders and their pizzas go.
     pub topics: order_publisher::OrderTopics,
+    /// Hands out new order ids.
+    pub order_ids: Arc<order_publisher::OrderIds>,
     /// Whether Kafka answers; orders are refused at once while it does not.
     pub health: ClusterHealth,
     /// Largest accepted `count`.
@@ -199,7 +201,7 @@ pub(crate) async fn place_order(
             format!("order not placed: Kafka is unreachable ({cause}); try again shortly"),
         );
     }
-    let order_id = order_publisher::new_order_id();
+    let order_id = state.order_ids.next();
     match order_publisher::place(
         &state.book,
         &state.publisher,

@@ -20,6 +20,8 @@
 //! - [`reload`]: watching `pipeline.toml` and component files.
 //! - [`admin`]: the token-guarded admin API (stage table, deploy).
 //! - [`tools`]: `check` and `invoke`, for stage authors, without Kafka.
+//! - [`scaffold`]: `new`, a stage project in Rust, Python or JavaScript.
+//! - [`pipeline_edit`]: `add`, a new stage put into `pipeline.toml` ahead of another.
 //! - [`order_publisher`]: placing an order: its records, published under the guarantee.
 //! - [`orders`]: the order book `GET /order` reads.
 //! - [`order_view`]: filling the order book from Kafka (orders, completed and failed pizzas).
@@ -44,9 +46,11 @@ pub mod openapi;
 pub mod order_publisher;
 pub mod order_view;
 pub mod orders;
+pub mod pipeline_edit;
 pub mod reload;
 pub mod report;
 pub mod runtime;
+pub mod scaffold;
 pub mod stage;
 pub mod stages;
 pub mod tools;
@@ -61,7 +65,7 @@ use anyhow::Context as _;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::config::{Guarantee, Pipeline};
+use crate::config::{Guarantee, Overrides, Pipeline};
 use crate::kafka::KafkaSettings;
 use crate::runtime::Runtime;
 use crate::stages::Stages;
@@ -93,11 +97,12 @@ impl RunningHost {
 /// Fails if a component is missing, is not a stage component, or fails its smoke call.
 pub async fn start(
     pipeline: Pipeline,
-    watch: Option<PathBuf>,
+    watch: Option<(PathBuf, Overrides)>,
     shutdown: CancellationToken,
 ) -> anyhow::Result<RunningHost> {
     let runtime = Runtime::new(pipeline.compile_cache.clone())
-        .context("cannot start the WebAssembly runtime")?;
+        .context("cannot start the WebAssembly runtime")?
+        .with_seed(pipeline.seed);
     let kafka = KafkaSettings::new(pipeline.kafka_properties().map_err(anyhow::Error::msg)?);
     let admin_token = pipeline.admin.token()?;
     // Stages, the order view and file watching run on `tasks`; the HTTP and admin servers
@@ -199,6 +204,7 @@ pub async fn start(
             Guarantee::AtLeastOnce => order_publisher::Publisher::at_least_once(&kafka)?,
         },
         health,
+        order_ids: Arc::new(order_publisher::OrderIds::new(pipeline.seed)),
         topics: order_publisher::OrderTopics {
             orders: pipeline.orders.orders_topic.clone(),
             pizzas: pipeline.orders.topic.clone(),
@@ -236,12 +242,12 @@ pub async fn start(
         None => None,
     };
 
-    if let Some(path) = watch {
+    if let Some((path, overrides)) = watch {
         let running = reload::Running {
             stages: stages.clone(),
             reports,
         };
-        tasks.spawn(reload::watch(path, pipeline, running, shutdown.clone()).await?);
+        tasks.spawn(reload::watch(path, overrides, pipeline, running, shutdown.clone()).await?);
     }
     tasks.close();
     servers.spawn(stop_servers_after(tasks, shutdown, servers_stop));

@@ -7,7 +7,8 @@ use std::process::ExitCode;
 
 use anyhow::Context as _;
 use clap::{Parser, Subcommand};
-use pizza_host::config::{ADMIN_TOKEN_ENV, Pipeline};
+use pizza_host::config::{ADMIN_TOKEN_ENV, Overrides, Pipeline};
+use pizza_host::scaffold::Lang;
 use tokio_util::sync::CancellationToken;
 
 /// Runs WebAssembly stage components between Kafka topics.
@@ -39,6 +40,10 @@ enum Command {
         /// Do not watch the pipeline and component files for changes.
         #[arg(long)]
         no_watch: bool,
+        /// Makes every stage's randomness and every order id reproducible (for tests and
+        /// demos): the same seed and the same orders give the same pizzas.
+        #[arg(long)]
+        seed: Option<u64>,
     },
     /// Says whether a file is a component that fits a stage, and what it imports and exports.
     Check {
@@ -53,6 +58,45 @@ enum Command {
         /// input. Without it, a sample pizza.
         #[arg(long)]
         input: Option<PathBuf>,
+        /// The stage's name, for its log lines and (with --seed) its randomness: with the
+        /// name and seed of a run, a stage gives what it gave in that run.
+        #[arg(long, default_value = "invoke")]
+        stage: String,
+        /// Makes the stage's randomness reproducible.
+        #[arg(long)]
+        seed: Option<u64>,
+        /// A setting the stage reads through its `config` import (repeatable).
+        #[arg(long = "config", value_name = "KEY=VALUE", value_parser = pizza_host::tools::config_pair)]
+        config: Vec<(String, String)>,
+    },
+    /// Creates a stage project in functions/<name> that builds as it is, and says how to
+    /// build, try and add it.
+    New {
+        /// The stage's name (lowercase letters, digits, dashes); also the field it sets.
+        name: String,
+        /// The language to write it in.
+        #[arg(long, value_enum, default_value_t = Lang::Rust)]
+        lang: Lang,
+    },
+    /// Puts a new stage into a pipeline file ahead of an existing stage; a host watching the
+    /// file starts it live. The component is checked first.
+    Add {
+        /// The new stage's name.
+        name: String,
+        /// Its component file (.wasm).
+        component: PathBuf,
+        /// The stage it goes ahead of: it reads that stage's input, which then reads its output.
+        #[arg(long)]
+        before: String,
+        /// Its output topic (default pizza-with-<name>).
+        #[arg(long)]
+        output: Option<String>,
+        /// A setting for its `config` table (repeatable).
+        #[arg(long = "config", value_name = "KEY=VALUE", value_parser = pizza_host::tools::config_pair)]
+        config: Vec<(String, String)>,
+        /// The pipeline file.
+        #[arg(long, default_value = "pipeline.toml")]
+        pipeline: PathBuf,
     },
     /// Swaps a stage of a running host to a component file, through the admin API.
     ///
@@ -103,14 +147,54 @@ fn main() -> ExitCode {
             pipeline,
             listen,
             no_watch,
-        } => runtime.block_on(run(pipeline, listen, !no_watch)),
+            seed,
+        } => runtime.block_on(run(pipeline, listen, !no_watch, seed)),
         Command::Check { component } => pizza_host::tools::check(&component),
-        Command::Invoke { component, input } => {
-            match pizza_host::tools::invoke(&component, input.as_deref()) {
+        Command::Invoke {
+            component,
+            input,
+            stage,
+            seed,
+            config,
+        } => {
+            let how = pizza_host::tools::Invocation {
+                input,
+                stage,
+                seed,
+                config: config.into_iter().collect(),
+            };
+            match pizza_host::tools::invoke(&component, &how) {
                 Ok(0) => Ok(()),
                 Ok(failed) => Err(anyhow::anyhow!("{failed} event(s) failed")),
                 Err(err) => Err(err),
             }
+        }
+        Command::New { name, lang } => new_stage(&name, lang),
+        Command::Add {
+            name,
+            component,
+            before,
+            output,
+            config,
+            pipeline,
+        } => {
+            let stage = pizza_host::pipeline_edit::NewStage {
+                name,
+                component,
+                before,
+                output,
+                config: config.into_iter().collect(),
+            };
+            pizza_host::pipeline_edit::add_stage(&pipeline, &stage).map(|added| {
+                println!(
+                    "{}: stage `{}` reads {} and writes {}, which `{}` now reads",
+                    pipeline.display(),
+                    stage.name,
+                    added.input,
+                    added.output,
+                    stage.before
+                );
+            })
         }
         Command::Deploy {
             stage,
@@ -128,11 +212,14 @@ fn main() -> ExitCode {
     }
 }
 
-async fn run(path: PathBuf, listen: Option<SocketAddr>, watch: bool) -> anyhow::Result<()> {
-    let mut pipeline = Pipeline::load(&path)?;
-    if let Some(listen) = listen {
-        pipeline.http.listen = listen;
-    }
+async fn run(
+    path: PathBuf,
+    listen: Option<SocketAddr>,
+    watch: bool,
+    seed: Option<u64>,
+) -> anyhow::Result<()> {
+    let overrides = Overrides { listen, seed };
+    let pipeline = overrides.apply(Pipeline::load(&path)?);
     tracing::info!(
         file = %path.display(),
         stages = pipeline.stages.len(),
@@ -142,9 +229,24 @@ async fn run(path: PathBuf, listen: Option<SocketAddr>, watch: bool) -> anyhow::
     );
     let shutdown = CancellationToken::new();
     tokio::spawn(watch_signals(shutdown.clone()));
-    let host = pizza_host::start(pipeline, watch.then_some(path), shutdown).await?;
+    let host = pizza_host::start(pipeline, watch.then_some((path, overrides)), shutdown).await?;
     host.wait().await;
     tracing::info!("stopped");
+    Ok(())
+}
+
+/// `new`: scaffolds the project and prints the next steps.
+fn new_stage(name: &str, lang: Lang) -> anyhow::Result<()> {
+    let created = pizza_host::scaffold::new_stage(Path::new("."), name, lang)?;
+    let dir = created.dir.display();
+    let component = created.dir.join(&created.component);
+    let component = component.display();
+    println!("created {dir}");
+    println!();
+    println!("build it:   (cd {dir} && {})", created.build);
+    println!("check it:   pizza-host check {component}");
+    println!("try it:     pizza-host invoke {component}");
+    println!("add it:     pizza-host add {name} {component} --before veggies");
     Ok(())
 }
 

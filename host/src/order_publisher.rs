@@ -12,6 +12,8 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use anyhow::Context as _;
+use rand::rngs::StdRng;
+use rand::{RngExt as _, SeedableRng as _};
 use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
 use serde_json::json;
@@ -23,9 +25,29 @@ use crate::trace_context;
 /// How long `POST /order` waits for the broker to take the order.
 pub const PUBLISH_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// A new order's id: the decimal form of a random 128-bit UUID, like the original service's.
-pub fn new_order_id() -> String {
-    uuid::Uuid::new_v4().as_u128().to_string()
+/// Hands out new order ids: the decimal form of a random 128-bit UUID, like the original
+/// service's; with a seed, the same sequence of ids on every run.
+pub struct OrderIds(Option<std::sync::Mutex<StdRng>>);
+
+impl OrderIds {
+    /// Random ids, or with `seed` a reproducible sequence.
+    pub fn new(seed: Option<u64>) -> Self {
+        Self(seed.map(|seed| std::sync::Mutex::new(StdRng::seed_from_u64(seed))))
+    }
+
+    /// The next order's id.
+    pub fn next(&self) -> String {
+        let uuid = match &self.0 {
+            None => uuid::Uuid::new_v4(),
+            Some(rng) => {
+                let mut rng = rng
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner);
+                uuid::Builder::from_random_bytes(rng.random()).into_uuid()
+            }
+        };
+        uuid.as_u128().to_string()
+    }
 }
 
 /// The pizza events of a new order, in the original demo's shape (every topping empty) plus
@@ -239,8 +261,22 @@ mod tests {
     use super::*;
 
     #[test]
+    fn seeded_order_ids_repeat_per_seed() {
+        let ids = |seed| {
+            let ids = OrderIds::new(seed);
+            [ids.next(), ids.next()]
+        };
+        assert_eq!(ids(Some(1)), ids(Some(1)));
+        assert_ne!(ids(Some(1)), ids(Some(2)));
+        assert_ne!(ids(None), ids(None));
+        let [first, second] = ids(Some(1));
+        assert_ne!(first, second);
+        assert!(first.parse::<u128>().is_ok(), "{first}");
+    }
+
+    #[test]
     fn new_pizzas_have_the_original_fields_and_distinct_ids() {
-        let id = new_order_id();
+        let id = OrderIds::new(None).next();
         assert!(id.parse::<u128>().is_ok(), "{id}");
         let pizzas = new_pizzas(&id, 3);
         let ids: HashSet<String> = pizzas

@@ -17,7 +17,7 @@ use notify_debouncer_mini::{DebounceEventResult, new_debouncer};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-use crate::config::Pipeline;
+use crate::config::{Overrides, Pipeline};
 use crate::report::Reports;
 use crate::stages::{Stages, same_file};
 
@@ -53,9 +53,11 @@ pub const QUIET: Duration = Duration::from_millis(300);
 
 /// Starts watching `pipeline_path` and the running stages' component files, and returns the
 /// task that applies pipeline edits and swaps rebuilt components until `shutdown`. Changes made
-/// after this returns are seen. `current` is the pipeline now running.
+/// after this returns are seen. `current` is the pipeline now running; `overrides` are applied
+/// to every edit.
 pub async fn watch(
     pipeline_path: PathBuf,
+    overrides: Overrides,
     current: Pipeline,
     running: Running,
     shutdown: CancellationToken,
@@ -77,6 +79,7 @@ pub async fn watch(
         loop {
             if let Err(err) = changes(
                 &pipeline_path,
+                overrides,
                 &mut current,
                 &running,
                 &mut events,
@@ -119,6 +122,7 @@ async fn watch_folders(
 /// Waits for the next batch of file changes and applies it. Errs when watching is over.
 async fn changes(
     pipeline_path: &Path,
+    overrides: Overrides,
     current: &mut Pipeline,
     running: &Running,
     events: &mut mpsc::UnboundedReceiver<Vec<PathBuf>>,
@@ -129,7 +133,7 @@ async fn changes(
         changed = events.recv() => changed.context("the watcher stopped")?,
     };
     if changed.iter().any(|path| same_file(path, pipeline_path)) {
-        *current = apply_pipeline_edit(pipeline_path, current.clone(), running).await;
+        *current = apply_pipeline_edit(pipeline_path, overrides, current.clone(), running).await;
     }
     for (kind, name, file) in running.component_files().await {
         if !changed.iter().any(|path| same_file(path, &file)) {
@@ -149,10 +153,15 @@ async fn changes(
 
 /// Applies an edited pipeline file; on any error the running pipeline stays as it was.
 /// Returns the pipeline that runs afterwards.
-async fn apply_pipeline_edit(path: &Path, current: Pipeline, running: &Running) -> Pipeline {
+async fn apply_pipeline_edit(
+    path: &Path,
+    overrides: Overrides,
+    current: Pipeline,
+    running: &Running,
+) -> Pipeline {
     let stages = &running.stages;
     let edited = match Pipeline::load(path) {
-        Ok(edited) => edited,
+        Ok(edited) => overrides.apply(edited),
         Err(err) => {
             tracing::error!("pipeline edit rejected, nothing changed: {err}");
             stages.edit_rejected(err.to_string()).await;
@@ -197,6 +206,7 @@ fn restart_only_settings(a: &Pipeline, b: &Pipeline) -> Vec<&'static str> {
         (a.orders != b.orders, "[orders]"),
         (a.topics != b.topics, "[topics]"),
         (a.group_prefix != b.group_prefix, "group_prefix"),
+        (a.seed != b.seed, "seed"),
         (a.joins != b.joins, "[[join]]"),
     ]
     .into_iter()

@@ -327,9 +327,9 @@ impl Stages {
             stage.file_digest = digest;
         }
         let runtime = self.runtime.clone();
-        let (stage, limits) = (name.to_owned(), config.limits());
+        let (stage, settings) = (name.to_owned(), config.settings());
         let loaded =
-            tokio::task::spawn_blocking(move || runtime.load_bytes(&stage, &bytes, limits))
+            tokio::task::spawn_blocking(move || runtime.load_bytes(&stage, &bytes, &settings))
                 .await
                 .context("loading the component panicked")
                 .and_then(|loaded| {
@@ -345,18 +345,18 @@ impl Stages {
 
     /// Swaps stage `name` to the component in `bytes` (an upload).
     pub async fn deploy(&self, name: &str, bytes: Vec<u8>) -> anyhow::Result<SwapReport> {
-        let limits = {
+        let settings = {
             let running = self.running.lock().await;
             running
                 .get(name)
-                .map(|s| s.config.limits())
+                .map(|s| s.config.settings())
                 .ok_or_else(|| UnknownStage(name.to_owned()))?
         };
         let started = Instant::now();
         let runtime = self.runtime.clone();
         let stage = name.to_owned();
         let loaded =
-            tokio::task::spawn_blocking(move || runtime.load_bytes(&stage, &bytes, limits))
+            tokio::task::spawn_blocking(move || runtime.load_bytes(&stage, &bytes, &settings))
                 .await
                 .context("loading the component panicked")
                 .and_then(|loaded| {
@@ -438,7 +438,7 @@ impl Stages {
         let config = config.clone();
         // Compiling takes tens of milliseconds of CPU: keep it off the async workers.
         let component = tokio::task::spawn_blocking(move || {
-            runtime.load(&config.name, &config.component, config.limits())
+            runtime.load(&config.name, &config.component, &config.settings())
         })
         .await
         .context("loading the component panicked")??;

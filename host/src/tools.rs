@@ -1,18 +1,22 @@
 //! Commands for stage authors that need no Kafka: `check` (does this file fit a stage, and
 //! what does it ask for) and `invoke` (run it on events and show what comes out).
 
+use std::collections::BTreeMap;
 use std::io::BufRead as _;
-use std::path::Path;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use anyhow::Context as _;
 
-use crate::runtime::{Limits, Runtime, SMOKE_TEST_PIZZA};
+use crate::runtime::{Runtime, SMOKE_TEST_PIZZA, Settings};
 
 /// What the sandbox gives a stage through an interface it imports.
 pub fn grant(import: &str) -> &'static str {
     let interface = import.split('@').next().unwrap_or(import);
     match interface {
         i if i.starts_with("wasi:random/") => "granted",
+        "pizza:stage/config" => "granted: the `config` table of its pipeline.toml entry",
+        "pizza:stage/log" => "granted: lines go to the host's log under the stage's name",
         i if i.starts_with("pizza:stage/") => "the stage contract's types (nothing to provide)",
         i if i.starts_with("wasi:filesystem/") => {
             "linked, but no directory is preopened: the stage sees no files"
@@ -49,7 +53,7 @@ pub fn check(path: &Path) -> anyhow::Result<()> {
     for import in &imports {
         println!("    {import}: {}", grant(import));
     }
-    let as_stage = runtime.load_bytes("check", &bytes, Limits::default());
+    let as_stage = runtime.load_bytes("check", &bytes, &Settings::default());
     let err = match as_stage {
         Ok(stage) => {
             println!(
@@ -62,7 +66,7 @@ pub fn check(path: &Path) -> anyhow::Result<()> {
     };
     // Not a stage: maybe a report.
     if exports.iter().any(|e| e == "update" || e == "render") {
-        let report = runtime.load_report_bytes("check", &bytes, Limits::default());
+        let report = runtime.load_report_bytes("check", &bytes, &Settings::default());
         return match report {
             Ok(report) => {
                 println!(
@@ -77,16 +81,35 @@ pub fn check(path: &Path) -> anyhow::Result<()> {
     Err(err.context(format!("{} does not fit a stage", path.display())))
 }
 
-/// Runs the stage in `path` on each event of `input` (a file holding one JSON document, `-` for
-/// one document per line of standard input, or the sample pizza when `None`), printing each
-/// result on standard output and each error, with its kind, on standard error. Returns how
-/// many events failed.
-pub fn invoke(path: &Path, input: Option<&Path>) -> anyhow::Result<usize> {
-    let runtime = Runtime::new(None)?;
+/// How `invoke` runs a stage.
+#[derive(Debug, Default)]
+pub struct Invocation {
+    /// A file holding one JSON document, `-` for one document per line of standard input, or
+    /// `None` for the sample pizza.
+    pub input: Option<PathBuf>,
+    /// The stage's name: what its log lines are attributed to, and (with a seed) part of what
+    /// seeds its randomness, so `--stage sauce --seed 7` repeats what `run --seed 7` gave the
+    /// `sauce` stage for the same event.
+    pub stage: String,
+    /// Makes the stage's randomness reproducible.
+    pub seed: Option<u64>,
+    /// The stage's `config` table.
+    pub config: BTreeMap<String, String>,
+}
+
+/// Runs the stage in `path` on each event of the invocation's input, printing each result on
+/// standard output and each error, with its kind, on standard error. Returns how many events
+/// failed.
+pub fn invoke(path: &Path, how: &Invocation) -> anyhow::Result<usize> {
+    let runtime = Runtime::new(None)?.with_seed(how.seed);
+    let settings = Settings {
+        config: Arc::new(how.config.clone()),
+        ..Settings::default()
+    };
     let stage = runtime
-        .load("invoke", path, Limits::default())
+        .load(&how.stage, path, &settings)
         .map_err(anyhow::Error::from)?;
-    let events: Vec<String> = match input {
+    let events: Vec<String> = match &how.input {
         None => vec![SMOKE_TEST_PIZZA.to_owned()],
         Some(p) if p == Path::new("-") => std::io::stdin()
             .lock()
@@ -109,4 +132,12 @@ pub fn invoke(path: &Path, input: Option<&Path>) -> anyhow::Result<usize> {
         }
     }
     Ok(failed)
+}
+
+/// Parses a `--config key=value` argument.
+pub fn config_pair(arg: &str) -> Result<(String, String), String> {
+    match arg.split_once('=') {
+        Some((key, value)) if !key.is_empty() => Ok((key.to_owned(), value.to_owned())),
+        _ => Err(format!("expected key=value, got {arg:?}")),
+    }
 }

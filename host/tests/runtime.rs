@@ -3,9 +3,7 @@
 
 mod support;
 
-use std::time::Duration;
-
-use pizza_host::runtime::{Limits, Origin, Runtime};
+use pizza_host::runtime::{Origin, Runtime, Settings};
 use support::{component, temp_dir};
 
 #[test]
@@ -15,18 +13,18 @@ fn a_component_is_compiled_once_then_taken_from_memory_or_disk() {
 
     let first = Runtime::new(Some(cache.clone())).expect("runtime");
     let loaded = first
-        .load("sauce", &sauce, Limits::default())
+        .load("sauce", &sauce, &Settings::default())
         .expect("loads");
     assert_eq!(loaded.origin(), Origin::Compiled);
     let again = first
-        .load("sauce", &sauce, Limits::default())
+        .load("sauce", &sauce, &Settings::default())
         .expect("loads");
     assert_eq!(again.origin(), Origin::Memory);
 
     // A restarted host (a new runtime on the same cache folder) does not recompile.
     let restarted = Runtime::new(Some(cache.clone())).expect("runtime");
     let loaded = restarted
-        .load("sauce", &sauce, Limits::default())
+        .load("sauce", &sauce, &Settings::default())
         .expect("loads");
     assert_eq!(loaded.origin(), Origin::Disk);
     let out = loaded.call(r#"{"order_id":"1"}"#).expect("calls");
@@ -38,7 +36,7 @@ fn a_component_is_compiled_once_then_taken_from_memory_or_disk() {
     }
     let damaged = Runtime::new(Some(cache)).expect("runtime");
     let loaded = damaged
-        .load("sauce", &sauce, Limits::default())
+        .load("sauce", &sauce, &Settings::default())
         .expect("loads");
     assert_eq!(loaded.origin(), Origin::Compiled);
 }
@@ -51,10 +49,7 @@ fn without_a_cache_folder_every_runtime_compiles() {
         let loaded = runtime.load(
             "sauce",
             &sauce,
-            Limits {
-                timeout: Duration::from_secs(1),
-                memory_bytes: 16 << 20,
-            },
+            &Settings::new(1_000, 16, &Default::default()),
         );
         assert_eq!(loaded.expect("loads").origin(), Origin::Compiled);
     }

@@ -8,7 +8,7 @@
 
 wit_bindgen::generate!({ path: "../../wit", world: "topping", generate_all });
 
-/// The choices for `cheese`. The original service's list; repeats weigh a choice more.
+/// The default choices for `cheese`. The original service's list; repeats weigh a choice more.
 pub const CHOICES: [&str; 7] = [
     "extra",
     "none",
@@ -23,11 +23,22 @@ struct Cheese;
 
 impl Guest for Cheese {
     fn transform(event: String) -> Result<String, StageError> {
-        let choice = pizza_stage_kit::pick_one(&CHOICES, &mut pizza_stage_kit::wasi_rng());
-        pizza_stage_kit::enrich(&event, "cheese", choice).map_err(|err| StageError {
-            message: err.to_string(),
-            retryable: false,
-        })
+        let configured = pizza::stage::config::get("choices");
+        let options = pizza_stage_kit::options(configured.as_deref(), &CHOICES).map_err(refused)?;
+        let choice = pizza_stage_kit::pick_one(&options, &mut pizza_stage_kit::wasi_rng());
+        pizza::stage::log::log(
+            pizza::stage::log::Level::Debug,
+            &format!("cheese: {choice}"),
+        );
+        pizza_stage_kit::enrich(&event, "cheese", choice).map_err(|err| refused(err.to_string()))
+    }
+}
+
+/// An error that retrying cannot fix: the event or the stage's settings are the problem.
+fn refused(message: String) -> StageError {
+    StageError {
+        message,
+        retryable: false,
     }
 }
 

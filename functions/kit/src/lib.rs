@@ -54,6 +54,27 @@ fn json_kind(value: &Value) -> &'static str {
     }
 }
 
+/// The options a stage draws from: the list its `choices` setting gives (comma-separated, as
+/// set in `pipeline.toml`), or `defaults` when the setting is absent. A setting that names no
+/// option is an error rather than a silent fallback, so a typo in the pipeline is noticed.
+pub fn options<'a>(
+    configured: Option<&'a str>,
+    defaults: &[&'a str],
+) -> Result<Vec<&'a str>, String> {
+    let Some(list) = configured else {
+        return Ok(defaults.to_vec());
+    };
+    let options: Vec<&str> = list
+        .split(',')
+        .map(str::trim)
+        .filter(|option| !option.is_empty())
+        .collect();
+    if options.is_empty() {
+        return Err(format!("config `choices` names no option: {list:?}"));
+    }
+    Ok(options)
+}
+
 /// One option, drawn uniformly. A repeated entry in `options` weighs that choice more, as in
 /// the original services' lists.
 pub fn pick_one(options: &[&str], rng: &mut impl Rng) -> String {
@@ -114,6 +135,17 @@ mod tests {
             let err = enrich(input, "sauce", "bbq".into()).expect_err(input);
             assert!(err.0.contains(says), "{input:?} -> {err}");
         }
+    }
+
+    #[test]
+    fn options_come_from_the_setting_or_the_defaults() {
+        let defaults = ["a", "b"];
+        assert_eq!(options(None, &defaults), Ok(vec!["a", "b"]));
+        assert_eq!(
+            options(Some(" x, y ,,z"), &defaults),
+            Ok(vec!["x", "y", "z"])
+        );
+        assert!(options(Some(" , "), &defaults).is_err());
     }
 
     #[test]

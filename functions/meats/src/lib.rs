@@ -8,7 +8,7 @@
 
 wit_bindgen::generate!({ path: "../../wit", world: "topping", generate_all });
 
-/// The choices for `meats`. The original service's meats; up to four distinct ones are joined with `" & "`.
+/// The default choices for `meats`. The original service's meats; up to four distinct ones are joined with `" & "`.
 pub const CHOICES: [&str; 6] = [
     "pepperoni",
     "sausage",
@@ -22,11 +22,19 @@ struct Meats;
 
 impl Guest for Meats {
     fn transform(event: String) -> Result<String, StageError> {
-        let choice = pizza_stage_kit::pick_some(&CHOICES, &mut pizza_stage_kit::wasi_rng());
-        pizza_stage_kit::enrich(&event, "meats", choice).map_err(|err| StageError {
-            message: err.to_string(),
-            retryable: false,
-        })
+        let configured = pizza::stage::config::get("choices");
+        let options = pizza_stage_kit::options(configured.as_deref(), &CHOICES).map_err(refused)?;
+        let choice = pizza_stage_kit::pick_some(&options, &mut pizza_stage_kit::wasi_rng());
+        pizza::stage::log::log(pizza::stage::log::Level::Debug, &format!("meats: {choice}"));
+        pizza_stage_kit::enrich(&event, "meats", choice).map_err(|err| refused(err.to_string()))
+    }
+}
+
+/// An error that retrying cannot fix: the event or the stage's settings are the problem.
+fn refused(message: String) -> StageError {
+    StageError {
+        message,
+        retryable: false,
     }
 }
 

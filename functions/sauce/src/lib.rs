@@ -8,7 +8,7 @@
 
 wit_bindgen::generate!({ path: "../../wit", world: "topping", generate_all });
 
-/// The choices for `sauce`. The original service draws uniformly from this list (repeats weigh a choice more); the
+/// The default choices for `sauce`. The original service draws uniformly from this list (repeats weigh a choice more); the
 /// article also names `bbq` and shows it in its sample output, so it is included once.
 pub const CHOICES: [&str; 10] = [
     "regular", "light", "extra", "none", "alfredo", "regular", "light", "extra", "alfredo", "bbq",
@@ -18,11 +18,19 @@ struct Sauce;
 
 impl Guest for Sauce {
     fn transform(event: String) -> Result<String, StageError> {
-        let choice = pizza_stage_kit::pick_one(&CHOICES, &mut pizza_stage_kit::wasi_rng());
-        pizza_stage_kit::enrich(&event, "sauce", choice).map_err(|err| StageError {
-            message: err.to_string(),
-            retryable: false,
-        })
+        let configured = pizza::stage::config::get("choices");
+        let options = pizza_stage_kit::options(configured.as_deref(), &CHOICES).map_err(refused)?;
+        let choice = pizza_stage_kit::pick_one(&options, &mut pizza_stage_kit::wasi_rng());
+        pizza::stage::log::log(pizza::stage::log::Level::Debug, &format!("sauce: {choice}"));
+        pizza_stage_kit::enrich(&event, "sauce", choice).map_err(|err| refused(err.to_string()))
+    }
+}
+
+/// An error that retrying cannot fix: the event or the stage's settings are the problem.
+fn refused(message: String) -> StageError {
+    StageError {
+        message,
+        retryable: false,
     }
 }
 

@@ -8,7 +8,7 @@
 
 wit_bindgen::generate!({ path: "../../wit", world: "topping", generate_all });
 
-/// The choices for `veggies`. The original service's veggies; up to four distinct ones are joined with `" & "`.
+/// The default choices for `veggies`. The original service's veggies; up to four distinct ones are joined with `" & "`.
 pub const CHOICES: [&str; 6] = [
     "tomato",
     "olives",
@@ -22,11 +22,22 @@ struct Veggies;
 
 impl Guest for Veggies {
     fn transform(event: String) -> Result<String, StageError> {
-        let choice = pizza_stage_kit::pick_some(&CHOICES, &mut pizza_stage_kit::wasi_rng());
-        pizza_stage_kit::enrich(&event, "veggies", choice).map_err(|err| StageError {
-            message: err.to_string(),
-            retryable: false,
-        })
+        let configured = pizza::stage::config::get("choices");
+        let options = pizza_stage_kit::options(configured.as_deref(), &CHOICES).map_err(refused)?;
+        let choice = pizza_stage_kit::pick_some(&options, &mut pizza_stage_kit::wasi_rng());
+        pizza::stage::log::log(
+            pizza::stage::log::Level::Debug,
+            &format!("veggies: {choice}"),
+        );
+        pizza_stage_kit::enrich(&event, "veggies", choice).map_err(|err| refused(err.to_string()))
+    }
+}
+
+/// An error that retrying cannot fix: the event or the stage's settings are the problem.
+fn refused(message: String) -> StageError {
+    StageError {
+        message,
+        retryable: false,
     }
 }
 

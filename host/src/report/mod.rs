@@ -266,7 +266,7 @@ impl Reports {
         let (runtime, config) = (self.runtime.clone(), config.clone());
         // Loading runs the component: on a thread with stack to spare.
         let loaded = tokio::task::spawn_blocking(move || {
-            runtime.load_report(&config.name, &config.component, config.limits())
+            runtime.load_report(&config.name, &config.component, &config.settings())
         })
         .await??;
         Ok(loaded)

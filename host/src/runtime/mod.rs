@@ -12,6 +12,7 @@
 //! variables, no arguments, no sockets and a clock frozen at the Unix epoch. What a stage writes
 //! to stderr (a Rust panic message, say) is captured and reported with the error.
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
@@ -19,14 +20,14 @@ use std::time::Duration;
 use anyhow::Context as _;
 use serde_json::Value;
 use sha2::{Digest as _, Sha256};
-use wasmtime::component::{Component, Linker, ResourceTable};
-use wasmtime::{Config, Engine, ResourceLimiter, Store, Trap};
+use wasmtime::component::{Component, HasSelf, Linker};
+use wasmtime::{Config, Engine, Store, Trap};
 use wasmtime_wasi::p2::pipe::MemoryOutputPipe;
-use wasmtime_wasi::{
-    HostMonotonicClock, HostWallClock, WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView,
-};
 
 mod cache;
+mod sandbox;
+
+use sandbox::{Callee, StageState};
 
 use cache::CompileCache;
 pub use cache::Origin;
@@ -66,6 +67,29 @@ impl Default for Limits {
         Self {
             timeout: Duration::from_secs(1),
             memory_bytes: 64 << 20,
+        }
+    }
+}
+
+/// What every call of one stage or report gets: its limits, and the `config` table it reads
+/// through the `pizza:stage/config` import.
+#[derive(Debug, Clone, Default)]
+pub struct Settings {
+    /// The resources one call may use.
+    pub limits: Limits,
+    /// The component's settings.
+    pub config: Arc<BTreeMap<String, String>>,
+}
+
+impl Settings {
+    /// A call limited to `timeout_ms` and `memory_mib`, reading `config`.
+    pub fn new(timeout_ms: u64, memory_mib: usize, config: &BTreeMap<String, String>) -> Self {
+        Self {
+            limits: Limits {
+                timeout: Duration::from_millis(timeout_ms),
+                memory_bytes: memory_mib << 20,
+            },
+            config: Arc::new(config.clone()),
         }
     }
 }
@@ -126,6 +150,7 @@ pub struct Runtime {
     engine: Engine,
     linker: Arc<Linker<StageState>>,
     cache: Arc<CompileCache>,
+    seed: Option<u64>,
 }
 
 impl Runtime {
@@ -137,12 +162,32 @@ impl Runtime {
         let engine = Engine::new(&config)?;
         let mut linker = Linker::new(&engine);
         wasmtime_wasi::p2::add_to_linker_sync(&mut linker)?;
+        bindings::pizza::stage::config::add_to_linker::<_, HasSelf<_>>(&mut linker, |s| s)?;
+        bindings::pizza::stage::log::add_to_linker::<_, HasSelf<_>>(&mut linker, |s| s)?;
         spawn_epoch_ticker(&engine)?;
         Ok(Self {
             cache: Arc::new(CompileCache::new(&engine, cache_dir)),
             engine,
             linker: Arc::new(linker),
+            seed: None,
         })
+    }
+
+    /// Makes every component's randomness reproducible: each call draws from a generator
+    /// seeded by `seed`, the component's name and the call's arguments. `None` keeps it secure.
+    pub fn with_seed(mut self, seed: Option<u64>) -> Self {
+        self.seed = seed;
+        self
+    }
+
+    /// Who a component loaded as `name` with `settings` is, for its calls.
+    fn callee(&self, name: &str, settings: &Settings) -> Callee {
+        Callee {
+            name: name.into(),
+            limits: settings.limits,
+            config: settings.config.clone(),
+            seed: self.seed,
+        }
     }
 
     /// Reads, compiles and validates the component at `path` as the stage `stage`.
@@ -153,11 +198,11 @@ impl Runtime {
         &self,
         stage: &str,
         path: &Path,
-        limits: Limits,
+        settings: &Settings,
     ) -> Result<StageComponent, LoadError> {
         let bytes = std::fs::read(path).context("cannot read the file");
         let bytes = bytes.map_err(|cause| LoadError::new(stage, path, cause))?;
-        self.load_bytes(stage, &bytes, limits)
+        self.load_bytes(stage, &bytes, settings)
             .map_err(|cause| LoadError::new(stage, path, cause))
     }
 
@@ -183,7 +228,7 @@ impl Runtime {
         &self,
         stage: &str,
         bytes: &[u8],
-        limits: Limits,
+        settings: &Settings,
     ) -> anyhow::Result<StageComponent> {
         let (component, origin) = self.compile(bytes)?;
         let instance_pre = self
@@ -195,12 +240,11 @@ impl Runtime {
             .map_err(anyhow::Error::from)
             .context("the component does not export the `pizza:stage/topping` world")?;
         let loaded = StageComponent {
-            name: stage.to_owned(),
+            callee: self.callee(stage, settings),
             digest: digest(bytes),
             origin,
             engine: self.engine.clone(),
             pre,
-            limits,
         };
         loaded
             .call(SMOKE_TEST_PIZZA)
@@ -272,18 +316,17 @@ fn spawn_epoch_ticker(engine: &Engine) -> anyhow::Result<()> {
 
 /// A validated stage, ready to be called. Cheap to call from several threads.
 pub struct StageComponent {
-    name: String,
+    callee: Callee,
     digest: String,
     origin: Origin,
     engine: Engine,
     pre: ToppingPre<StageState>,
-    limits: Limits,
 }
 
 impl StageComponent {
     /// The stage's name.
     pub fn name(&self) -> &str {
-        &self.name
+        &self.callee.name
     }
 
     /// Whether loading compiled the component or found it in the compile cache.
@@ -298,7 +341,7 @@ impl StageComponent {
 
     /// Calls the stage with one event, in a fresh instance.
     pub fn call(&self, event: &str) -> Result<String, CallError> {
-        let mut call = Call::new(&self.engine, self.limits);
+        let mut call = Call::new(&self.engine, &self.callee, &[event]);
         let outcome = self
             .pre
             .instantiate(&mut call.store)
@@ -321,9 +364,11 @@ struct Call {
 }
 
 impl Call {
-    fn new(engine: &Engine, limits: Limits) -> Self {
+    /// A call of `callee` on `inputs`.
+    fn new(engine: &Engine, callee: &Callee, inputs: &[&str]) -> Self {
+        let limits = callee.limits;
         let stderr = MemoryOutputPipe::new(STDERR_CAPTURE_BYTES);
-        let mut store = Store::new(engine, StageState::new(limits, stderr.clone()));
+        let mut store = Store::new(engine, StageState::new(callee, inputs, stderr.clone()));
         store.limiter(|state| &mut state.limiter);
         let ticks = limits
             .timeout
@@ -340,6 +385,7 @@ impl Call {
 
     /// What the call returned, or why it did not return (a trap, the time or memory limit).
     fn finish<T>(&self, outcome: wasmtime::Result<T>) -> Result<T, CallError> {
+        self.store.data().log.report_dropped();
         let trap = match outcome {
             Ok(returned) => return Ok(returned),
             Err(trap) => trap,
@@ -381,99 +427,6 @@ fn check_output(input: &str, output: String) -> Result<String, CallError> {
         )));
     }
     Ok(output)
-}
-
-/// What one call's [`Store`] holds: the sandboxed WASI context and the memory limiter.
-struct StageState {
-    wasi: WasiCtx,
-    table: ResourceTable,
-    limiter: MemoryLimiter,
-}
-
-impl StageState {
-    fn new(limits: Limits, stderr: MemoryOutputPipe) -> Self {
-        let wasi = WasiCtxBuilder::new()
-            .stderr(stderr)
-            .wall_clock(FrozenClock)
-            .monotonic_clock(FrozenClock)
-            .build();
-        let limiter = MemoryLimiter {
-            max_bytes: limits.memory_bytes,
-            refused: false,
-        };
-        Self {
-            wasi,
-            table: ResourceTable::new(),
-            limiter,
-        }
-    }
-}
-
-/// Caps linear memory and remembers a refusal, so the trap it causes is reported as a memory
-/// limit rather than as whatever the guest did when its allocation failed.
-struct MemoryLimiter {
-    max_bytes: usize,
-    refused: bool,
-}
-
-/// Most table elements an instance may have; far above what any stage needs.
-const MAX_TABLE_ELEMENTS: usize = 100_000;
-
-impl ResourceLimiter for MemoryLimiter {
-    fn memory_growing(
-        &mut self,
-        _current: usize,
-        desired: usize,
-        _maximum: Option<usize>,
-    ) -> wasmtime::Result<bool> {
-        if desired > self.max_bytes {
-            self.refused = true;
-            return Err(wasmtime::Error::msg(format!(
-                "memory limit of {} bytes reached",
-                self.max_bytes
-            )));
-        }
-        Ok(true)
-    }
-
-    fn table_growing(
-        &mut self,
-        _current: usize,
-        desired: usize,
-        _maximum: Option<usize>,
-    ) -> wasmtime::Result<bool> {
-        Ok(desired <= MAX_TABLE_ELEMENTS)
-    }
-}
-
-impl WasiView for StageState {
-    fn ctx(&mut self) -> WasiCtxView<'_> {
-        WasiCtxView {
-            ctx: &mut self.wasi,
-            table: &mut self.table,
-        }
-    }
-}
-
-/// A clock that always reads the Unix epoch: stages are not granted the time.
-struct FrozenClock;
-
-impl HostWallClock for FrozenClock {
-    fn resolution(&self) -> Duration {
-        Duration::from_secs(1)
-    }
-    fn now(&self) -> Duration {
-        Duration::ZERO
-    }
-}
-
-impl HostMonotonicClock for FrozenClock {
-    fn resolution(&self) -> u64 {
-        1_000_000_000
-    }
-    fn now(&self) -> u64 {
-        0
-    }
 }
 
 #[cfg(test)]

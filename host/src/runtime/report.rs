@@ -10,22 +10,31 @@ use anyhow::Context as _;
 use serde_json::Value;
 use wasmtime::Engine;
 
-use super::{Call, CallError, Limits, LoadError, Origin, Runtime, SMOKE_TEST_PIZZA, StageState};
+use super::{
+    Call, CallError, Callee, LoadError, Origin, Runtime, SMOKE_TEST_PIZZA, Settings, StageState,
+};
 
 mod bindings {
-    wasmtime::component::bindgen!({ path: "../wit", world: "report" });
+    // The imports are the stage world's, so one host implementation serves both.
+    wasmtime::component::bindgen!({
+        path: "../wit",
+        world: "report",
+        with: {
+            "pizza:stage/config": super::super::bindings::pizza::stage::config,
+            "pizza:stage/log": super::super::bindings::pizza::stage::log,
+        },
+    });
 }
 
 use bindings::ReportPre;
 
 /// A validated report component, ready to be called. Cheap to call from several threads.
 pub struct ReportComponent {
-    name: String,
+    callee: Callee,
     digest: String,
     origin: Origin,
     engine: Engine,
     pre: ReportPre<StageState>,
-    limits: Limits,
 }
 
 impl Runtime {
@@ -35,11 +44,11 @@ impl Runtime {
         &self,
         report: &str,
         path: &Path,
-        limits: Limits,
+        settings: &Settings,
     ) -> Result<ReportComponent, LoadError> {
         let bytes = std::fs::read(path).context("cannot read the file");
         let bytes = bytes.map_err(|cause| LoadError::new(report, path, cause))?;
-        self.load_report_bytes(report, &bytes, limits)
+        self.load_report_bytes(report, &bytes, settings)
             .map_err(|cause| LoadError::new(report, path, cause))
     }
 
@@ -49,7 +58,7 @@ impl Runtime {
         &self,
         report: &str,
         bytes: &[u8],
-        limits: Limits,
+        settings: &Settings,
     ) -> anyhow::Result<ReportComponent> {
         let (component, origin) = self.compile(bytes)?;
         let instance_pre = self
@@ -61,12 +70,11 @@ impl Runtime {
             .map_err(anyhow::Error::from)
             .context("the component does not export the `pizza:stage/report` world")?;
         let loaded = ReportComponent {
-            name: report.to_owned(),
+            callee: self.callee(report, settings),
             digest: super::digest(bytes),
             origin,
             engine: self.engine.clone(),
             pre,
-            limits,
         };
         let state = loaded
             .update("null", SMOKE_TEST_PIZZA)
@@ -81,7 +89,7 @@ impl Runtime {
 impl ReportComponent {
     /// The report's name.
     pub fn name(&self) -> &str {
-        &self.name
+        &self.callee.name
     }
 
     /// The SHA-256 of the component file.
@@ -96,7 +104,7 @@ impl ReportComponent {
 
     /// Folds `event` into `state`, in a fresh instance; returns the new state.
     pub fn update(&self, state: &str, event: &str) -> Result<String, CallError> {
-        let mut call = Call::new(&self.engine, self.limits);
+        let mut call = Call::new(&self.engine, &self.callee, &[state, event]);
         let outcome = self
             .pre
             .instantiate(&mut call.store)
@@ -106,7 +114,7 @@ impl ReportComponent {
 
     /// Renders `state` as the report's JSON, in a fresh instance.
     pub fn render(&self, state: &str) -> Result<String, CallError> {
-        let mut call = Call::new(&self.engine, self.limits);
+        let mut call = Call::new(&self.engine, &self.callee, &[state]);
         let outcome = self
             .pre
             .instantiate(&mut call.store)

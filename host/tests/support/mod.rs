@@ -185,6 +185,7 @@ impl TestHost {
             .with_test_writer()
             .try_init();
         let shutdown = CancellationToken::new();
+        let watch = watch.map(|path| (path, Default::default()));
         let host = pizza_host::start(pipeline, watch, shutdown.clone())
             .await
             .expect("host starts");
