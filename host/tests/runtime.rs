@@ -189,3 +189,107 @@ fn a_component_importing_what_stages_are_not_granted_is_refused_and_check_says_w
     assert!(!ok);
     assert!(err.contains("not granted"), "{err}");
 }
+
+#[test]
+fn invoke_names_the_kind_of_every_failure_and_exits_non_zero() {
+    let hostile = support::test_component("hostile").display().to_string();
+    for (act, kind) in [
+        ("panic", "error (trap): stage trapped: thread"),
+        ("loop", "error (timeout): stage ran past its time limit"),
+        (
+            "alloc",
+            "error (memory-limit): stage exceeded its memory limit",
+        ),
+        ("error", "error (returned-error)"),
+        ("drop-order-id", "error (invalid-output)"),
+    ] {
+        let (ok, out, err) = pizza_host(
+            &["invoke", &hostile, "--input", "-"],
+            &format!("{{\"order_id\":\"1\",\"act\":\"{act}\"}}\n"),
+        );
+        assert!(!ok, "{act}: {out}");
+        assert!(err.contains(kind), "{act}: {err}");
+        if act == "panic" {
+            assert!(err.contains("hostile stage panics on purpose"), "{err}");
+        }
+    }
+    let not_wasm = temp_dir("not-wasm").join("stage.wasm");
+    std::fs::write(&not_wasm, "hello").expect("write");
+    let not_wasm = not_wasm.display().to_string();
+    for command in ["check", "invoke"] {
+        let (ok, _, err) = pizza_host(&[command, &not_wasm], "");
+        assert!(!ok);
+        assert!(err.contains("not a WebAssembly file"), "{command}: {err}");
+    }
+}
+
+/// Runs the sauce stage on twenty pizzas with `args` and returns the sauces.
+fn sauces(args: &[&str]) -> Vec<String> {
+    let sauce = component("sauce").display().to_string();
+    let input: String = (0..20)
+        .map(|n| format!("{{\"order_id\":\"1\",\"pizza_id\":\"1-{n}\",\"sauce\":\"\"}}\n"))
+        .collect();
+    let mut command = vec!["invoke", sauce.as_str(), "--input", "-"];
+    command.extend(args);
+    let (ok, out, err) = pizza_host(&command, &input);
+    assert!(ok, "{err}");
+    out.lines()
+        .map(|line| {
+            let pizza: serde_json::Value = serde_json::from_str(line).expect("JSON");
+            pizza["sauce"].as_str().expect("sauce").to_owned()
+        })
+        .collect()
+}
+
+#[test]
+fn a_seed_makes_a_stage_repeat_itself_and_another_seed_or_none_does_not() {
+    let seeded = sauces(&["--seed", "42", "--stage", "sauce"]);
+    assert_eq!(seeded.len(), 20);
+    assert_eq!(seeded, sauces(&["--seed", "42", "--stage", "sauce"]));
+    assert_ne!(seeded, sauces(&["--seed", "43", "--stage", "sauce"]));
+    // The stage's name is part of the seed: two stages do not draw in step.
+    assert_ne!(seeded, sauces(&["--seed", "42", "--stage", "other"]));
+    // Twenty draws from six sauces repeating by chance: about one in 10^15.
+    assert_ne!(sauces(&[]), sauces(&[]));
+}
+
+#[test]
+fn a_stage_reads_its_config_and_refuses_a_setting_it_cannot_use() {
+    let picked = sauces(&["--config", "choices=pesto, tomato"]);
+    assert!(
+        picked.iter().all(|s| s == "pesto" || s == "tomato"),
+        "{picked:?}"
+    );
+    assert!(picked.contains(&"pesto".to_owned()) && picked.contains(&"tomato".to_owned()));
+
+    let sauce = component("sauce").display().to_string();
+    let (ok, _, err) = pizza_host(&["invoke", &sauce, "--config", "choices= , "], "");
+    assert!(!ok);
+    assert!(err.contains("config `choices` names no option"), "{err}");
+}
+
+#[test]
+fn a_stage_logs_through_the_host_under_its_name() {
+    let cheese = component("cheese").display().to_string();
+    let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_pizza-host"));
+    command
+        .args([
+            "invoke",
+            &cheese,
+            "--stage",
+            "cheese",
+            "--config",
+            "choices=gouda",
+        ])
+        .env("RUST_LOG", "stage=debug")
+        .env("NO_COLOR", "1");
+    let output = command.output().expect("runs");
+    assert!(output.status.success());
+    let err = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        err.lines().any(|l| l.contains("DEBUG")
+            && l.contains("cheese: gouda")
+            && l.contains("stage=\"cheese\"")),
+        "{err}"
+    );
+}
