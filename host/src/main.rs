@@ -42,7 +42,7 @@ enum Command {
         no_watch: bool,
         /// Makes every stage's randomness and every order id reproducible (for tests and
         /// demos): the same seed and the same orders give the same pizzas.
-        #[arg(long)]
+        #[arg(long, env = "PIZZA_HOST_SEED")]
         seed: Option<u64>,
     },
     /// Says whether a file is a component that fits a stage, and what it imports and exports.

@@ -271,11 +271,13 @@ impl Stages {
         for (config, component) in swaps {
             if let Some(stage) = running.get_mut(&config.name) {
                 stage.file_digest = component.digest().to_owned();
+                let settings_changed = stage.config.settings() != config.settings();
                 swap_in(
                     stage,
                     component,
                     Source::File(config.component.clone()),
                     Duration::ZERO,
+                    settings_changed,
                 );
                 stage.config = config;
             }
@@ -430,7 +432,7 @@ impl Stages {
                 pause_us: 0.0,
             };
         };
-        swap_in(stage, component, source, load)
+        swap_in(stage, component, source, load, false)
     }
 
     async fn load_file(&self, config: &StageConfig) -> anyhow::Result<StageComponent> {
@@ -497,16 +499,19 @@ impl Stages {
 #[error("no stage named {0:?}")]
 pub struct UnknownStage(pub String);
 
+/// Makes `component` the stage's. The same file from the same source is no change, unless
+/// `settings_changed` (limits or config edited): the component carries its settings.
 fn swap_in(
     stage: &mut RunningStage,
     component: StageComponent,
     source: Source,
     load: Duration,
+    settings_changed: bool,
 ) -> SwapReport {
     let name = stage.config.name.clone();
     let new_digest = component.digest().to_owned();
     let old_digest = stage.shared.current().digest().to_owned();
-    let unchanged = old_digest == new_digest && stage.source == source;
+    let unchanged = old_digest == new_digest && stage.source == source && !settings_changed;
     let mut pause = Duration::ZERO;
     if !unchanged {
         let held = Instant::now();
@@ -521,6 +526,7 @@ fn swap_in(
             new_digest,
             load_ms = load.as_secs_f64() * 1e3,
             pause_us = pause.as_secs_f64() * 1e6,
+            settings_changed,
             "component swapped"
         );
     }

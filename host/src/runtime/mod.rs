@@ -54,7 +54,7 @@ const STDERR_CAPTURE_BYTES: usize = 4096;
 pub const SMOKE_TEST_PIZZA: &str = r#"{"order_id":"smoke-test","pizza_id":"smoke-test-0","sauce":"","cheese":"","meats":"","veggies":""}"#;
 
 /// The resources one stage call may use.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Limits {
     /// Wall time for one call, instantiation included.
     pub timeout: Duration,
@@ -73,7 +73,7 @@ impl Default for Limits {
 
 /// What every call of one stage or report gets: its limits, and the `config` table it reads
 /// through the `pizza:stage/config` import.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Settings {
     /// The resources one call may use.
     pub limits: Limits,

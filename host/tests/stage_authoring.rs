@@ -1,0 +1,116 @@
+//! What a stage author relies on, against the real broker and the real stages: a seeded run
+//! repeats itself, and a stage's settings in `pipeline.toml` change its output live.
+
+mod support;
+
+use std::time::Duration;
+
+use serde_json::Value;
+use support::{HostProcess, Topics, process_pipeline, wait_for};
+
+/// Runs a host with `PIZZA_HOST_SEED=seed` on topics of its own, orders 20 pizzas and returns
+/// the order id and the pizzas, sorted by pizza id.
+async fn seeded_run(seed: &str) -> (String, Vec<Value>) {
+    let topics = Topics::unique("seeded");
+    let pipeline = process_pipeline("seeded", &topics, &support::bootstrap());
+    let host = HostProcess::start_with_env(&pipeline, "seeded", &[("PIZZA_HOST_SEED", seed)]).await;
+    let id = host.order(20).await;
+    host.wait_complete(std::slice::from_ref(&id), 20, Duration::from_secs(60))
+        .await;
+    let order: Value = reqwest::get(format!("{}/order/{id}", host.url))
+        .await
+        .expect("GET")
+        .json()
+        .await
+        .expect("JSON");
+    let mut pizzas = order["pizzas"].as_array().expect("pizzas").clone();
+    pizzas.sort_by_key(|p| p["pizza_id"].as_str().map(str::to_owned));
+    (id, pizzas)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_same_seed_and_the_same_orders_give_the_same_pizzas() {
+    let (id, pizzas) = seeded_run("42").await;
+    let (id_again, pizzas_again) = seeded_run("42").await;
+    assert_eq!(id, id_again, "the same seed hands out the same order ids");
+    assert_eq!(pizzas, pizzas_again);
+    for pizza in &pizzas {
+        for field in ["sauce", "cheese", "meats", "veggies"] {
+            assert!(
+                !pizza[field].as_str().unwrap_or_default().is_empty(),
+                "{pizza}"
+            );
+        }
+    }
+    let (other_id, other_pizzas) = seeded_run("43").await;
+    assert_ne!(id, other_id);
+    let toppings = |pizzas: &[Value]| -> Vec<Value> {
+        pizzas
+            .iter()
+            .map(|p| serde_json::json!([p["sauce"], p["cheese"], p["meats"], p["veggies"]]))
+            .collect()
+    };
+    assert_ne!(toppings(&pizzas), toppings(&other_pizzas));
+}
+
+/// The sauces of a new order of `count` pizzas, once complete.
+async fn sauces(host: &support::TestHost, count: u32) -> Vec<String> {
+    let id = host.order(count).await;
+    let order = host
+        .wait_complete(&id, count as usize, Duration::from_secs(60))
+        .await;
+    order["pizzas"]
+        .as_array()
+        .expect("pizzas")
+        .iter()
+        .map(|p| p["sauce"].as_str().expect("sauce").to_owned())
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_config_edit_in_pipeline_toml_changes_the_stage_live_and_a_bad_one_changes_nothing() {
+    let topics = Topics::unique("config-edit");
+    let path = support::temp_dir("config-edit").join("pipeline.toml");
+    let toml = support::pipeline_toml(&topics);
+    std::fs::write(&path, &toml).expect("write");
+    let host = support::TestHost::start_watching(&path).await;
+    let defaults = sauces(&host, 20).await;
+    assert!(defaults.iter().all(|s| s != "pesto"), "{defaults:?}");
+
+    let sauce_entry = format!(
+        "name = \"sauce\"\ncomponent = \"{}\"",
+        support::component("sauce").display()
+    );
+    let with_config = |choices: &str| {
+        toml.replacen(
+            &sauce_entry,
+            &format!("{sauce_entry}\nconfig = {{ choices = \"{choices}\" }}"),
+            1,
+        )
+    };
+    support::replace_file(&path, with_config("pesto").as_bytes());
+    wait_for(
+        Duration::from_secs(30),
+        "the sauce stage to read its new config",
+        || async { (sauces(&host, 1).await == ["pesto"]).then_some(()) },
+    )
+    .await;
+    assert!(sauces(&host, 20).await.iter().all(|s| s == "pesto"));
+
+    // A setting the stage refuses fails its smoke call: the edit is rejected as a whole.
+    support::replace_file(&path, with_config(" , ").as_bytes());
+    let rejected = wait_for(
+        Duration::from_secs(30),
+        "the bad edit to be rejected",
+        || async { host.running().stages.last_edit_error().await },
+    )
+    .await;
+    assert!(
+        rejected
+            .message
+            .contains("config `choices` names no option"),
+        "{}",
+        rejected.message
+    );
+    assert!(sauces(&host, 20).await.iter().all(|s| s == "pesto"));
+}
