@@ -42,6 +42,12 @@ pub enum ConfigError {
     },
 }
 
+/// Where compiled components are cached unless `compile_cache` says otherwise: shared by
+/// `run`, `check`, `invoke` and `add`, so a component is compiled once per machine.
+pub fn default_compile_cache() -> PathBuf {
+    std::env::temp_dir().join("pizza-host-cache")
+}
+
 /// What the command line sets over the file: it wins at startup and over every later edit.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct Overrides {
@@ -478,7 +484,7 @@ impl Pipeline {
         let cache = pipeline.compile_cache.take();
         pipeline.compile_cache = Some(match cache {
             Some(dir) => base.join(dir),
-            None => std::env::temp_dir().join("pizza-host-cache"),
+            None => default_compile_cache(),
         });
         pipeline.validate()?;
         Ok(pipeline)

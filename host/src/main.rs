@@ -237,10 +237,9 @@ async fn run(
 
 /// `new`: scaffolds the project and prints the next steps.
 fn new_stage(name: &str, lang: Lang) -> anyhow::Result<()> {
-    let created = pizza_host::scaffold::new_stage(Path::new("."), name, lang)?;
+    let created = pizza_host::scaffold::new_stage(Path::new(""), name, lang)?;
     let dir = created.dir.display();
-    let component = created.dir.join(&created.component);
-    let component = component.display();
+    let component = created.component.display();
     println!("created {dir}");
     println!();
     println!("build it:   (cd {dir} && {})", created.build);

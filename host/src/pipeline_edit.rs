@@ -78,7 +78,7 @@ pub fn add_stage(path: &Path, stage: &NewStage) -> anyhow::Result<Added> {
         config: std::sync::Arc::new(stage.config.clone()),
         ..Settings::default()
     };
-    Runtime::new(None)?
+    Runtime::new(Some(crate::config::default_compile_cache()))?
         .load(&stage.name, &stage.component, &settings)
         .map_err(anyhow::Error::from)?;
 

@@ -8,6 +8,7 @@ use std::sync::Arc;
 
 use anyhow::Context as _;
 
+use crate::config::default_compile_cache;
 use crate::runtime::{Runtime, SMOKE_TEST_PIZZA, Settings};
 
 /// What the sandbox gives a stage through an interface it imports.
@@ -40,7 +41,7 @@ pub fn grant(import: &str) -> &'static str {
 /// exports. Fails (with the reason) when it does not fit.
 pub fn check(path: &Path) -> anyhow::Result<()> {
     let bytes = std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
-    let runtime = Runtime::new(None)?;
+    let runtime = Runtime::new(Some(default_compile_cache()))?;
     let (imports, exports) = runtime
         .describe(&bytes)
         .with_context(|| path.display().to_string())?;
@@ -101,7 +102,7 @@ pub struct Invocation {
 /// standard output and each error, with its kind, on standard error. Returns how many events
 /// failed.
 pub fn invoke(path: &Path, how: &Invocation) -> anyhow::Result<usize> {
-    let runtime = Runtime::new(None)?.with_seed(how.seed);
+    let runtime = Runtime::new(Some(default_compile_cache()))?.with_seed(how.seed);
     let settings = Settings {
         config: Arc::new(how.config.clone()),
         ..Settings::default()

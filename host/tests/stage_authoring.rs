@@ -114,3 +114,65 @@ async fn a_config_edit_in_pipeline_toml_changes_the_stage_live_and_a_bad_one_cha
     );
     assert!(sauces(&host, 20).await.iter().all(|s| s == "pesto"));
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn python_and_javascript_stages_swap_in_for_the_rust_ones_under_load() {
+    let topics = Topics::unique("polyglot");
+    let path = support::temp_dir("polyglot").join("pipeline.toml");
+    let toml = support::pipeline_toml(&topics);
+    std::fs::write(&path, &toml).expect("write");
+    let host = support::TestHost::start_watching(&path).await;
+    let before: Vec<String> = place_orders(&host, 5, 20).await;
+
+    // cheese → Python, sauce → JavaScript, in one edit, while those orders are in flight.
+    let edited = toml
+        .replace(
+            &support::component("cheese").display().to_string(),
+            &support::components()
+                .join("pizza_stage_cheese_py.wasm")
+                .display()
+                .to_string(),
+        )
+        .replace(
+            &support::component("sauce").display().to_string(),
+            &support::components()
+                .join("pizza_stage_sauce_js.wasm")
+                .display()
+                .to_string(),
+        );
+    support::replace_file(&path, edited.as_bytes());
+    wait_for(Duration::from_secs(120), "both swaps", || async {
+        let swapped =
+            |info: Option<pizza_host::stages::StageInfo>| info.is_some_and(|i| i.swaps == 1);
+        (swapped(host.stage("cheese").await) && swapped(host.stage("sauce").await)).then_some(())
+    })
+    .await;
+    let after = place_orders(&host, 5, 20).await;
+
+    let sauces = ["regular", "light", "extra", "none", "alfredo", "bbq"];
+    let cheeses = ["extra", "none", "three cheese", "goat cheese"];
+    for id in before.iter().chain(&after) {
+        let order = host.wait_complete(id, 20, Duration::from_secs(120)).await;
+        for pizza in order["pizzas"].as_array().expect("pizzas") {
+            assert!(
+                sauces.contains(&pizza["sauce"].as_str().unwrap_or_default()),
+                "{pizza}"
+            );
+            assert!(
+                cheeses.contains(&pizza["cheese"].as_str().unwrap_or_default()),
+                "{pizza}"
+            );
+            assert_eq!(pizza["order_id"], id.as_str());
+        }
+    }
+    support::assert_every_pizza_exactly_once(&support::bootstrap(), &topics, 200);
+}
+
+/// Places `orders` orders of `count` pizzas; returns their ids.
+async fn place_orders(host: &support::TestHost, orders: usize, count: u32) -> Vec<String> {
+    let mut ids = Vec::new();
+    for _ in 0..orders {
+        ids.push(host.order(count).await);
+    }
+    ids
+}

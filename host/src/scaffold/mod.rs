@@ -52,8 +52,8 @@ pub struct Scaffolded {
     /// The project folder.
     pub dir: PathBuf,
     /// The command that builds it, run in `dir`.
-    pub build: &'static str,
-    /// The component the build writes, relative to `dir`.
+    pub build: String,
+    /// The component the build writes (under `root`).
     pub component: PathBuf,
 }
 
@@ -82,9 +82,6 @@ pub fn new_stage(root: &Path, name: &str, lang: Lang) -> anyhow::Result<Scaffold
         Lang::Python => PYTHON,
         Lang::Js => JS,
     };
-    if checkout && lang == Lang::Rust {
-        add_workspace_member(root, &format!("functions/{name}"))?;
-    }
     for (file, template) in templates {
         let text = template
             .replace("{{name}}", name)
@@ -93,30 +90,29 @@ pub fn new_stage(root: &Path, name: &str, lang: Lang) -> anyhow::Result<Scaffold
             .replace("{{workspace}}", workspace);
         write(&dir.join(file), &text)?;
     }
+    if checkout && lang == Lang::Rust {
+        add_workspace_member(root, &format!("functions/{name}"))?;
+    }
     let (build, component) = match lang {
         Lang::Rust => {
             let target = if checkout {
-                PathBuf::from("../../target")
+                root.join("target")
             } else {
-                PathBuf::from("target")
+                dir.join("target")
             };
             (
-                "cargo component build --release",
+                "cargo component build --release".to_owned(),
                 target.join(format!("wasm32-wasip1/release/pizza_stage_{field}.wasm")),
             )
         }
         Lang::Python => (
-            "componentize-py -d WIT -w topping componentize app -o stage.wasm",
-            PathBuf::from("stage.wasm"),
+            format!("componentize-py -d {wit} -w topping componentize app -o stage.wasm"),
+            dir.join("stage.wasm"),
         ),
-        Lang::Js => ("npm install && npm run build", PathBuf::from("stage.wasm")),
-    };
-    let build = match lang {
-        Lang::Python if checkout => {
-            "componentize-py -d ../../wit -w topping componentize app -o stage.wasm"
-        }
-        Lang::Python => "componentize-py -d wit -w topping componentize app -o stage.wasm",
-        _ => build,
+        Lang::Js => (
+            "npm install && npm run build".to_owned(),
+            dir.join("stage.wasm"),
+        ),
     };
     Ok(Scaffolded {
         dir,
