@@ -82,7 +82,10 @@ pub fn add_stage(path: &Path, stage: &NewStage) -> anyhow::Result<Added> {
         .load(&stage.name, &stage.component, &settings)
         .map_err(anyhow::Error::from)?;
 
-    let folder = path.parent().unwrap_or(Path::new("."));
+    let folder = match path.parent() {
+        Some(folder) if !folder.as_os_str().is_empty() => folder,
+        _ => Path::new("."),
+    };
     let component = relative_to(&stage.component, folder)?;
     let mut entry = format!(
         "[[stage]]\nname = {}\ncomponent = {}\ninput = {}\noutput = {}\n",

@@ -74,9 +74,14 @@ pub fn new_stage(root: &Path, name: &str, lang: Lang) -> anyhow::Result<Scaffold
         OWN_WIT
     };
     let field = name.replace('-', "_");
-    // A Rust project outside a checkout is a workspace of its own; inside, the checkout's
-    // workspace takes it in (`functions/*`) and shares its target folder.
-    let workspace = if checkout { "" } else { "\n[workspace]\n" };
+    // A Rust project outside a checkout is a workspace of its own (with the profile of small
+    // components); inside, it becomes a member of the checkout's workspace, and shares its
+    // target folder and profiles.
+    let workspace = if checkout {
+        ""
+    } else {
+        "\n[profile.release]\nopt-level = \"s\"\nstrip = true\n\n[workspace]\n"
+    };
     let templates = match lang {
         Lang::Rust => RUST,
         Lang::Python => PYTHON,
