@@ -13,27 +13,56 @@ fn main() -> anyhow::Result<()> {
     let root = Path::new(env!("CARGO_MANIFEST_DIR"))
         .parent()
         .expect("workspace");
-    let sauce = root.join("target/wasm32-wasip1/release/pizza_stage_sauce.wasm");
+    let built = root.join("target/wasm32-wasip1/release");
+    let sauce = built.join("pizza_stage_sauce.wasm");
     anyhow::ensure!(
         sauce.exists(),
         "build the stages first: dev/build-stages.sh"
     );
     let cache = std::env::temp_dir().join(format!("pizza-bench-cache-{}", std::process::id()));
 
-    let compile = median(10, || {
-        let runtime = Runtime::new(None).expect("runtime");
-        timed(|| assert_eq!(load(&runtime, &sauce), Origin::Compiled))
-    });
-    let warm = Runtime::new(Some(cache.clone()))?;
-    load(&warm, &sauce);
-    let disk = median(10, || {
-        let runtime = Runtime::new(Some(cache.clone())).expect("runtime");
-        timed(|| assert_eq!(load(&runtime, &sauce), Origin::Disk))
-    });
-    let memory = median(100, || {
-        timed(|| assert_eq!(load(&warm, &sauce), Origin::Memory))
-    });
+    println!(
+        "| stage | size | compile (no cache) | load from disk cache | load from memory | call, fresh instance |"
+    );
+    println!("|---|---|---|---|---|---|");
+    for (what, file, runs, calls) in [
+        ("sauce (Rust)", "pizza_stage_sauce.wasm", 10, 20_000),
+        ("cheese (Rust)", "pizza_stage_cheese.wasm", 10, 20_000),
+        ("cheese-py (Python)", "pizza_stage_cheese_py.wasm", 3, 500),
+        ("sauce-js (JavaScript)", "pizza_stage_sauce_js.wasm", 3, 500),
+    ] {
+        let path = built.join(file);
+        let size = std::fs::metadata(&path)?.len();
+        let compile = median(runs, || {
+            let runtime = Runtime::new(None).expect("runtime");
+            timed(|| assert_eq!(load(&runtime, &path), Origin::Compiled))
+        });
+        let warm = Runtime::new(Some(cache.clone()))?;
+        load(&warm, &path);
+        let disk = median(runs, || {
+            let runtime = Runtime::new(Some(cache.clone())).expect("runtime");
+            timed(|| assert_eq!(load(&runtime, &path), Origin::Disk))
+        });
+        let memory = median(100, || {
+            timed(|| assert_eq!(load(&warm, &path), Origin::Memory))
+        });
+        let component = warm.load("bench", &path, &Settings::default())?;
+        let started = Instant::now();
+        for _ in 0..calls {
+            component.call(SMOKE_TEST_PIZZA).expect("call");
+        }
+        let per_call = started.elapsed() / calls;
+        println!(
+            "| {what} | {:.1} KiB | {:.1} ms | {:.2} ms | {:.3} ms | {:.1} µs (mean of {calls}) |",
+            size as f64 / 1024.0,
+            ms(compile),
+            ms(disk),
+            ms(memory),
+            per_call.as_secs_f64() * 1e6
+        );
+    }
 
+    let warm = Runtime::new(Some(cache.clone()))?;
     let stage = StageShared::new(
         warm.load("sauce", &sauce, &Settings::default())?,
         pizza_host::metrics::Metrics::new().stage("sauce"),
@@ -45,39 +74,19 @@ fn main() -> anyhow::Result<()> {
             .expect("loads");
         timed(|| drop(stage.swap(next)))
     });
-
-    let component = stage.current();
-    let calls = 20_000;
-    let started = Instant::now();
-    for _ in 0..calls {
-        component.call(SMOKE_TEST_PIZZA).expect("call");
-    }
-    let per_call = started.elapsed() / calls;
-
-    println!("| what | median |");
-    println!("|---|---|");
-    println!("| load: compile (no cache) | {:.1} ms |", ms(compile));
+    println!();
     println!(
-        "| load: from the disk cache (restart) | {:.2} ms |",
-        ms(disk)
-    );
-    println!("| load: from memory (swap back) | {:.3} ms |", ms(memory));
-    println!(
-        "| swap: replacing the running component | {:.2} µs |",
+        "swap: replacing the running component: {:.2} µs (median of 1,000)",
         swap.as_secs_f64() * 1e6
-    );
-    println!(
-        "| call: fresh instance per event (mean of {calls}) | {:.1} µs |",
-        per_call.as_secs_f64() * 1e6
     );
     let _ = std::fs::remove_dir_all(cache);
     Ok(())
 }
 
-/// Loads the sauce stage (compile or cache, validation, smoke call) and says from where.
-fn load(runtime: &Runtime, sauce: &Path) -> Origin {
+/// Loads a stage (compile or cache, validation, smoke call) and says from where.
+fn load(runtime: &Runtime, path: &Path) -> Origin {
     runtime
-        .load("sauce", sauce, &Settings::default())
+        .load("bench", path, &Settings::default())
         .expect("loads")
         .origin()
 }
