@@ -1,6 +1,10 @@
 //! End-to-end throughput and latency of the demo pipeline, exactly-once against at-least-once,
 //! and the chain (pipeline.toml) against fan-out/fan-in (pipeline-fanout.toml: the four stages
-//! in parallel on `pizza`, a join assembling their parts), in one process against one broker.
+//! in parallel on `pizza`, a join assembling their parts), in one process against one broker;
+//! and the limit: the raw pipe, the same four hops with a native passthrough in place of each
+//! stage (consume → produce the same bytes and key → store the offset after delivery), which is
+//! what the broker and the client library can do on this machine. Every run also reports the
+//! process's CPU seconds per 1,000 pizzas and its peak RSS.
 //!
 //! Run: `dev/kafka.sh start && dev/build-stages.sh && cargo bench -p pizza-host --bench pipeline_throughput`
 //! (`KAFKA_BOOTSTRAP` points it elsewhere). Results are written down in BENCHMARKS.md.
@@ -8,7 +12,13 @@
 use std::path::Path;
 use std::time::{Duration, Instant};
 
+use futures::StreamExt as _;
+use futures::stream::FuturesUnordered;
 use pizza_host::config::Pipeline;
+use rdkafka::ClientConfig;
+use rdkafka::consumer::{Consumer as _, StreamConsumer};
+use rdkafka::message::Message as _;
+use rdkafka::producer::{FutureProducer, FutureRecord};
 use serde_json::Value;
 use tokio_util::sync::CancellationToken;
 
@@ -16,23 +26,48 @@ const STAGES: [&str; 4] = ["sauce", "cheese", "meats", "veggies"];
 /// Pizzas per throughput run, in orders of [`ORDER_SIZE`].
 const PIZZAS: usize = 10_000;
 const ORDER_SIZE: usize = 1_000;
-const LATENCY_SAMPLES: usize = 30;
+const LATENCY_SAMPLES: usize = 100;
 
 #[tokio::main(flavor = "multi_thread")]
 async fn main() -> anyhow::Result<()> {
-    println!("| topology | guarantee | {PIZZAS} pizzas: pizzas/s | 1-pizza order p50 | p90 |");
-    println!("|---|---|---|---|---|");
-    for topology in [Topology::Chain, Topology::FanOut] {
-        for guarantee in ["exactly-once", "at-least-once"] {
-            let (throughput, p50, p90) = measure(topology, guarantee).await?;
-            println!(
-                "| {topology:?} | {guarantee} | {throughput:.0} | {:.1} ms | {:.1} ms |",
-                ms(p50),
-                ms(p90)
-            );
-        }
+    println!(
+        "| topology | guarantee | {PIZZAS} pizzas: pizzas/s | vs raw pipe | CPU s / 1,000 pizzas | 1-pizza order p50 | p99 |"
+    );
+    println!("|---|---|---|---|---|---|---|");
+    let mut raw = None;
+    for (topology, guarantee) in [
+        (Topology::RawPipe, "at-least-once"),
+        (Topology::Chain, "at-least-once"),
+        (Topology::Chain, "exactly-once"),
+        (Topology::FanOut, "at-least-once"),
+        (Topology::FanOut, "exactly-once"),
+    ] {
+        let run = measure(topology, guarantee).await?;
+        let limit = *raw.get_or_insert(run.throughput);
+        println!(
+            "| {topology:?} | {guarantee} | {:.0} | {:.2}× | {:.2} | {:.1} ms | {:.1} ms |",
+            run.throughput,
+            run.throughput / limit,
+            run.cpu_per_1000,
+            ms(run.p50),
+            ms(run.p99)
+        );
     }
+    println!();
+    println!(
+        "peak RSS of the process over all runs: {:.0} MiB",
+        peak_rss_mib()
+    );
     Ok(())
+}
+
+/// What one configuration measured.
+struct Run {
+    throughput: f64,
+    /// CPU seconds of this process (host, broker clients) per 1,000 pizzas.
+    cpu_per_1000: f64,
+    p50: Duration,
+    p99: Duration,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -41,9 +76,11 @@ enum Topology {
     Chain,
     /// The four stages on `pizza` in parallel, then a join (which is always transactional).
     FanOut,
+    /// The chain's four hops, each a native passthrough: the limit.
+    RawPipe,
 }
 
-async fn measure(topology: Topology, guarantee: &str) -> anyhow::Result<(f64, Duration, Duration)> {
+async fn measure(topology: Topology, guarantee: &str) -> anyhow::Result<Run> {
     let root = Path::new(env!("CARGO_MANIFEST_DIR"))
         .parent()
         .expect("workspace");
@@ -65,10 +102,21 @@ async fn measure(topology: Topology, guarantee: &str) -> anyhow::Result<(f64, Du
         topic(4)
     );
     let part = |stage: &str| format!("bench-part-{stage}-{run}");
+    let passthroughs = CancellationToken::new();
     for (i, stage) in STAGES.iter().enumerate() {
         let (input, output) = match topology {
             Topology::Chain => (topic(i), topic(i + 1)),
             Topology::FanOut => (topic(0), part(stage)),
+            Topology::RawPipe => {
+                tokio::spawn(passthrough(
+                    bootstrap.clone(),
+                    format!("bench-{run}-{stage}"),
+                    topic(i),
+                    topic(i + 1),
+                    passthroughs.clone(),
+                ));
+                continue;
+            }
         };
         toml.push_str(&format!(
             "[[stage]]\nname = \"{stage}\"\ncomponent = \"{}\"\ninput = \"{input}\"\noutput = \"{output}\"\n",
@@ -95,6 +143,7 @@ async fn measure(topology: Topology, guarantee: &str) -> anyhow::Result<(f64, Du
     complete(&client, &url, 100).await?;
 
     let started = Instant::now();
+    let cpu_started = cpu_seconds();
     let orders: Vec<String> = futures::future::try_join_all(
         (0..PIZZAS / ORDER_SIZE).map(|_| place(&client, &url, ORDER_SIZE)),
     )
@@ -103,6 +152,7 @@ async fn measure(topology: Topology, guarantee: &str) -> anyhow::Result<(f64, Du
         wait(&client, &url, id, ORDER_SIZE).await?;
     }
     let throughput = PIZZAS as f64 / started.elapsed().as_secs_f64();
+    let cpu_per_1000 = (cpu_seconds() - cpu_started) / (PIZZAS as f64 / 1000.0);
 
     let mut latencies = Vec::new();
     for _ in 0..LATENCY_SAMPLES {
@@ -112,12 +162,103 @@ async fn measure(topology: Topology, guarantee: &str) -> anyhow::Result<(f64, Du
     }
     latencies.sort();
     shutdown.cancel();
+    passthroughs.cancel();
     host.wait().await;
-    Ok((
+    Ok(Run {
         throughput,
-        latencies[LATENCY_SAMPLES / 2],
-        latencies[LATENCY_SAMPLES * 9 / 10],
-    ))
+        cpu_per_1000,
+        p50: latencies[LATENCY_SAMPLES / 2],
+        p99: latencies[LATENCY_SAMPLES * 99 / 100],
+    })
+}
+
+/// One hop of the raw pipe: every record of `input` produced to `output` as it is (same key,
+/// same bytes), its offset stored for the next auto-commit once the broker has it. With the
+/// host's client settings (linger 5 ms, lz4, idempotence), many sends in flight.
+async fn passthrough(
+    bootstrap: String,
+    group: String,
+    input: String,
+    output: String,
+    stop: CancellationToken,
+) -> anyhow::Result<()> {
+    let consumer: StreamConsumer = ClientConfig::new()
+        .set("bootstrap.servers", &bootstrap)
+        .set("group.id", &group)
+        .set("auto.offset.reset", "earliest")
+        .set("enable.auto.commit", "true")
+        .set("auto.commit.interval.ms", "100")
+        .set("enable.auto.offset.store", "false")
+        .set("fetch.wait.max.ms", "5")
+        .create()?;
+    consumer.subscribe(&[&input])?;
+    let producer: FutureProducer = ClientConfig::new()
+        .set("bootstrap.servers", &bootstrap)
+        .set("enable.idempotence", "true")
+        .set("linger.ms", "5")
+        .set("compression.type", "lz4")
+        .create()?;
+    let mut in_flight = FuturesUnordered::new();
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => return Ok(()),
+            Some((partition, offset, delivered)) = in_flight.next(), if !in_flight.is_empty() => {
+                let _: Result<_, _> = delivered;
+                consumer.store_offset(&input, partition, offset)?;
+            }
+            message = consumer.recv(), if in_flight.len() < 10_000 => {
+                let message = message?;
+                let mut record = FutureRecord::<[u8], [u8]>::to(&output);
+                if let Some(key) = message.key() {
+                    record = record.key(key);
+                }
+                if let Some(payload) = message.payload() {
+                    record = record.payload(payload);
+                }
+                // Enqueue now (the delivery future owns nothing of the message); a full queue
+                // empties as the broker acknowledges.
+                let delivery = loop {
+                    match producer.send_result(record) {
+                        Ok(delivery) => break delivery,
+                        Err((_, returned)) => {
+                            record = returned;
+                            tokio::time::sleep(Duration::from_millis(1)).await;
+                        }
+                    }
+                };
+                let (partition, offset) = (message.partition(), message.offset());
+                in_flight.push(async move { (partition, offset, delivery.await) });
+            }
+        }
+    }
+}
+
+/// CPU seconds this process has used (user + system).
+fn cpu_seconds() -> f64 {
+    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
+    // Fields after the command name (which may hold spaces) start after the last ')'.
+    let fields: Vec<&str> = stat
+        .rsplit_once(')')
+        .map(|(_, rest)| rest.split_whitespace().collect())
+        .unwrap_or_default();
+    let ticks = |i: usize| {
+        fields
+            .get(i)
+            .and_then(|f| f.parse::<f64>().ok())
+            .unwrap_or(0.0)
+    };
+    // utime and stime are fields 14 and 15 of the line, 12 and 13 after the name.
+    (ticks(11) + ticks(12)) / 100.0
+}
+
+/// The process's peak resident set, from /proc.
+fn peak_rss_mib() -> f64 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    status
+        .lines()
+        .find_map(|line| line.strip_prefix("VmHWM:"))
+        .and_then(|kib| kib.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
+        .map_or(0.0, |kib| kib / 1024.0)
 }
 
 async fn place(client: &reqwest::Client, url: &str, count: usize) -> anyhow::Result<String> {

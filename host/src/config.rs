@@ -218,6 +218,10 @@ pub struct OrdersConfig {
     /// Topic of order records (id and count), from which every host rebuilds its order view.
     #[serde(default = "default_orders_topic")]
     pub orders_topic: String,
+    /// The order view holds the most recent orders up to this many pizzas in all, and forgets
+    /// older ones (`GET` then answers 404; Kafka still has them). About 1 KiB per pizza.
+    #[serde(default = "default_max_pizzas_in_memory")]
+    pub max_pizzas_in_memory: usize,
 }
 
 /// One stage: a component between an input and an output topic.
@@ -247,6 +251,12 @@ pub struct StageConfig {
     /// applied live, like a swap.
     #[serde(default, deserialize_with = "component_config")]
     pub config: BTreeMap<String, String>,
+    /// Whether an instance serves several events (the default: a call then costs a few
+    /// microseconds instead of tens) or each event gets a fresh one (`false`: nothing a call
+    /// leaves in memory can reach the next event). Either way an instance that traps, runs
+    /// out of time or memory is dropped.
+    #[serde(default = "default_true")]
+    pub reuse_instances: bool,
 }
 
 /// One report: a component that folds every event of a topic into a state, served as JSON at
@@ -341,9 +351,13 @@ impl StageConfig {
             .unwrap_or_else(|| format!("{}.dlq", self.input))
     }
 
-    /// What every call of this stage gets: its limits and its `config` table.
+    /// What every call of this stage gets: its limits, its `config` table, and whether
+    /// instances are reused.
     pub fn settings(&self) -> crate::runtime::Settings {
-        crate::runtime::Settings::new(self.timeout_ms, self.memory_mib, &self.config)
+        crate::runtime::Settings {
+            reuse_instances: self.reuse_instances,
+            ..crate::runtime::Settings::new(self.timeout_ms, self.memory_mib, &self.config)
+        }
     }
 }
 
@@ -385,6 +399,14 @@ fn component_config<'de, D: serde::Deserializer<'de>>(
             Ok((key, text))
         })
         .collect()
+}
+
+fn default_max_pizzas_in_memory() -> usize {
+    100_000
+}
+
+fn default_true() -> bool {
+    true
 }
 
 fn default_retries() -> u32 {
@@ -440,6 +462,7 @@ impl Default for OrdersConfig {
             topic: default_order_topic(),
             completed_topic: default_completed_topic(),
             orders_topic: default_orders_topic(),
+            max_pizzas_in_memory: default_max_pizzas_in_memory(),
         }
     }
 }

@@ -169,7 +169,7 @@ pub async fn start(
     let health =
         cluster_health::spawn_probe(&kafka, &pipeline.orders.topic, &tasks, shutdown.clone())?;
 
-    let book = orders::OrderBook::default();
+    let book = orders::OrderBook::bounded(pipeline.orders.max_pizzas_in_memory);
     let reader = kafka.reader(&format!("{}-order-view", pipeline.group_prefix))?;
     let view_topics = order_view::ViewTopics {
         orders: pipeline.orders.orders_topic.clone(),

@@ -5,8 +5,12 @@
 //! process a record twice), whether it completed or went to a dead-letter topic, and an order
 //! never holds more than `count` pizzas. An order is `complete` when every pizza completed,
 //! `failed` when every pizza is accounted for and some failed, `in_progress` otherwise.
+//!
+//! The book is bounded: it holds the most recent orders up to a number of pizzas
+//! (`[orders] max_pizzas_in_memory`), forgetting the oldest orders beyond it. Kafka keeps every
+//! order (the orders and completed topics); this is a view of the recent ones.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::{Arc, Mutex, PoisonError};
 
 use serde::Serialize;
@@ -82,6 +86,12 @@ struct Order {
 #[derive(Debug, Default)]
 struct Book {
     orders: HashMap<String, Order>,
+    /// Order ids, oldest first, to forget the oldest when the book is full.
+    opened: VecDeque<String>,
+    /// Pizzas ordered by the orders held.
+    pizzas_held: usize,
+    /// Most pizzas held (0: no limit).
+    max_pizzas: usize,
     /// Outcomes for orders not opened yet, in arrival order.
     early: HashMap<String, Vec<Outcome>>,
     early_count: usize,
@@ -94,6 +104,16 @@ pub struct OrderBook {
 }
 
 impl OrderBook {
+    /// A book holding the most recent orders up to `max_pizzas` pizzas in all.
+    pub fn bounded(max_pizzas: usize) -> Self {
+        Self {
+            book: Arc::new(Mutex::new(Book {
+                max_pizzas,
+                ..Book::default()
+            })),
+        }
+    }
+
     fn lock(&self) -> std::sync::MutexGuard<'_, Book> {
         // Each update leaves the book consistent, so a poisoned lock is still safe to use.
         self.book.lock().unwrap_or_else(PoisonError::into_inner)
@@ -148,6 +168,9 @@ impl OrderBook {
                 ..Order::default()
             },
         );
+        book.opened.push_back(id.to_owned());
+        book.pizzas_held += count as usize;
+        book.forget_oldest(id);
         if let Some(early) = book.early.remove(id) {
             book.early_count -= early.len();
             let order = book.orders.get_mut(id).expect("just inserted");
@@ -158,7 +181,10 @@ impl OrderBook {
     }
 
     pub(crate) fn cancel(&self, id: &str) {
-        self.lock().orders.remove(id);
+        let mut book = self.lock();
+        if let Some(order) = book.orders.remove(id) {
+            book.pizzas_held -= order.count as usize;
+        }
     }
 
     /// Records what happened to one pizza of order `order_id`; false if it was already
@@ -179,6 +205,30 @@ impl OrderBook {
             .push(outcome);
         book.early_count += 1;
         false
+    }
+}
+
+impl Book {
+    /// Forgets the oldest orders (never `keep`, the one just opened) while the book holds more
+    /// pizzas than it may.
+    fn forget_oldest(&mut self, keep: &str) {
+        while self.max_pizzas > 0 && self.pizzas_held > self.max_pizzas {
+            let Some(oldest) = self.opened.pop_front() else {
+                return;
+            };
+            if oldest == keep {
+                self.opened.push_back(oldest);
+                return;
+            }
+            if let Some(order) = self.orders.remove(&oldest) {
+                self.pizzas_held -= order.count as usize;
+            }
+        }
+        // Ids of cancelled orders linger in `opened`; drop them once they dominate.
+        if self.opened.len() > 2 * self.orders.len() + 1024 {
+            let orders = &self.orders;
+            self.opened.retain(|id| orders.contains_key(id));
+        }
     }
 }
 
@@ -299,5 +349,22 @@ mod tests {
             book.get("7", false).map(|o| o.status),
             Some(Status::Complete)
         );
+    }
+
+    #[test]
+    fn a_bounded_book_forgets_the_oldest_orders_beyond_its_pizzas() {
+        let book = OrderBook::bounded(10);
+        book.open("a", 4);
+        book.open("b", 4);
+        book.open("c", 4);
+        assert!(book.get("a", false).is_none(), "the oldest went");
+        assert!(book.get("b", false).is_some() && book.get("c", false).is_some());
+        // An order larger than the whole book is still held, alone.
+        book.open("huge", 50);
+        assert!(book.get("huge", false).is_some());
+        assert!(book.get("b", false).is_none() && book.get("c", false).is_none());
+        book.cancel("huge");
+        book.open("d", 10);
+        assert!(book.get("d", false).is_some());
     }
 }

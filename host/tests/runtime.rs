@@ -293,3 +293,43 @@ fn a_stage_logs_through_the_host_under_its_name() {
         "{err}"
     );
 }
+
+/// What `calls` the hostile component reports for each event: how many calls its instance had
+/// served.
+fn instance_calls(reuse_instances: bool, acts: &[&str]) -> Vec<Option<u64>> {
+    let runtime = Runtime::new(None).expect("runtime");
+    let settings = Settings {
+        reuse_instances,
+        ..Settings::new(1_000, 16, &Default::default())
+    };
+    let hostile = runtime
+        .load("hostile", &support::test_component("hostile"), &settings)
+        .expect("loads");
+    acts.iter()
+        .map(|act| {
+            let event = format!("{{\"order_id\":\"1\",\"act\":\"{act}\"}}");
+            let output = hostile.call(&event).ok()?;
+            serde_json::from_str::<serde_json::Value>(&output).ok()?["calls"].as_u64()
+        })
+        .collect()
+}
+
+#[test]
+fn a_reused_instance_serves_calls_until_one_fails_and_is_then_replaced() {
+    let count = ["count", "count", "count"];
+    // The load's smoke call was the instance's first.
+    assert_eq!(instance_calls(true, &count), [Some(2), Some(3), Some(4)]);
+    assert_eq!(instance_calls(false, &count), [Some(1), Some(1), Some(1)]);
+    for failure in ["panic", "loop", "alloc"] {
+        assert_eq!(
+            instance_calls(true, &["count", failure, "count", "count"]),
+            [Some(2), None, Some(1), Some(2)],
+            "after a {failure}, a fresh instance"
+        );
+    }
+    // A returned error is an answer, not a failure: the instance stays.
+    assert_eq!(
+        instance_calls(true, &["count", "error", "count"]),
+        [Some(2), None, Some(4)]
+    );
+}

@@ -14,7 +14,7 @@
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use anyhow::Context as _;
@@ -71,18 +71,23 @@ impl Default for Limits {
     }
 }
 
-/// What every call of one stage or report gets: its limits, and the `config` table it reads
-/// through the `pizza:stage/config` import.
+/// What every call of one stage or report gets: its limits, the `config` table it reads
+/// through the `pizza:stage/config` import, and whether instances are reused.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Settings {
     /// The resources one call may use.
     pub limits: Limits,
     /// The component's settings.
     pub config: Arc<BTreeMap<String, String>>,
+    /// Whether a stage's instance serves several calls (until it fails, and at most
+    /// [`MAX_CALLS_PER_INSTANCE`]), rather than one fresh instance per call. Ignored under a
+    /// seed (reproducible runs take a fresh instance per call) and by reports.
+    pub reuse_instances: bool,
 }
 
 impl Settings {
-    /// A call limited to `timeout_ms` and `memory_mib`, reading `config`.
+    /// A call limited to `timeout_ms` and `memory_mib`, reading `config`, with a fresh instance
+    /// per call.
     pub fn new(timeout_ms: u64, memory_mib: usize, config: &BTreeMap<String, String>) -> Self {
         Self {
             limits: Limits {
@@ -90,9 +95,16 @@ impl Settings {
                 memory_bytes: memory_mib << 20,
             },
             config: Arc::new(config.clone()),
+            reuse_instances: false,
         }
     }
 }
+
+/// Most calls one instance serves before it is replaced, so a stage that leaks memory, or
+/// keeps something it should not, is reset regularly even if it never fails.
+pub const MAX_CALLS_PER_INSTANCE: u32 = 10_000;
+/// Most idle instances a stage keeps: one per thread calling it at once is plenty.
+const MAX_IDLE_INSTANCES: usize = 4;
 
 /// Why a component file could not be used as a stage.
 #[derive(Debug, thiserror::Error)]
@@ -187,6 +199,9 @@ impl Runtime {
             limits: settings.limits,
             config: settings.config.clone(),
             seed: self.seed,
+            // A seeded call's randomness is derived from its event, which a reused instance
+            // (an interpreter seeded once, say) would not honour.
+            reuse: settings.reuse_instances && self.seed.is_none(),
         }
     }
 
@@ -245,6 +260,7 @@ impl Runtime {
             origin,
             engine: self.engine.clone(),
             pre,
+            idle: Mutex::default(),
         };
         loaded
             .call(SMOKE_TEST_PIZZA)
@@ -321,6 +337,15 @@ pub struct StageComponent {
     origin: Origin,
     engine: Engine,
     pre: ToppingPre<StageState>,
+    /// Instances waiting for their next call, when instances are reused.
+    idle: Mutex<Vec<Warm>>,
+}
+
+/// An instance kept for another call, and how many it has served.
+struct Warm {
+    call: Call,
+    stage: bindings::Topping,
+    calls: u32,
 }
 
 impl StageComponent {
@@ -339,20 +364,58 @@ impl StageComponent {
         &self.digest
     }
 
-    /// Calls the stage with one event, in a fresh instance.
+    /// Calls the stage with one event: in an instance that served earlier calls without
+    /// failing, when instances are reused and one is idle; else in a fresh one. An instance
+    /// that trapped, ran out of time or memory, or wrote to stderr is never used again.
     pub fn call(&self, event: &str) -> Result<String, CallError> {
-        let mut call = Call::new(&self.engine, &self.callee, &[event]);
-        let outcome = self
-            .pre
-            .instantiate(&mut call.store)
-            .and_then(|stage| stage.call_transform(&mut call.store, event));
-        match call.finish(outcome)? {
+        let reused = if self.callee.reuse {
+            self.idle().pop()
+        } else {
+            None
+        };
+        let (mut call, ready, served) = match reused {
+            Some(Warm {
+                mut call,
+                stage,
+                calls,
+            }) => {
+                call.arm();
+                (call, Some(stage), calls)
+            }
+            None => (Call::new(&self.engine, &self.callee, &[event]), None, 0),
+        };
+        let outcome = match ready {
+            Some(stage) => Ok(stage),
+            None => self.pre.instantiate(&mut call.store),
+        }
+        .and_then(|stage| {
+            let returned = stage.call_transform(&mut call.store, event)?;
+            Ok((stage, returned))
+        });
+        let (stage, returned) = call.finish(outcome)?;
+        let calls = served + 1;
+        if self.callee.reuse && calls < MAX_CALLS_PER_INSTANCE && call.stderr.contents().is_empty()
+        {
+            let mut idle = self.idle();
+            if idle.len() < MAX_IDLE_INSTANCES {
+                idle.push(Warm { call, stage, calls });
+            }
+        }
+        match returned {
             Ok(output) => check_output(event, output),
             Err(err) => Err(CallError::Returned {
                 message: err.message,
                 retryable: err.retryable,
             }),
         }
+    }
+}
+
+impl StageComponent {
+    fn idle(&self) -> std::sync::MutexGuard<'_, Vec<Warm>> {
+        self.idle
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 }
 
@@ -370,17 +433,26 @@ impl Call {
         let stderr = MemoryOutputPipe::new(STDERR_CAPTURE_BYTES);
         let mut store = Store::new(engine, StageState::new(callee, inputs, stderr.clone()));
         store.limiter(|state| &mut state.limiter);
-        let ticks = limits
+        let mut call = Self {
+            store,
+            stderr,
+            limits,
+        };
+        call.arm();
+        call
+    }
+
+    /// Starts the call's clock and log allowance (again, for a reused instance).
+    fn arm(&mut self) {
+        let ticks = self
+            .limits
             .timeout
             .as_millis()
             .div_ceil(EPOCH_TICK.as_millis())
             .max(1);
-        store.set_epoch_deadline(u64::try_from(ticks).unwrap_or(u64::MAX));
-        Self {
-            store,
-            stderr,
-            limits,
-        }
+        self.store
+            .set_epoch_deadline(u64::try_from(ticks).unwrap_or(u64::MAX));
+        self.store.data_mut().log.reset();
     }
 
     /// What the call returned, or why it did not return (a trap, the time or memory limit).

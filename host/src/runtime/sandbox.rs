@@ -35,6 +35,8 @@ pub(super) struct Callee {
     pub config: Arc<BTreeMap<String, String>>,
     /// The run's seed, if randomness is to be reproducible.
     pub seed: Option<u64>,
+    /// Whether an instance serves several calls.
+    pub reuse: bool,
 }
 
 /// One call's store data.
@@ -130,6 +132,12 @@ impl log::Host for StageState {
 }
 
 impl StageLog {
+    /// A new call's allowance.
+    pub fn reset(&mut self) {
+        self.written = 0;
+        self.dropped = 0;
+    }
+
     /// Says, once per call, how many lines were over the limit.
     pub fn report_dropped(&self) {
         if self.dropped > 0 {

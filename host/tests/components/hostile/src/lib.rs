@@ -1,17 +1,23 @@
 //! A stage that misbehaves on purpose, as the event's `act` field says: `loop` (never
 //! returns), `alloc` (allocates without bound), `panic`, `non-json`, `drop-order-id`,
-//! `error` (returns a stage error), `retryable` (returns one marked retryable). With no
-//! `act` it behaves: the event passes unchanged.
+//! `error` (returns a stage error), `retryable` (returns one marked retryable), `count`
+//! (returns `{"order_id":…,"calls":n}`, n counting the calls this instance has served, to show
+//! whether instances are reused). With no `act` it behaves: the event passes unchanged.
 #![allow(unsafe_code, missing_docs)]
 
 wit_bindgen::generate!({ path: "../../../../wit", world: "topping", generate_all });
 
 struct Hostile;
 
+/// Calls this instance has served (`count` reads it).
+static CALLS: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+
 impl Guest for Hostile {
     fn transform(event: String) -> Result<String, StageError> {
+        let calls = CALLS.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1;
         let act = serde_json_free_act(&event);
         match act.as_deref() {
+            Some("count") => Ok(format!("{{\"order_id\":\"1\",\"calls\":{calls}}}")),
             Some("loop") => loop {
                 std::hint::black_box(&event);
             },
