@@ -23,18 +23,21 @@ use serde_json::Value;
 use tokio_util::sync::CancellationToken;
 
 const STAGES: [&str; 4] = ["sauce", "cheese", "meats", "veggies"];
-/// Pizzas per throughput run, in orders of [`ORDER_SIZE`].
-const PIZZAS: usize = 10_000;
+/// Pizzas per throughput run (each configuration runs with both), in orders of [`ORDER_SIZE`].
+const RUNS: [usize; 2] = [10_000, 100_000];
 const ORDER_SIZE: usize = 1_000;
+/// 1-pizza orders timed one after the other, after the smaller throughput run.
 const LATENCY_SAMPLES: usize = 100;
+/// Partition counts of the scaling curve (chain, at-least-once, 100,000 pizzas).
+const PARTITIONS: [i32; 3] = [1, 3, 6];
 
 #[tokio::main(flavor = "multi_thread")]
 async fn main() -> anyhow::Result<()> {
     println!(
-        "| topology | guarantee | {PIZZAS} pizzas: pizzas/s | vs raw pipe | CPU s / 1,000 pizzas | 1-pizza order p50 | p99 |"
+        "| topology | guarantee | pizzas | pizzas/s | vs raw pipe | CPU s / 1,000 pizzas | 1-pizza order p50 | p99 |"
     );
-    println!("|---|---|---|---|---|---|---|");
-    let mut raw = None;
+    println!("|---|---|---|---|---|---|---|---|");
+    let mut raw = std::collections::HashMap::new();
     for (topology, guarantee) in [
         (Topology::RawPipe, "at-least-once"),
         (Topology::Chain, "at-least-once"),
@@ -42,15 +45,41 @@ async fn main() -> anyhow::Result<()> {
         (Topology::FanOut, "at-least-once"),
         (Topology::FanOut, "exactly-once"),
     ] {
-        let run = measure(topology, guarantee).await?;
-        let limit = *raw.get_or_insert(run.throughput);
+        for pizzas in RUNS {
+            let latency = pizzas == RUNS[0];
+            let run = measure(topology, guarantee, pizzas, 3, latency).await?;
+            let limit = *raw.entry(pizzas).or_insert(run.throughput);
+            let (p50, p99) = match run.latency {
+                Some((p50, p99)) => (format!("{:.1} ms", ms(p50)), format!("{:.1} ms", ms(p99))),
+                None => (String::new(), String::new()),
+            };
+            println!(
+                "| {topology:?} | {guarantee} | {pizzas} | {:.0} | {:.2}× | {:.3} | {p50} | {p99} |",
+                run.throughput,
+                run.throughput / limit,
+                run.cpu_per_1000,
+            );
+        }
+    }
+    println!();
+    println!("| partitions | raw pipe pizzas/s | chain at-least-once pizzas/s | ratio |");
+    println!("|---|---|---|---|");
+    for partitions in PARTITIONS {
+        let pizzas = RUNS[1];
+        let raw = measure(
+            Topology::RawPipe,
+            "at-least-once",
+            pizzas,
+            partitions,
+            false,
+        )
+        .await?;
+        let chain = measure(Topology::Chain, "at-least-once", pizzas, partitions, false).await?;
         println!(
-            "| {topology:?} | {guarantee} | {:.0} | {:.2}× | {:.2} | {:.1} ms | {:.1} ms |",
-            run.throughput,
-            run.throughput / limit,
-            run.cpu_per_1000,
-            ms(run.p50),
-            ms(run.p99)
+            "| {partitions} | {:.0} | {:.0} | {:.2}× |",
+            raw.throughput,
+            chain.throughput,
+            chain.throughput / raw.throughput
         );
     }
     println!();
@@ -66,8 +95,8 @@ struct Run {
     throughput: f64,
     /// CPU seconds of this process (host, broker clients) per 1,000 pizzas.
     cpu_per_1000: f64,
-    p50: Duration,
-    p99: Duration,
+    /// p50 and p99 of a 1-pizza order, when measured.
+    latency: Option<(Duration, Duration)>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -80,7 +109,13 @@ enum Topology {
     RawPipe,
 }
 
-async fn measure(topology: Topology, guarantee: &str) -> anyhow::Result<Run> {
+async fn measure(
+    topology: Topology,
+    guarantee: &str,
+    pizzas: usize,
+    partitions: i32,
+    latency: bool,
+) -> anyhow::Result<Run> {
     let root = Path::new(env!("CARGO_MANIFEST_DIR"))
         .parent()
         .expect("workspace");
@@ -96,7 +131,7 @@ async fn measure(topology: Topology, guarantee: &str) -> anyhow::Result<Run> {
     };
     let mut toml = format!(
         "guarantee = \"{guarantee}\"\ngroup_prefix = \"bench-{run}\"\n[kafka]\n\"bootstrap.servers\" = \"{bootstrap}\"\n\
-         [http]\nlisten = \"127.0.0.1:0\"\nmax_order_count = {ORDER_SIZE}\n\
+         [topics]\npartitions = {partitions}\n[http]\nlisten = \"127.0.0.1:0\"\nmax_order_count = {ORDER_SIZE}\n\
          [orders]\ntopic = \"{}\"\ncompleted_topic = \"{}\"\norders_topic = \"bench-orders-{run}\"\n",
         topic(0),
         topic(4)
@@ -134,6 +169,16 @@ async fn measure(topology: Topology, guarantee: &str) -> anyhow::Result<Run> {
         ));
     }
     let pipeline = Pipeline::parse(&toml, Path::new("/"))?;
+    if topology == Topology::RawPipe {
+        // No stage creates the hops' topics here.
+        let topics: Vec<String> = (0..=STAGES.len()).map(topic).collect();
+        let topics: Vec<&str> = topics.iter().map(String::as_str).collect();
+        pizza_host::kafka::KafkaSettings::new(
+            pipeline.kafka_properties().map_err(anyhow::Error::msg)?,
+        )
+        .ensure_topics(&topics, pipeline.topics.partitions, 1, &[])
+        .await?;
+    }
     let shutdown = CancellationToken::new();
     let host = pizza_host::start(pipeline, None, shutdown.clone()).await?;
     let url = format!("http://{}", host.http_addr);
@@ -145,17 +190,17 @@ async fn measure(topology: Topology, guarantee: &str) -> anyhow::Result<Run> {
     let started = Instant::now();
     let cpu_started = cpu_seconds();
     let orders: Vec<String> = futures::future::try_join_all(
-        (0..PIZZAS / ORDER_SIZE).map(|_| place(&client, &url, ORDER_SIZE)),
+        (0..pizzas / ORDER_SIZE).map(|_| place(&client, &url, ORDER_SIZE)),
     )
     .await?;
     for id in &orders {
         wait(&client, &url, id, ORDER_SIZE).await?;
     }
-    let throughput = PIZZAS as f64 / started.elapsed().as_secs_f64();
-    let cpu_per_1000 = (cpu_seconds() - cpu_started) / (PIZZAS as f64 / 1000.0);
+    let throughput = pizzas as f64 / started.elapsed().as_secs_f64();
+    let cpu_per_1000 = (cpu_seconds() - cpu_started) / (pizzas as f64 / 1000.0);
 
     let mut latencies = Vec::new();
-    for _ in 0..LATENCY_SAMPLES {
+    for _ in 0..if latency { LATENCY_SAMPLES } else { 0 } {
         let started = Instant::now();
         complete(&client, &url, 1).await?;
         latencies.push(started.elapsed());
@@ -167,8 +212,12 @@ async fn measure(topology: Topology, guarantee: &str) -> anyhow::Result<Run> {
     Ok(Run {
         throughput,
         cpu_per_1000,
-        p50: latencies[LATENCY_SAMPLES / 2],
-        p99: latencies[LATENCY_SAMPLES * 99 / 100],
+        latency: latency.then(|| {
+            (
+                latencies[LATENCY_SAMPLES / 2],
+                latencies[LATENCY_SAMPLES * 99 / 100],
+            )
+        }),
     })
 }
 

@@ -246,6 +246,15 @@ fn new_stage(name: &str, lang: Lang) -> anyhow::Result<()> {
     println!("check it:   pizza-host check {component}");
     println!("try it:     pizza-host invoke {component}");
     println!("add it:     pizza-host add {name} {component} --before veggies");
+    println!();
+    println!("or by hand: this in pipeline.toml, and the next stage's input set to its output");
+    println!();
+    println!("[[stage]]");
+    println!("name = \"{name}\"");
+    println!("component = \"{component}\"");
+    println!("input = \"pizza-with-meats\"");
+    println!("output = \"pizza-with-{name}\"");
+    println!("# config = {{ choices = \"light,regular,extra\" }}");
     Ok(())
 }
 
