@@ -6,4 +6,7 @@ root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$root"
 dev/kafka.sh start
 dev/build-stages.sh
+# glibc's malloc keeps freed memory in up to 8 arenas per core; two keep the host's peak
+# resident memory under a burst at about 170 MiB instead of 300 (BENCHMARKS.md).
+export MALLOC_ARENA_MAX="${MALLOC_ARENA_MAX:-2}"
 exec cargo run --release -p pizza-host -- run pipeline.toml "$@"

@@ -37,14 +37,21 @@ async fn main() -> anyhow::Result<()> {
         "| topology | guarantee | pizzas | pizzas/s | vs raw pipe | CPU s / 1,000 pizzas | 1-pizza order p50 | p99 |"
     );
     println!("|---|---|---|---|---|---|---|---|");
+    // BENCH_ONLY=table, curve or rss runs that part alone.
+    let only = std::env::var("BENCH_ONLY").unwrap_or_default();
+    let runs = |part: &str| only.is_empty() || only == part;
     let mut raw = std::collections::HashMap::new();
-    for (topology, guarantee) in [
-        (Topology::RawPipe, "at-least-once"),
-        (Topology::Chain, "at-least-once"),
-        (Topology::Chain, "exactly-once"),
-        (Topology::FanOut, "at-least-once"),
-        (Topology::FanOut, "exactly-once"),
-    ] {
+    for (topology, guarantee) in if !runs("table") {
+        vec![]
+    } else {
+        vec![
+            (Topology::RawPipe, "at-least-once"),
+            (Topology::Chain, "at-least-once"),
+            (Topology::Chain, "exactly-once"),
+            (Topology::FanOut, "at-least-once"),
+            (Topology::FanOut, "exactly-once"),
+        ]
+    } {
         for pizzas in RUNS {
             let latency = pizzas == RUNS[0];
             let run = measure(topology, guarantee, pizzas, 3, latency).await?;
@@ -64,7 +71,12 @@ async fn main() -> anyhow::Result<()> {
     println!();
     println!("| partitions | raw pipe pizzas/s | chain at-least-once pizzas/s | ratio |");
     println!("|---|---|---|---|");
-    for partitions in PARTITIONS {
+    for partitions in if runs("curve") {
+        &PARTITIONS[..]
+    } else {
+        &[][..]
+    } {
+        let partitions = *partitions;
         let pizzas = RUNS[1];
         let raw = measure(
             Topology::RawPipe,
@@ -84,9 +96,22 @@ async fn main() -> anyhow::Result<()> {
     }
     println!();
     println!(
-        "peak RSS of the process over all runs: {:.0} MiB",
+        "peak RSS of this bench process over all runs: {:.0} MiB",
         peak_rss_mib()
     );
+    if runs("rss") {
+        // glibc keeps freed memory in up to 8 arenas per core; the second run caps them at two.
+        for env in [&[][..], &[("MALLOC_ARENA_MAX", "2")][..]] {
+            println!(
+                "peak RSS of a `pizza-host run` process over {} pizzas (chain, at-least-once){}: {:.0} MiB",
+                RUNS[1],
+                env.iter()
+                    .map(|(k, v)| format!(", {k}={v}"))
+                    .collect::<String>(),
+                host_process_peak_rss(RUNS[1], env).await?
+            );
+        }
+    }
     Ok(())
 }
 
@@ -116,68 +141,31 @@ async fn measure(
     partitions: i32,
     latency: bool,
 ) -> anyhow::Result<Run> {
-    let root = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .expect("workspace");
-    let components = root.join("target/wasm32-wasip1/release");
-    let bootstrap = std::env::var("KAFKA_BOOTSTRAP").unwrap_or_else(|_| "127.0.0.1:9092".into());
+    let bootstrap = bootstrap();
     let run = uuid::Uuid::new_v4().simple().to_string();
-    let topic = |n: usize| {
-        if n == 0 {
-            format!("bench-pizza-{run}")
-        } else {
-            format!("bench-{}-{run}", STAGES[n - 1])
-        }
-    };
-    let mut toml = format!(
-        "guarantee = \"{guarantee}\"\ngroup_prefix = \"bench-{run}\"\n[kafka]\n\"bootstrap.servers\" = \"{bootstrap}\"\n\
-         [topics]\npartitions = {partitions}\n[http]\nlisten = \"127.0.0.1:0\"\nmax_order_count = {ORDER_SIZE}\n\
-         [orders]\ntopic = \"{}\"\ncompleted_topic = \"{}\"\norders_topic = \"bench-orders-{run}\"\n",
-        topic(0),
-        topic(4)
-    );
-    let part = |stage: &str| format!("bench-part-{stage}-{run}");
-    let passthroughs = CancellationToken::new();
-    for (i, stage) in STAGES.iter().enumerate() {
-        let (input, output) = match topology {
-            Topology::Chain => (topic(i), topic(i + 1)),
-            Topology::FanOut => (topic(0), part(stage)),
-            Topology::RawPipe => {
-                tokio::spawn(passthrough(
-                    bootstrap.clone(),
-                    format!("bench-{run}-{stage}"),
-                    topic(i),
-                    topic(i + 1),
-                    passthroughs.clone(),
-                ));
-                continue;
-            }
-        };
-        toml.push_str(&format!(
-            "[[stage]]\nname = \"{stage}\"\ncomponent = \"{}\"\ninput = \"{input}\"\noutput = \"{output}\"\n",
-            components
-                .join(format!("pizza_stage_{stage}.wasm"))
-                .display(),
-        ));
-    }
-    if topology == Topology::FanOut {
-        let parts: Vec<String> = STAGES.iter().map(|s| part(s)).collect();
-        toml.push_str(&format!(
-            "[[join]]\nname = \"assemble\"\ninputs = {}\noutput = \"{}\"\n",
-            serde_json::to_string(&parts)?,
-            topic(4)
-        ));
-    }
+    let toml = pipeline_toml(topology, guarantee, partitions, &run, "127.0.0.1:0")?;
     let pipeline = Pipeline::parse(&toml, Path::new("/"))?;
     if topology == Topology::RawPipe {
         // No stage creates the hops' topics here.
-        let topics: Vec<String> = (0..=STAGES.len()).map(topic).collect();
+        let topics: Vec<String> = (0..=STAGES.len()).map(|n| topic(&run, n)).collect();
         let topics: Vec<&str> = topics.iter().map(String::as_str).collect();
         pizza_host::kafka::KafkaSettings::new(
             pipeline.kafka_properties().map_err(anyhow::Error::msg)?,
         )
         .ensure_topics(&topics, pipeline.topics.partitions, 1, &[])
         .await?;
+    }
+    let passthroughs = CancellationToken::new();
+    if topology == Topology::RawPipe {
+        for (i, stage) in STAGES.iter().enumerate() {
+            tokio::spawn(passthrough(
+                bootstrap.clone(),
+                format!("bench-{run}-{stage}"),
+                topic(&run, i),
+                topic(&run, i + 1),
+                passthroughs.clone(),
+            ));
+        }
     }
     let shutdown = CancellationToken::new();
     let host = pizza_host::start(pipeline, None, shutdown.clone()).await?;
@@ -219,6 +207,116 @@ async fn measure(
             )
         }),
     })
+}
+
+fn bootstrap() -> String {
+    std::env::var("KAFKA_BOOTSTRAP").unwrap_or_else(|_| "127.0.0.1:9092".into())
+}
+
+/// The `n`th topic of the chain of run `run` (0: the orders' pizzas, 4: completed).
+fn topic(run: &str, n: usize) -> String {
+    if n == 0 {
+        format!("bench-pizza-{run}")
+    } else {
+        format!("bench-{}-{run}", STAGES[n - 1])
+    }
+}
+
+/// The pipeline of one run, listening on `listen` (no stages for the raw pipe: the bench's
+/// passthroughs stand in for them).
+fn pipeline_toml(
+    topology: Topology,
+    guarantee: &str,
+    partitions: i32,
+    run: &str,
+    listen: &str,
+) -> anyhow::Result<String> {
+    let components = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("workspace")
+        .join("target/wasm32-wasip1/release");
+    let mut toml = format!(
+        "guarantee = \"{guarantee}\"\ngroup_prefix = \"bench-{run}\"\n[kafka]\n\"bootstrap.servers\" = \"{}\"\n\
+         [topics]\npartitions = {partitions}\n[http]\nlisten = \"{listen}\"\nmax_order_count = {ORDER_SIZE}\n\
+         [orders]\ntopic = \"{}\"\ncompleted_topic = \"{}\"\norders_topic = \"bench-orders-{run}\"\n",
+        bootstrap(),
+        topic(run, 0),
+        topic(run, 4)
+    );
+    let part = |stage: &str| format!("bench-part-{stage}-{run}");
+    for (i, stage) in STAGES.iter().enumerate() {
+        let (input, output) = match topology {
+            Topology::Chain => (topic(run, i), topic(run, i + 1)),
+            Topology::FanOut => (topic(run, 0), part(stage)),
+            Topology::RawPipe => continue,
+        };
+        toml.push_str(&format!(
+            "[[stage]]\nname = \"{stage}\"\ncomponent = \"{}\"\ninput = \"{input}\"\noutput = \"{output}\"\n",
+            components
+                .join(format!("pizza_stage_{stage}.wasm"))
+                .display(),
+        ));
+    }
+    if topology == Topology::FanOut {
+        let parts: Vec<String> = STAGES.iter().map(|s| part(s)).collect();
+        toml.push_str(&format!(
+            "[[join]]\nname = \"assemble\"\ninputs = {}\noutput = \"{}\"\n",
+            serde_json::to_string(&parts)?,
+            topic(run, 4)
+        ));
+    }
+    Ok(toml)
+}
+
+/// The peak resident memory of a `pizza-host run` process (the chain, at-least-once) over
+/// `pizzas` pizzas, in MiB: the host alone, not this bench process. `env` is added to its
+/// environment.
+async fn host_process_peak_rss(pizzas: usize, env: &[(&str, &str)]) -> anyhow::Result<f64> {
+    let run = uuid::Uuid::new_v4().simple().to_string();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port();
+    let url = format!("http://127.0.0.1:{port}");
+    let file = std::env::temp_dir().join(format!("pizza-bench-{run}.toml"));
+    std::fs::write(
+        &file,
+        pipeline_toml(
+            Topology::Chain,
+            "at-least-once",
+            3,
+            &run,
+            &format!("127.0.0.1:{port}"),
+        )?,
+    )?;
+    let mut host = std::process::Command::new(env!("CARGO_BIN_EXE_pizza-host"))
+        .args(["run", "--no-watch"])
+        .envs(env.iter().copied())
+        .arg(&file)
+        .stderr(std::process::Stdio::null())
+        .spawn()?;
+    let client = reqwest::Client::new();
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while !client
+        .get(format!("{url}/readyz"))
+        .send()
+        .await
+        .is_ok_and(|r| r.status().is_success())
+    {
+        anyhow::ensure!(Instant::now() < deadline, "the host did not get ready");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let orders: Vec<String> = futures::future::try_join_all(
+        (0..pizzas / ORDER_SIZE).map(|_| place(&client, &url, ORDER_SIZE)),
+    )
+    .await?;
+    for id in &orders {
+        wait(&client, &url, id, ORDER_SIZE).await?;
+    }
+    let status = std::fs::read_to_string(format!("/proc/{}/status", host.id()))?;
+    let _ = host.kill();
+    let _ = host.wait();
+    let _ = std::fs::remove_file(&file);
+    Ok(vm_hwm_mib(&status))
 }
 
 /// One hop of the raw pipe: every record of `input` produced to `output` as it is (same key,
@@ -302,7 +400,11 @@ fn cpu_seconds() -> f64 {
 
 /// The process's peak resident set, from /proc.
 fn peak_rss_mib() -> f64 {
-    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    vm_hwm_mib(&std::fs::read_to_string("/proc/self/status").unwrap_or_default())
+}
+
+/// The peak resident set (`VmHWM`) a /proc status text gives, in MiB.
+fn vm_hwm_mib(status: &str) -> f64 {
     status
         .lines()
         .find_map(|line| line.strip_prefix("VmHWM:"))

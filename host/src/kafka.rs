@@ -27,6 +27,14 @@ use rdkafka::{Offset, TopicPartitionList};
 /// How long admin requests and metadata queries may take before the host gives up.
 pub const ADMIN_TIMEOUT: Duration = Duration::from_secs(30);
 
+/// How much a consumer fetches ahead, in KiB (librdkafka's default is 64 MiB per consumer: with
+/// six consumers behind a burst, that alone is most of the host's memory). 8 MiB still keeps a
+/// stage busy between fetches.
+const CONSUMER_QUEUE_KIB: &str = "4096";
+/// How much a producer may hold unsent, in KiB (librdkafka's default is 1 GiB); a full queue
+/// makes a stage wait (see `send_blocking`), which is the back-pressure wanted.
+const PRODUCER_QUEUE_KIB: &str = "8192";
+
 /// librdkafka settings shared by every client of one host.
 #[derive(Debug, Clone)]
 pub struct KafkaSettings {
@@ -96,7 +104,8 @@ impl KafkaSettings {
             .set_if_absent("auto.offset.reset", "earliest")
             .set_if_absent("isolation.level", "read_committed")
             .set("enable.auto.commit", commits_itself.to_string())
-            .set("enable.auto.offset.store", "false");
+            .set("enable.auto.offset.store", "false")
+            .set_if_absent("queued.max.messages.kbytes", CONSUMER_QUEUE_KIB);
         if !commits_itself {
             // Exactly-once downstream of a transactional stage needs committed reads only.
             config.set("isolation.level", "read_committed");
@@ -132,7 +141,8 @@ impl KafkaSettings {
             .set("group.id", name)
             .set_if_absent("isolation.level", "read_committed")
             .set("enable.auto.commit", "false")
-            .set("enable.auto.offset.store", "false");
+            .set("enable.auto.offset.store", "false")
+            .set_if_absent("queued.max.messages.kbytes", CONSUMER_QUEUE_KIB);
         config
             .create()
             .with_context(|| format!("cannot create the Kafka reader {name}"))
@@ -152,7 +162,8 @@ impl KafkaSettings {
         config
             .set("enable.idempotence", "true")
             .set_if_absent("linger.ms", "5")
-            .set_if_absent("compression.type", "lz4");
+            .set_if_absent("compression.type", "lz4")
+            .set_if_absent("queue.buffering.max.kbytes", PRODUCER_QUEUE_KIB);
         config
     }
 

@@ -73,12 +73,14 @@ pub enum Outcome {
     Failed(FailedPizza),
 }
 
+/// An order's pizzas are kept as compact JSON text, parsed again when the order is read: a
+/// parsed pizza with its trail takes about four times the memory.
 #[derive(Debug, Default)]
 struct Order {
     count: u32,
-    pizzas: Vec<Value>,
-    /// Each completed pizza's stage visits, for `?detail=true`.
-    trails: Vec<Vec<Value>>,
+    pizzas: Vec<Box<str>>,
+    /// Each completed pizza's stage visits (a JSON array), for `?detail=true`.
+    trails: Vec<Box<str>>,
     failed: Vec<FailedPizza>,
     seen: HashSet<String>,
 }
@@ -123,11 +125,12 @@ impl OrderBook {
     /// stage processed it and with which component (`"stages": [{stage, at, digest}, …]`).
     pub fn get(&self, id: &str, detail: bool) -> Option<OrderView> {
         self.lock().orders.get(id).map(|order| {
-            let mut pizzas = order.pizzas.clone();
+            let parse = |text: &str| serde_json::from_str::<Value>(text).unwrap_or_default();
+            let mut pizzas: Vec<Value> = order.pizzas.iter().map(|p| parse(p)).collect();
             if detail {
                 for (pizza, trail) in pizzas.iter_mut().zip(&order.trails) {
                     if let Value::Object(fields) = pizza {
-                        fields.insert("stages".into(), Value::Array(trail.clone()));
+                        fields.insert("stages".into(), parse(trail));
                     }
                 }
             }
@@ -209,20 +212,28 @@ impl OrderBook {
 }
 
 impl Book {
-    /// Forgets the oldest orders (never `keep`, the one just opened) while the book holds more
-    /// pizzas than it may.
+    /// Forgets the oldest finished orders while the book holds more pizzas than it may. Orders
+    /// in progress (and `keep`, the one just opened) are never forgotten: a burst of orders may
+    /// hold the book above its bound until they finish.
     fn forget_oldest(&mut self, keep: &str) {
+        let mut in_progress = Vec::new();
         while self.max_pizzas > 0 && self.pizzas_held > self.max_pizzas {
             let Some(oldest) = self.opened.pop_front() else {
-                return;
+                break;
             };
-            if oldest == keep {
-                self.opened.push_back(oldest);
-                return;
+            match self.orders.get(&oldest) {
+                None => {} // cancelled
+                Some(order) if oldest == keep || order.status() == Status::InProgress => {
+                    in_progress.push(oldest);
+                }
+                Some(order) => {
+                    self.pizzas_held -= order.count as usize;
+                    self.orders.remove(&oldest);
+                }
             }
-            if let Some(order) = self.orders.remove(&oldest) {
-                self.pizzas_held -= order.count as usize;
-            }
+        }
+        for id in in_progress.into_iter().rev() {
+            self.opened.push_front(id);
         }
         // Ids of cancelled orders linger in `opened`; drop them once they dominate.
         if self.opened.len() > 2 * self.orders.len() + 1024 {
@@ -262,8 +273,9 @@ impl Order {
         }
         match outcome {
             Outcome::Completed(pizza, trail) => {
-                self.pizzas.push(pizza);
-                self.trails.push(trail);
+                self.pizzas.push(pizza.to_string().into_boxed_str());
+                self.trails
+                    .push(Value::Array(trail).to_string().into_boxed_str());
             }
             Outcome::Failed(failed) => self.failed.push(failed),
         }
@@ -352,19 +364,28 @@ mod tests {
     }
 
     #[test]
-    fn a_bounded_book_forgets_the_oldest_orders_beyond_its_pizzas() {
-        let book = OrderBook::bounded(10);
-        book.open("a", 4);
-        book.open("b", 4);
-        book.open("c", 4);
-        assert!(book.get("a", false).is_none(), "the oldest went");
+    fn a_bounded_book_forgets_the_oldest_finished_orders_beyond_its_pizzas() {
+        let book = OrderBook::bounded(2);
+        let finish = |id: &str| {
+            let pizza = serde_json::json!({"order_id": id, "pizza_id": format!("{id}-0")});
+            book.record(id, Outcome::Completed(pizza, vec![]));
+        };
+        book.open("a", 1);
+        finish("a");
+        book.open("b", 1);
+        book.open("c", 1);
+        assert!(
+            book.get("a", false).is_none(),
+            "the oldest finished order went"
+        );
+        // b is in progress: kept, though the book is over its bound.
+        book.open("d", 1);
         assert!(book.get("b", false).is_some() && book.get("c", false).is_some());
-        // An order larger than the whole book is still held, alone.
-        book.open("huge", 50);
-        assert!(book.get("huge", false).is_some());
-        assert!(book.get("b", false).is_none() && book.get("c", false).is_none());
-        book.cancel("huge");
-        book.open("d", 10);
-        assert!(book.get("d", false).is_some());
+        finish("b");
+        book.open("e", 1);
+        assert!(book.get("b", false).is_none(), "finished, then forgotten");
+        for id in ["c", "d", "e"] {
+            assert!(book.get(id, false).is_some(), "{id} in progress");
+        }
     }
 }

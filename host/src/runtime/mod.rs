@@ -484,21 +484,33 @@ impl Call {
 /// stages and the order view rely on both.
 fn check_output(input: &str, output: String) -> Result<String, CallError> {
     let invalid = CallError::InvalidOutput;
-    let Ok(Value::Object(out)) = serde_json::from_str::<Value>(&output) else {
+    let Some(out) = order_id_of(&output) else {
         return Err(invalid("stage output is not a JSON object".into()));
     };
-    let input_order_id = match serde_json::from_str::<Value>(input) {
-        Ok(Value::Object(mut map)) => map.remove("order_id"),
-        _ => None,
-    };
-    if let Some(expected) = input_order_id
-        && out.get("order_id") != Some(&expected)
+    if let Some(expected) = order_id_of(input).and_then(|input| input.order_id)
+        && out.order_id.as_ref() != Some(&expected)
     {
         return Err(invalid(format!(
             "stage output changed or dropped order_id (was {expected})"
         )));
     }
     Ok(output)
+}
+
+/// An event's `order_id`, read without building the rest of the document (every call checks
+/// two of them; the whole text is still validated as JSON).
+#[derive(serde::Deserialize)]
+struct OrderIdOnly {
+    #[serde(default)]
+    order_id: Option<Value>,
+}
+
+/// `text`'s `order_id`, if `text` is a JSON object (a struct would also accept an array).
+fn order_id_of(text: &str) -> Option<OrderIdOnly> {
+    if !text.trim_start().starts_with('{') {
+        return None;
+    }
+    serde_json::from_str(text).ok()
 }
 
 #[cfg(test)]
