@@ -22,6 +22,7 @@
 //! - [`tools`]: `check` and `invoke`, for stage authors, without Kafka.
 //! - [`scaffold`]: `new`, a stage project in Rust, Python or JavaScript.
 //! - [`pipeline_edit`]: `add`, a new stage put into `pipeline.toml` ahead of another.
+//! - `atomic_file`: replacing a file in one rename (the compile cache, `add`).
 //! - [`order_publisher`]: placing an order: its records, published under the guarantee.
 //! - [`orders`]: the order book `GET /order` reads.
 //! - [`order_view`]: filling the order book from Kafka (orders, completed and failed pizzas).
@@ -35,6 +36,7 @@
 //! [`start`] wires them together; `main.rs` only parses the command line and handles signals.
 
 pub mod admin;
+mod atomic_file;
 pub mod cluster_health;
 pub mod config;
 pub mod events;

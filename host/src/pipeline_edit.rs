@@ -109,7 +109,8 @@ pub fn add_stage(path: &Path, stage: &NewStage) -> anyhow::Result<Added> {
     // The later span first, so the earlier offset stays valid.
     edited.replace_range(input_span, &quoted(&added.output));
     edited.insert_str(header_start, &entry);
-    replace(path, &edited)?;
+    crate::atomic_file::replace(path, edited.as_bytes())
+        .with_context(|| format!("cannot replace {}", path.display()))?;
     Ok(added)
 }
 
@@ -148,15 +149,6 @@ fn relative_to(path: &Path, folder: &Path) -> anyhow::Result<PathBuf> {
         .strip_prefix(&folder)
         .map(Path::to_owned)
         .unwrap_or(path))
-}
-
-/// Replaces the file at `path` in one rename.
-fn replace(path: &Path, text: &str) -> anyhow::Result<()> {
-    let name = path.file_name().context("not a file path")?;
-    let temporary = path.with_file_name(format!(".{}.new", name.to_string_lossy()));
-    std::fs::write(&temporary, text)
-        .with_context(|| format!("cannot write {}", temporary.display()))?;
-    std::fs::rename(&temporary, path).with_context(|| format!("cannot replace {}", path.display()))
 }
 
 #[cfg(test)]

@@ -116,9 +116,6 @@ fn persist(component: &Component, file: &std::path::Path) -> anyhow::Result<()> 
         std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))?;
     }
     let bytes = component.serialize().map_err(anyhow::Error::from)?;
-    // Written beside and renamed, so a reader never sees half an entry.
-    let tmp = file.with_extension(format!("tmp-{}", std::process::id()));
-    std::fs::write(&tmp, bytes)?;
-    std::fs::rename(&tmp, file)?;
+    crate::atomic_file::replace(file, &bytes)?;
     Ok(())
 }
