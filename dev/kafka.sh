@@ -4,6 +4,9 @@
 #   dev/kafka.sh start    provision (Maven Central) and start the broker on 127.0.0.1:9092,
 #                         or reuse one that already answers there; waits until it is ready
 #   dev/kafka.sh stop     stop the broker this script started
+#   dev/kafka.sh reset    stop it, delete its topics and data, start it afresh (tests leave
+#                         thousands of topics behind, which slow the broker's start and the
+#                         benchmarks)
 #   dev/kafka.sh status   say whether a broker answers
 #
 # KAFKA_BOOTSTRAP=host:port points everything at an existing cluster instead: `start` then only
@@ -148,6 +151,7 @@ stop() {
 case "${1:-}" in
   start) start ;;
   stop) stop ;;
+  reset) stop; rm -rf "$home/data"; start ;;
   status) if answers "$bootstrap"; then log "up at $bootstrap"; else log "down"; exit 1; fi ;;
-  *) echo "usage: $0 start|stop|status" >&2; exit 2 ;;
+  *) echo "usage: $0 start|stop|reset|status" >&2; exit 2 ;;
 esac

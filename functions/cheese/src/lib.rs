@@ -8,16 +8,8 @@
 
 wit_bindgen::generate!({ path: "../../wit", world: "topping", generate_all });
 
-/// The default choices for `cheese`. The original service's list; repeats weigh a choice more.
-pub const CHOICES: [&str; 7] = [
-    "extra",
-    "none",
-    "three cheese",
-    "goat cheese",
-    "extra",
-    "three cheese",
-    "goat cheese",
-];
+/// The default choices for `cheese`: the original service's.
+pub use pizza_stage_kit::menu::CHEESES as CHOICES;
 
 struct Cheese;
 

@@ -6,6 +6,8 @@
 //! original demo's two ways of choosing a topping; [`wasi_rng`] is the random source, which on
 //! a WebAssembly target reads `wasi:random`, the host-controlled generator.
 
+pub mod menu;
+
 use rand::seq::IndexedRandom;
 use rand::{Rng, TryRngCore};
 use serde_json::{Map, Value};

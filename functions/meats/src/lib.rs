@@ -8,15 +8,8 @@
 
 wit_bindgen::generate!({ path: "../../wit", world: "topping", generate_all });
 
-/// The default choices for `meats`. The original service's meats; up to four distinct ones are joined with `" & "`.
-pub const CHOICES: [&str; 6] = [
-    "pepperoni",
-    "sausage",
-    "ham",
-    "anchovies",
-    "salami",
-    "bacon",
-];
+/// The default choices for `meats`: the original service's.
+pub use pizza_stage_kit::menu::MEATS as CHOICES;
 
 struct Meats;
 

@@ -8,11 +8,8 @@
 
 wit_bindgen::generate!({ path: "../../wit", world: "topping", generate_all });
 
-/// The default choices for `sauce`. The original service draws uniformly from this list (repeats weigh a choice more); the
-/// article also names `bbq` and shows it in its sample output, so it is included once.
-pub const CHOICES: [&str; 10] = [
-    "regular", "light", "extra", "none", "alfredo", "regular", "light", "extra", "alfredo", "bbq",
-];
+/// The default choices for `sauce`: the original service's.
+pub use pizza_stage_kit::menu::SAUCES as CHOICES;
 
 struct Sauce;
 

@@ -8,15 +8,8 @@
 
 wit_bindgen::generate!({ path: "../../wit", world: "topping", generate_all });
 
-/// The default choices for `veggies`. The original service's veggies; up to four distinct ones are joined with `" & "`.
-pub const CHOICES: [&str; 6] = [
-    "tomato",
-    "olives",
-    "onions",
-    "peppers",
-    "pineapple",
-    "mushrooms",
-];
+/// The default choices for `veggies`: the original service's.
+pub use pizza_stage_kit::menu::VEGGIES as CHOICES;
 
 struct Veggies;
 
