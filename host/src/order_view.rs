@@ -17,7 +17,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::events::Events;
 use crate::kafka;
-use crate::orders::{FailedPizza, OrderBook, Outcome};
+use crate::orders::{CompletedPizza, FailedPizza, OrderBook, Outcome};
 
 /// How often catching up looks at the consumer's position when no record arrives.
 const POSITION_CHECK: Duration = Duration::from_millis(100);
@@ -117,24 +117,44 @@ pub async fn start(
 
 /// Applies one record of any of the view's topics to the book.
 fn apply(book: &OrderBook, topics: &ViewTopics, events: &Events, message: &BorrowedMessage<'_>) {
+    let key = message.key().and_then(|k| std::str::from_utf8(k).ok());
+    if message.topic() == topics.completed {
+        let visits = message
+            .headers()
+            .into_iter()
+            .flat_map(|h| h.iter())
+            .filter(|h| h.key == crate::stage::TRAIL_HEADER)
+            .filter_map(|h| h.value);
+        let Some(pizza) = message
+            .payload()
+            .and_then(|p| CompletedPizza::parse(p, visits))
+        else {
+            tracing::warn!(
+                topic = message.topic(),
+                offset = message.offset(),
+                "order view: completed record is not a JSON object"
+            );
+            return;
+        };
+        let Some(order_id) = key.or(pizza.order_id()).map(str::to_owned) else {
+            no_order_id(message);
+            return;
+        };
+        events.publish(|| json!({"type": "complete", "pizza": pizza.to_value()}));
+        book.record(&order_id, Outcome::Completed(pizza));
+        return;
+    }
     let json: Option<Map<String, Value>> = message
         .payload()
         .and_then(|p| serde_json::from_slice(p).ok());
-    let order_id = message
-        .key()
-        .and_then(|k| std::str::from_utf8(k).ok())
+    let order_id = key
         .map(str::to_owned)
         .or_else(|| json.as_ref()?.get("order_id")?.as_str().map(str::to_owned));
     let Some(order_id) = order_id else {
-        tracing::debug!(
-            topic = message.topic(),
-            offset = message.offset(),
-            "order view: record without an order id"
-        );
+        no_order_id(message);
         return;
     };
-    let topic = message.topic();
-    if topic == topics.orders {
+    if message.topic() == topics.orders {
         let count = json
             .as_ref()
             .and_then(|j| j.get("count")?.as_u64())
@@ -142,26 +162,6 @@ fn apply(book: &OrderBook, topics: &ViewTopics, events: &Events, message: &Borro
         match count {
             Some(count) => book.open(&order_id, count),
             None => tracing::warn!(order_id, "order view: order record without a count"),
-        }
-    } else if topic == topics.completed {
-        match json {
-            Some(pizza) => {
-                let trail = message
-                    .headers()
-                    .into_iter()
-                    .flat_map(|h| h.iter())
-                    .filter(|h| h.key == crate::stage::TRAIL_HEADER)
-                    .filter_map(|h| serde_json::from_slice(h.value?).ok())
-                    .collect();
-                let pizza = Value::Object(pizza);
-                events.publish(|| json!({"type": "complete", "pizza": pizza}));
-                book.record(&order_id, Outcome::Completed(pizza, trail));
-            }
-            None => tracing::warn!(
-                topic,
-                offset = message.offset(),
-                "order view: completed record is not a JSON object"
-            ),
         }
     } else {
         let header = |name: &str| {
@@ -183,4 +183,12 @@ fn apply(book: &OrderBook, topics: &ViewTopics, events: &Events, message: &Borro
         events.publish(|| json!({"type": "failed", "order_id": order_id, "failure": failed}));
         book.record(&order_id, Outcome::Failed(failed));
     }
+}
+
+fn no_order_id(message: &BorrowedMessage<'_>) {
+    tracing::debug!(
+        topic = message.topic(),
+        offset = message.offset(),
+        "order view: record without an order id"
+    );
 }

@@ -13,8 +13,9 @@
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::{Arc, Mutex, PoisonError};
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use serde_json::Value;
+use serde_json::value::RawValue;
 
 /// Pizzas kept for orders this host has not heard of yet (their order record may still be on
 /// its way); beyond this, the oldest are dropped.
@@ -32,7 +33,7 @@ pub struct OrderView {
     /// The completed pizzas so far, in arrival order: `order_id`, `pizza_id`, `sauce`,
     /// `cheese`, `meats`, `veggies` (and, with `?detail=true`, `stages`).
     #[schema(value_type = Vec<Object>)]
-    pub pizzas: Vec<Value>,
+    pub pizzas: Vec<Box<RawValue>>,
     /// The pizzas that went to a dead-letter topic, and why.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub failed: Vec<FailedPizza>,
@@ -66,21 +67,79 @@ pub struct FailedPizza {
 /// What happened to one pizza, as the order view learns it.
 #[derive(Debug, Clone)]
 pub enum Outcome {
-    /// It came out of the last stage: the pizza, and each stage's visit (see
-    /// [`crate::stage::TRAIL_HEADER`]) in stage order.
-    Completed(Value, Vec<Value>),
+    /// It came out of the last stage.
+    Completed(CompletedPizza),
     /// It went to a dead-letter topic.
     Failed(FailedPizza),
 }
 
-/// An order's pizzas are kept as compact JSON text, parsed again when the order is read: a
-/// parsed pizza with its trail takes about four times the memory.
+/// A pizza that came out of the last stage, kept as the JSON text it arrived as: read once
+/// to validate it and find its ids, never built into a document (a parsed pizza with its
+/// trail takes about four times the memory, and building it cost more than the rest of the
+/// view's work together).
+#[derive(Debug, Clone)]
+pub struct CompletedPizza {
+    order_id: Option<String>,
+    pizza_id: Option<String>,
+    /// A JSON object.
+    pizza: Box<RawValue>,
+    /// Each stage's visit (see [`crate::stage::TRAIL_HEADER`]) in stage order: a JSON array.
+    trail: Box<RawValue>,
+}
+
+/// The ids a pizza carries; the rest of the document is only validated.
+#[derive(Deserialize)]
+struct PizzaIds {
+    #[serde(default)]
+    order_id: Option<Value>,
+    #[serde(default)]
+    pizza_id: Option<Value>,
+}
+
+impl CompletedPizza {
+    /// The pizza a record's value holds, if it is a JSON object, with the stage visits its
+    /// trail headers hold (any that is not JSON is left out).
+    pub fn parse<'a>(pizza: &[u8], visits: impl IntoIterator<Item = &'a [u8]>) -> Option<Self> {
+        let text = std::str::from_utf8(pizza).ok()?.trim();
+        // A struct would also accept an array.
+        if !text.starts_with('{') {
+            return None;
+        }
+        let ids: PizzaIds = serde_json::from_str(text).ok()?;
+        let as_string = |id: Option<Value>| match id {
+            Some(Value::String(id)) => Some(id),
+            _ => None,
+        };
+        let visits: Vec<&str> = visits
+            .into_iter()
+            .filter(|visit| serde_json::from_slice::<serde::de::IgnoredAny>(visit).is_ok())
+            .filter_map(|visit| std::str::from_utf8(visit).ok())
+            .collect();
+        Some(Self {
+            order_id: as_string(ids.order_id),
+            pizza_id: as_string(ids.pizza_id),
+            pizza: RawValue::from_string(text.to_owned()).ok()?,
+            trail: RawValue::from_string(format!("[{}]", visits.join(","))).ok()?,
+        })
+    }
+
+    /// The order id the pizza names (the record key says it too).
+    pub fn order_id(&self) -> Option<&str> {
+        self.order_id.as_deref()
+    }
+
+    /// The pizza as a document.
+    pub fn to_value(&self) -> Value {
+        serde_json::from_str(self.pizza.get()).unwrap_or_default()
+    }
+}
+
 #[derive(Debug, Default)]
 struct Order {
     count: u32,
-    pizzas: Vec<Box<str>>,
+    pizzas: Vec<Box<RawValue>>,
     /// Each completed pizza's stage visits (a JSON array), for `?detail=true`.
-    trails: Vec<Box<str>>,
+    trails: Vec<Box<RawValue>>,
     failed: Vec<FailedPizza>,
     seen: HashSet<String>,
 }
@@ -125,15 +184,16 @@ impl OrderBook {
     /// stage processed it and with which component (`"stages": [{stage, at, digest}, …]`).
     pub fn get(&self, id: &str, detail: bool) -> Option<OrderView> {
         self.lock().orders.get(id).map(|order| {
-            let parse = |text: &str| serde_json::from_str::<Value>(text).unwrap_or_default();
-            let mut pizzas: Vec<Value> = order.pizzas.iter().map(|p| parse(p)).collect();
-            if detail {
-                for (pizza, trail) in pizzas.iter_mut().zip(&order.trails) {
-                    if let Value::Object(fields) = pizza {
-                        fields.insert("stages".into(), parse(trail));
-                    }
-                }
-            }
+            let pizzas = if detail {
+                order
+                    .pizzas
+                    .iter()
+                    .zip(&order.trails)
+                    .map(|(pizza, trail)| with_stages(pizza, trail))
+                    .collect()
+            } else {
+                order.pizzas.clone()
+            };
             OrderView {
                 id: id.to_owned(),
                 count: order.count,
@@ -211,6 +271,16 @@ impl OrderBook {
     }
 }
 
+/// `pizza` with its trail added as `stages`.
+fn with_stages(pizza: &RawValue, trail: &RawValue) -> Box<RawValue> {
+    let parse = |raw: &RawValue| serde_json::from_str::<Value>(raw.get()).unwrap_or_default();
+    let mut pizza = parse(pizza);
+    if let Value::Object(fields) = &mut pizza {
+        fields.insert("stages".into(), parse(trail));
+    }
+    serde_json::value::to_raw_value(&pizza).expect("a document serializes")
+}
+
 impl Book {
     /// Forgets the oldest finished orders while the book holds more pizzas than it may. Orders
     /// in progress (and `keep`, the one just opened) are never forgotten: a burst of orders may
@@ -260,10 +330,7 @@ impl Order {
             return false;
         }
         let pizza_id = match &outcome {
-            Outcome::Completed(pizza, _) => pizza
-                .get("pizza_id")
-                .and_then(Value::as_str)
-                .map(str::to_owned),
+            Outcome::Completed(completed) => completed.pizza_id.clone(),
             Outcome::Failed(failed) => failed.pizza_id.clone(),
         };
         if let Some(pizza_id) = pizza_id
@@ -272,10 +339,9 @@ impl Order {
             return false;
         }
         match outcome {
-            Outcome::Completed(pizza, trail) => {
-                self.pizzas.push(pizza.to_string().into_boxed_str());
-                self.trails
-                    .push(Value::Array(trail).to_string().into_boxed_str());
+            Outcome::Completed(completed) => {
+                self.pizzas.push(completed.pizza);
+                self.trails.push(completed.trail);
             }
             Outcome::Failed(failed) => self.failed.push(failed),
         }
@@ -289,10 +355,15 @@ mod tests {
 
     use super::*;
 
+    fn completed(pizza: Value) -> Outcome {
+        let visit = br#"{"stage": "sauce"}"#.as_slice();
+        let parsed = CompletedPizza::parse(pizza.to_string().as_bytes(), [visit]);
+        Outcome::Completed(parsed.expect("a pizza"))
+    }
+
     fn pizza(order_id: &str, n: u32) -> Outcome {
-        Outcome::Completed(
+        completed(
             json!({"order_id": order_id, "pizza_id": format!("{order_id}-{n}"), "sauce": "bbq"}),
-            vec![json!({"stage": "sauce"})],
         )
     }
 
@@ -320,14 +391,18 @@ mod tests {
         );
         assert!(book.record("1", pizza("1", 1)));
         assert!(
-            !book.record("1", Outcome::Completed(json!({"order_id": "1"}), vec![])),
+            !book.record("1", completed(json!({"order_id": "1"}))),
             "the order is full"
         );
         let order = book.get("1", false).expect("order");
         assert_eq!((order.pizzas.len(), order.status), (2, Status::Complete));
-        assert!(order.pizzas[0].get("stages").is_none());
+        let first = |order: &OrderView| serde_json::from_str::<Value>(order.pizzas[0].get());
+        assert!(first(&order).expect("JSON").get("stages").is_none());
         let detailed = book.get("1", true).expect("order");
-        assert_eq!(detailed.pizzas[0]["stages"][0]["stage"], "sauce");
+        assert_eq!(
+            first(&detailed).expect("JSON")["stages"][0]["stage"],
+            "sauce"
+        );
         assert_eq!(book.counts().complete, 1);
         assert!(book.get("2", false).is_none());
     }
@@ -368,7 +443,7 @@ mod tests {
         let book = OrderBook::bounded(2);
         let finish = |id: &str| {
             let pizza = serde_json::json!({"order_id": id, "pizza_id": format!("{id}-0")});
-            book.record(id, Outcome::Completed(pizza, vec![]));
+            book.record(id, completed(pizza));
         };
         book.open("a", 1);
         finish("a");

@@ -5,7 +5,7 @@
 //! and smoke-called and new topics created first, and only then are stages stopped, swapped or
 //! started. A failed change leaves the running pipeline exactly as it was.
 //!
-//! A swap replaces the component between two records (see [`StageShared::swap`]): the
+//! A swap replaces the component between two batches of records (see [`StageShared::swap`]): the
 //! consumer, its partition assignment and its offsets are not touched, so no record is skipped
 //! or processed twice because of it. Stages an edit does not change are not touched at all.
 

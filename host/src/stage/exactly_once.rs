@@ -2,7 +2,8 @@
 //! transactions (rust-rdkafka's transactional example, KIP-447 fencing).
 //!
 //! Records are taken in batches (while they keep arriving, up to [`MAX_BATCH`] records or
-//! [`BATCH_WINDOW`]); each batch's results, dead letters and input offsets are committed in one
+//! [`BATCH_WINDOW`]; the stage is called on those already at hand in one go, as under
+//! at-least-once); each batch's results, dead letters and input offsets are committed in one
 //! transaction, so downstream readers (`read_committed`) see every result exactly once. If
 //! anything in a batch fails, the transaction is aborted and the stage restarts from its last
 //! committed offsets. The transactional id is stable per stage and host instance, so a
@@ -17,7 +18,9 @@ use rdkafka::producer::Producer;
 use rdkafka::{Message, Offset, TopicPartitionList};
 use tokio::time::Instant;
 
-use super::{Route, StageShared, StopSignals, consumed_to_end, process};
+use super::{
+    CALL_BATCH, Route, StageShared, StopSignals, consumed_to_end, process_batch, take_ready,
+};
 use crate::kafka::{ConsumerErrors, KafkaSettings};
 
 /// Most records in one transaction.
@@ -76,19 +79,27 @@ pub async fn run(
             .context("cannot begin a transaction")?;
         let mut next_offsets: BTreeMap<i32, i64> = BTreeMap::new();
         let batch = async {
-            process(stage, route, &producer, &first).await?;
-            next_offsets.insert(first.partition(), first.offset() + 1);
             let deadline = Instant::now() + BATCH_WINDOW;
-            let mut taken = 1;
-            while taken < MAX_BATCH {
+            let name = &route.name;
+            let mut ready = take_ready(&consumer, first, CALL_BATCH, &mut errors, name);
+            let mut taken = 0;
+            loop {
+                for message in &ready {
+                    next_offsets.insert(message.partition(), message.offset() + 1);
+                }
+                taken += ready.len();
+                // Deliveries are not awaited one by one: committing the transaction flushes.
+                process_batch(stage, route, &producer, &ready).await?;
+                if taken >= MAX_BATCH {
+                    break;
+                }
                 let until = deadline.min(Instant::now() + IDLE_GAP);
                 let Ok(received) = tokio::time::timeout_at(until, consumer.recv()).await else {
                     break;
                 };
                 let message = received.context("consumer error inside a transaction")?;
-                process(stage, route, &producer, &message).await?;
-                next_offsets.insert(message.partition(), message.offset() + 1);
-                taken += 1;
+                let room = (MAX_BATCH - taken).min(CALL_BATCH);
+                ready = take_ready(&consumer, message, room, &mut errors, name);
             }
             anyhow::Ok(())
         }

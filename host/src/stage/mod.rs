@@ -2,6 +2,8 @@
 //! key, and only then let the input offset be committed.
 //!
 //! # Delivery (at least once)
+//! Records are taken in batches of those the consumer already holds (never waiting for more)
+//! and the stage is called on a batch in one go, which saves a thread hand-over per record.
 //! Records of a partition are called in order and their results are sent in order; sends are
 //! pipelined (the loop does not wait for each acknowledgement) through an idempotent producer,
 //! which keeps them in order and free of duplicates on retry. A separate task awaits the
@@ -19,6 +21,7 @@ use std::time::{Duration, SystemTime};
 
 use anyhow::Context as _;
 use arc_swap::ArcSwap;
+use futures::FutureExt as _;
 use rdkafka::consumer::{CommitMode, Consumer};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{BorrowedMessage, Header, Headers, OwnedHeaders};
@@ -39,6 +42,8 @@ use crate::runtime::{CallError, StageComponent};
 /// topic's records say when each stage processed the pizza, with which component.
 pub const TRAIL_HEADER: &str = "pizza-host.trail";
 
+/// Most records called in one batch under at-least-once (those the consumer already holds).
+pub(crate) const CALL_BATCH: usize = 100;
 /// Sent but not yet acknowledged results per stage; bounds memory when the broker is slow.
 const MAX_IN_FLIGHT: usize = 10_000;
 /// How long shutdown waits for outstanding acknowledgements before giving up on them (they
@@ -52,7 +57,7 @@ pub(crate) const DRAIN_CHECK: Duration = Duration::from_millis(100);
 const WATERMARK_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// What a running stage shares with the rest of the host: its current component, which a
-/// swap replaces atomically between two records, and its counters.
+/// swap replaces atomically between two batches of records, and its counters.
 pub struct StageShared {
     component: ArcSwap<StageComponent>,
     /// What the stage has done so far.
@@ -86,7 +91,7 @@ impl StageShared {
     }
 
     /// Makes `component` process every record from the next one on; returns the old one.
-    /// A record being processed right now finishes with the old version.
+    /// A batch being processed right now finishes with the old version.
     pub fn swap(&self, component: StageComponent) -> Arc<StageComponent> {
         self.stats.metrics.swapped();
         self.component.swap(Arc::new(component))
@@ -164,12 +169,21 @@ struct Failure {
     message: String,
     /// Calls made (1 plus the retries).
     attempts: u32,
+    /// The stage said calling again may succeed.
+    retryable: bool,
 }
 
 impl From<CallError> for Failure {
     fn from(err: CallError) -> Self {
         Failure {
             kind: err.kind(),
+            retryable: matches!(
+                err,
+                CallError::Returned {
+                    retryable: true,
+                    ..
+                }
+            ),
             message: err.to_string(),
             attempts: 1,
         }
@@ -226,11 +240,13 @@ pub async fn run(
             _ = signals.stop.cancelled() => break Ok(()),
             acked = &mut acker => break acked.context("acknowledgement task panicked").and_then(|r| r),
             received = consumer.recv() => match received {
-                Ok(message) => {
-                    let pending = process(stage, route, &producer, &message).await?;
-                    if pending_tx.send(pending).await.is_err() {
-                        // The acker ended; its result says why on the next turn.
-                        continue;
+                Ok(first) => {
+                    let batch = take_ready(&consumer, first, CALL_BATCH, &mut errors, &route.name);
+                    for pending in process_batch(stage, route, &producer, &batch).await? {
+                        if pending_tx.send(pending).await.is_err() {
+                            // The acker ended; its result says why on the next turn.
+                            break;
+                        }
                     }
                 }
                 Err(err) => errors.log(&format!("stage {}", route.name), &err),
@@ -267,6 +283,30 @@ pub async fn run(
     }
 }
 
+/// `first` and the records after it that the consumer already holds, up to `max` in all:
+/// a batch taken without waiting.
+pub(crate) fn take_ready<'c>(
+    consumer: &'c GroupConsumer,
+    first: BorrowedMessage<'c>,
+    max: usize,
+    errors: &mut ConsumerErrors,
+    stage: &str,
+) -> Vec<BorrowedMessage<'c>> {
+    let mut batch = vec![first];
+    while batch.len() < max {
+        // Polled once: a record not there yet is left for the next batch, none is lost.
+        match consumer.recv().now_or_never() {
+            Some(Ok(message)) => batch.push(message),
+            Some(Err(err)) => {
+                errors.log(&format!("stage {stage}"), &err);
+                break;
+            }
+            None => break,
+        }
+    }
+    batch
+}
+
 /// True when this consumer has read every record of its assigned partitions of `topic`
 /// (as far as they reached when asked).
 pub(crate) fn consumed_to_end(consumer: &GroupConsumer, topic: &str) -> anyhow::Result<bool> {
@@ -298,33 +338,123 @@ pub(crate) fn consumed_to_end(consumer: &GroupConsumer, topic: &str) -> anyhow::
     Ok(true)
 }
 
-/// Calls the stage on one record and sends the outcome: the result to the output topic, or
-/// the original record to the dead-letter topic.
-pub(crate) async fn process(
+/// Calls the stage on each of `messages` (records taken from the input in order) and sends
+/// each outcome, in order: the result to the output topic, or the original record to the
+/// dead-letter topic.
+///
+/// The first call of every record happens in one hand-over of the worker thread
+/// ([`block_in_place`](tokio::task::block_in_place)), which costs more than a call on a reused
+/// instance; a record whose call failed with a retryable error is then retried before its
+/// result is sent, so results still leave in input order. A swap takes effect from the next
+/// batch.
+pub(crate) async fn process_batch(
     stage: &StageShared,
     route: &Route,
     producer: &FutureProducer,
-    message: &BorrowedMessage<'_>,
-) -> anyhow::Result<Pending> {
-    let (component, stats) = (&*stage.current(), &stage.stats);
-    stats.metrics.record_in();
-    let key = message.key();
-    let order_id = key.map(String::from_utf8_lossy);
-    let outcome = match message.payload().map(std::str::from_utf8) {
-        None => Err(Failure {
-            kind: "invalid-input",
-            message: "record has no value".into(),
-            attempts: 0,
-        }),
-        Some(Err(err)) => Err(Failure {
-            kind: "invalid-input",
-            message: format!("value is not UTF-8: {err}"),
-            attempts: 0,
-        }),
-        Some(Ok(event)) => call_with_retries(component, &stats.metrics, event, route.retries).await,
-    };
+    messages: &[BorrowedMessage<'_>],
+) -> anyhow::Result<Vec<Pending>> {
+    let component = stage.current();
+    let metrics = &stage.stats.metrics;
+    // A call is CPU-bound for up to its deadline: keep it off the async workers' budget.
+    let first_calls: Vec<Result<String, Failure>> = tokio::task::block_in_place(|| {
+        messages
+            .iter()
+            .map(|message| call_once(&component, metrics, message))
+            .collect()
+    });
+    let visit = trail_visit(&component);
+    let mut sent = Vec::with_capacity(messages.len());
+    for (message, outcome) in messages.iter().zip(first_calls) {
+        let outcome = match outcome {
+            Err(failure) if failure.retryable && route.retries > 0 => {
+                let event = message.payload().map(std::str::from_utf8);
+                let event = event.and_then(Result::ok).unwrap_or_default();
+                retry(&component, metrics, event, route.retries).await
+            }
+            outcome => outcome,
+        };
+        sent.push(
+            send_outcome(stage, route, producer, &component, &visit, message, outcome).await?,
+        );
+    }
+    Ok(sent)
+}
 
-    stats.record(&outcome);
+/// The stage's first call on one record (a record with no UTF-8 value is not called).
+fn call_once(
+    component: &StageComponent,
+    metrics: &StageMetrics,
+    message: &BorrowedMessage<'_>,
+) -> Result<String, Failure> {
+    metrics.record_in();
+    let invalid = |message: String| Failure {
+        kind: "invalid-input",
+        message,
+        attempts: 0,
+        retryable: false,
+    };
+    match message.payload().map(std::str::from_utf8) {
+        None => Err(invalid("record has no value".into())),
+        Some(Err(err)) => Err(invalid(format!("value is not UTF-8: {err}"))),
+        Some(Ok(event)) => timed_call(component, metrics, event).map_err(Failure::from),
+    }
+}
+
+/// One call of the stage, counted in its metrics.
+fn timed_call(
+    component: &StageComponent,
+    metrics: &StageMetrics,
+    event: &str,
+) -> Result<String, CallError> {
+    let started = std::time::Instant::now();
+    let called = component.call(event);
+    metrics.call(
+        started.elapsed(),
+        called.as_ref().err().map(CallError::kind),
+    );
+    called
+}
+
+/// Calls the stage again after its first call failed with a retryable error, with
+/// exponential backoff, while it says its error may pass. The partition waits meanwhile:
+/// records of a partition stay in order.
+async fn retry(
+    component: &StageComponent,
+    metrics: &StageMetrics,
+    event: &str,
+    retries: u32,
+) -> Result<String, Failure> {
+    let mut attempt = 1;
+    loop {
+        tokio::time::sleep(RETRY_BACKOFF * 2u32.pow(attempt - 1)).await;
+        attempt += 1;
+        match tokio::task::block_in_place(|| timed_call(component, metrics, event)) {
+            Ok(output) => return Ok(output),
+            Err(CallError::Returned {
+                retryable: true, ..
+            }) if attempt <= retries => {}
+            Err(err) => {
+                return Err(Failure {
+                    attempts: attempt,
+                    ..Failure::from(err)
+                });
+            }
+        }
+    }
+}
+
+/// Sends one record's outcome: the result to the output topic, or the original record to the
+/// dead-letter topic with headers saying why.
+async fn send_outcome(
+    stage: &StageShared,
+    route: &Route,
+    producer: &FutureProducer,
+    component: &StageComponent,
+    visit: &str,
+    message: &BorrowedMessage<'_>,
+    outcome: Result<String, Failure>,
+) -> anyhow::Result<Pending> {
+    stage.stats.record(&outcome);
     if let Ok(output) = &outcome {
         stage.events.publish(|| {
             serde_json::json!({
@@ -337,14 +467,14 @@ pub(crate) async fn process(
     let record = match &outcome {
         Ok(output) => FutureRecord::to(&route.output)
             .payload(output.as_bytes())
-            .headers(onward_headers(message, component)),
+            .headers(onward_headers(message, visit)),
         Err(failure) => {
             tracing::warn!(
                 stage = component.name(),
                 topic = route.input,
                 partition = message.partition(),
                 offset = message.offset(),
-                order_id = order_id.as_deref(),
+                order_id = message.key().map(String::from_utf8_lossy).as_deref(),
                 trace_id = trace_id(message).as_deref(),
                 kind = failure.kind,
                 "record sent to {}: {}",
@@ -357,7 +487,7 @@ pub(crate) async fn process(
                 .headers(why)
         }
     };
-    let record = match key {
+    let record = match message.key() {
         Some(key) => record.key(key),
         None => record,
     };
@@ -367,41 +497,6 @@ pub(crate) async fn process(
         offset: message.offset(),
         delivery,
     })
-}
-
-/// Calls the stage, retrying with exponential backoff while it says its error may pass. The
-/// partition waits meanwhile: records of a partition stay in order.
-async fn call_with_retries(
-    component: &StageComponent,
-    metrics: &StageMetrics,
-    event: &str,
-    retries: u32,
-) -> Result<String, Failure> {
-    let mut attempt = 1;
-    loop {
-        // A call is CPU-bound for up to its deadline: keep it off the async workers' budget.
-        let started = std::time::Instant::now();
-        let called = tokio::task::block_in_place(|| component.call(event));
-        metrics.call(
-            started.elapsed(),
-            called.as_ref().err().map(CallError::kind),
-        );
-        match called {
-            Ok(output) => return Ok(output),
-            Err(CallError::Returned {
-                retryable: true, ..
-            }) if attempt <= retries => {
-                tokio::time::sleep(RETRY_BACKOFF * 2u32.pow(attempt - 1)).await;
-                attempt += 1;
-            }
-            Err(err) => {
-                return Err(Failure {
-                    attempts: attempt,
-                    ..Failure::from(err)
-                });
-            }
-        }
-    }
 }
 
 /// Hands a record to the producer, waiting while its queue is full.
@@ -462,9 +557,20 @@ fn copy_headers(message: &BorrowedMessage<'_>) -> OwnedHeaders {
     copy
 }
 
+/// This stage's entry in a result's trail (see [`TRAIL_HEADER`]), stamped now: made once per
+/// batch, whose records are processed within the same few milliseconds.
+fn trail_visit(component: &StageComponent) -> String {
+    serde_json::json!({
+        "stage": component.name(),
+        "digest": component.digest(),
+        "at": humantime::format_rfc3339_millis(SystemTime::now()).to_string(),
+    })
+    .to_string()
+}
+
 /// The headers of a result: the input's, with the trace context continued as a child span
-/// of this stage and this stage's visit added to the trail.
-fn onward_headers(message: &BorrowedMessage<'_>, component: &StageComponent) -> OwnedHeaders {
+/// of this stage and `visit` added to the trail.
+fn onward_headers(message: &BorrowedMessage<'_>, visit: &str) -> OwnedHeaders {
     let mut onward = OwnedHeaders::new();
     for header in message.headers().into_iter().flat_map(|h| h.iter()) {
         let child = (header.key == trace_context::HEADER)
@@ -475,12 +581,6 @@ fn onward_headers(message: &BorrowedMessage<'_>, component: &StageComponent) -> 
             value: child.as_deref().map(str::as_bytes).or(header.value),
         });
     }
-    let visit = serde_json::json!({
-        "stage": component.name(),
-        "digest": component.digest(),
-        "at": humantime::format_rfc3339_millis(SystemTime::now()).to_string(),
-    })
-    .to_string();
     onward.insert(Header {
         key: TRAIL_HEADER,
         value: Some(visit.as_bytes()),
