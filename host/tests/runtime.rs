@@ -333,3 +333,23 @@ fn a_reused_instance_serves_calls_until_one_fails_and_is_then_replaced() {
         [Some(2), None, Some(4)]
     );
 }
+
+#[test]
+fn an_event_that_fails_in_a_reused_instance_is_called_again_in_a_fresh_one() {
+    // The reused instance panics (its third call); the event gets a fresh instance, which
+    // succeeds and stays.
+    assert_eq!(
+        instance_calls(true, &["count", "fail-when-reused", "count"]),
+        [Some(2), Some(1), Some(2)]
+    );
+}
+
+#[test]
+fn an_instance_whose_memory_keeps_growing_is_retired_before_it_runs_out() {
+    // 16 MiB limit, 1 MiB more per call: an instance is retired once past 8 MiB, so no call
+    // ever hits the limit, and the count starts again.
+    let calls = instance_calls(true, &["leak"; 40]);
+    assert!(calls.iter().all(Option::is_some), "{calls:?}");
+    let restarts = calls.windows(2).filter(|w| w[1] < w[0]).count();
+    assert!(restarts >= 2, "instances were replaced: {calls:?}");
+}

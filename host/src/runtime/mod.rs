@@ -366,14 +366,30 @@ impl StageComponent {
 
     /// Calls the stage with one event: in an instance that served earlier calls without
     /// failing, when instances are reused and one is idle; else in a fresh one. An instance
-    /// that trapped, ran out of time or memory, or wrote to stderr is never used again.
+    /// that trapped, ran out of time or memory, or wrote to stderr is never used again, and
+    /// an event whose call failed so in a reused instance is called once more in a fresh
+    /// one: what earlier calls left behind must not decide its fate.
     pub fn call(&self, event: &str) -> Result<String, CallError> {
         let reused = if self.callee.reuse {
             self.idle().pop()
         } else {
             None
         };
-        let (mut call, ready, served) = match reused {
+        let reused_instance = reused.is_some();
+        match self.call_in(reused, event) {
+            Err(CallError::Trap(_) | CallError::Timeout(_) | CallError::Memory(_))
+                if reused_instance =>
+            {
+                self.call_in(None, event)
+            }
+            outcome => outcome,
+        }
+    }
+
+    /// Calls the stage in `instance`, or in a fresh one, and keeps the instance for another
+    /// call when it may serve one.
+    fn call_in(&self, instance: Option<Warm>, event: &str) -> Result<String, CallError> {
+        let (mut call, ready, served) = match instance {
             Some(Warm {
                 mut call,
                 stage,
@@ -394,7 +410,10 @@ impl StageComponent {
         });
         let (stage, returned) = call.finish(outcome)?;
         let calls = served + 1;
-        if self.callee.reuse && calls < MAX_CALLS_PER_INSTANCE && call.stderr.contents().is_empty()
+        if self.callee.reuse
+            && calls < MAX_CALLS_PER_INSTANCE
+            && call.stderr.contents().is_empty()
+            && !call.store.data().limiter.past_half()
         {
             let mut idle = self.idle();
             if idle.len() < MAX_IDLE_INSTANCES {

@@ -71,6 +71,7 @@ impl StageState {
             limiter: MemoryLimiter {
                 max_bytes: callee.limits.memory_bytes,
                 refused: false,
+                grown_to: 0,
             },
             config: callee.config.clone(),
             log: StageLog {
@@ -169,6 +170,17 @@ impl config::Host for StageState {
 pub(super) struct MemoryLimiter {
     max_bytes: usize,
     pub refused: bool,
+    /// The largest linear memory granted so far.
+    grown_to: usize,
+}
+
+impl MemoryLimiter {
+    /// Whether the instance's memory has grown past half its limit: an instance whose
+    /// memory only ever grows (a leak, or a runtime that never gives memory back) is retired
+    /// before a call runs out of memory in it.
+    pub fn past_half(&self) -> bool {
+        self.grown_to > self.max_bytes / 2
+    }
 }
 
 impl ResourceLimiter for MemoryLimiter {
@@ -185,6 +197,7 @@ impl ResourceLimiter for MemoryLimiter {
                 self.max_bytes
             )));
         }
+        self.grown_to = self.grown_to.max(desired);
         Ok(true)
     }
 

@@ -2,7 +2,9 @@
 //! returns), `alloc` (allocates without bound), `panic`, `non-json`, `drop-order-id`,
 //! `error` (returns a stage error), `retryable` (returns one marked retryable), `count`
 //! (returns `{"order_id":…,"calls":n}`, n counting the calls this instance has served, to show
-//! whether instances are reused). With no `act` it behaves: the event passes unchanged.
+//! whether instances are reused), `leak` (as `count`, and keeps 1 MiB more each call),
+//! `fail-when-reused` (as `count` in a fresh instance, a panic in one that served before).
+//! With no `act` it behaves: the event passes unchanged.
 #![allow(unsafe_code, missing_docs)]
 
 wit_bindgen::generate!({ path: "../../../../wit", world: "topping", generate_all });
@@ -18,6 +20,12 @@ impl Guest for Hostile {
         let act = serde_json_free_act(&event);
         match act.as_deref() {
             Some("count") => Ok(format!("{{\"order_id\":\"1\",\"calls\":{calls}}}")),
+            Some("leak") => {
+                std::hint::black_box(Box::leak(vec![1u8; 1 << 20].into_boxed_slice()));
+                Ok(format!("{{\"order_id\":\"1\",\"calls\":{calls}}}"))
+            }
+            Some("fail-when-reused") if calls > 1 => panic!("this instance served before"),
+            Some("fail-when-reused") => Ok(format!("{{\"order_id\":\"1\",\"calls\":{calls}}}")),
             Some("loop") => loop {
                 std::hint::black_box(&event);
             },
