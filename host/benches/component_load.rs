@@ -1,4 +1,5 @@
-//! How long it takes to get a component ready and to swap it in, and what one call costs.
+//! How long it takes to get a component ready and to swap it in (what one call costs is
+//! `stage_call`'s).
 //!
 //! Run: `dev/build-stages.sh && cargo bench -p pizza-host --bench component_load`
 //! (results are written down in BENCHMARKS.md). No Kafka needed.
@@ -6,13 +7,8 @@
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use pizza_host::runtime::{Origin, Runtime, SMOKE_TEST_PIZZA, Settings};
+use pizza_host::runtime::{Origin, Runtime, Settings};
 use pizza_host::stage::StageShared;
-
-/// The sauce stage's list, for the native comparison.
-const NATIVE_CHOICES: [&str; 10] = [
-    "regular", "light", "extra", "none", "alfredo", "regular", "light", "extra", "alfredo", "bbq",
-];
 
 fn main() -> anyhow::Result<()> {
     let root = Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -26,15 +22,13 @@ fn main() -> anyhow::Result<()> {
     );
     let cache = std::env::temp_dir().join(format!("pizza-bench-cache-{}", std::process::id()));
 
-    println!(
-        "| stage | size | compile (no cache) | load from disk cache | load from memory | call, fresh instance | call, reused instance |"
-    );
-    println!("|---|---|---|---|---|---|---|");
-    for (what, file, runs, calls) in [
-        ("sauce (Rust)", "pizza_stage_sauce.wasm", 10, 20_000),
-        ("cheese (Rust)", "pizza_stage_cheese.wasm", 10, 20_000),
-        ("cheese-py (Python)", "pizza_stage_cheese_py.wasm", 3, 500),
-        ("sauce-js (JavaScript)", "pizza_stage_sauce_js.wasm", 3, 500),
+    println!("| stage | size | compile (no cache) | load from disk cache | load from memory |");
+    println!("|---|---|---|---|---|");
+    for (what, file, runs) in [
+        ("sauce (Rust)", "pizza_stage_sauce.wasm", 10),
+        ("cheese (Rust)", "pizza_stage_cheese.wasm", 10),
+        ("cheese-py (Python)", "pizza_stage_cheese_py.wasm", 3),
+        ("sauce-js (JavaScript)", "pizza_stage_sauce_js.wasm", 3),
     ] {
         let path = built.join(file);
         let size = std::fs::metadata(&path)?.len();
@@ -51,44 +45,14 @@ fn main() -> anyhow::Result<()> {
         let memory = median(100, || {
             timed(|| assert_eq!(load(&warm, &path), Origin::Memory))
         });
-        let per_call = |reuse_instances: bool| -> anyhow::Result<Duration> {
-            let settings = Settings {
-                reuse_instances,
-                ..Settings::default()
-            };
-            let component = warm.load("bench", &path, &settings)?;
-            let started = Instant::now();
-            for _ in 0..calls {
-                component.call(SMOKE_TEST_PIZZA).expect("call");
-            }
-            Ok(started.elapsed() / calls)
-        };
-        let (fresh, reused) = (per_call(false)?, per_call(true)?);
         println!(
-            "| {what} | {:.1} KiB | {:.1} ms | {:.2} ms | {:.3} ms | {:.1} µs | {:.1} µs |",
+            "| {what} | {:.1} KiB | {:.1} ms | {:.2} ms | {:.3} ms |",
             size as f64 / 1024.0,
             ms(compile),
             ms(disk),
             ms(memory),
-            fresh.as_secs_f64() * 1e6,
-            reused.as_secs_f64() * 1e6,
         );
     }
-    // The same work without WebAssembly: parse, pick, set the field, serialize.
-    let mut rng = pizza_stage_kit::wasi_rng();
-    let calls = 200_000;
-    let started = Instant::now();
-    for _ in 0..calls {
-        let sauce = pizza_stage_kit::pick_one(&NATIVE_CHOICES, &mut rng);
-        std::hint::black_box(pizza_stage_kit::enrich(SMOKE_TEST_PIZZA, "sauce", sauce).ok());
-    }
-    let native = started.elapsed() / calls;
-    println!(
-        "| sauce, native Rust (no WebAssembly) | | | | | {:.2} µs | |",
-        native.as_secs_f64() * 1e6
-    );
-    println!();
-    println!("Calls: the mean of 20,000 (Rust) or 500 (Python, JavaScript) on the sample pizza.");
 
     let warm = Runtime::new(Some(cache.clone()))?;
     let stage = StageShared::new(

@@ -3,8 +3,13 @@
 //! in parallel on `pizza`, a join assembling their parts), in one process against one broker;
 //! and the limit: the raw pipe, the same four hops with a native passthrough in place of each
 //! stage (consume → produce the same bytes and key → store the offset after delivery), which is
-//! what the broker and the client library can do on this machine. Every run also reports the
-//! process's CPU seconds per 1,000 pizzas and its peak RSS.
+//! what the broker and the client library can do on this machine; native stages, the raw pipe's
+//! hops calling the same stage logic compiled natively (no WebAssembly, none of the host's
+//! per-record machinery); and one process per stage, the original's shape: four processes, each
+//! a blocking poll-one/produce-one loop with the original's client settings (the bench runs
+//! itself as each of them). Every configuration runs [`REPEATS`] times and reports medians:
+//! throughput, CPU seconds per 1,000 pizzas (this process and any stage processes) and the
+//! 1-pizza order latency.
 //!
 //! Run: `dev/kafka.sh start && dev/build-stages.sh && cargo bench -p pizza-host --bench pipeline_throughput`
 //! (`KAFKA_BOOTSTRAP` points it elsewhere). Results are written down in BENCHMARKS.md.
@@ -17,6 +22,7 @@ use futures::stream::FuturesUnordered;
 use pizza_host::config::Pipeline;
 use rdkafka::ClientConfig;
 use rdkafka::consumer::{Consumer as _, StreamConsumer};
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::Message as _;
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use serde_json::Value;
@@ -28,24 +34,47 @@ const RUNS: [usize; 2] = [10_000, 100_000];
 const ORDER_SIZE: usize = 1_000;
 /// 1-pizza orders timed one after the other, after the smaller throughput run.
 const LATENCY_SAMPLES: usize = 100;
+/// Runs of each configuration; the table shows medians (`BENCH_REPEATS` overrides).
+const REPEATS: usize = 3;
+/// Set in a stage process of the one-process-per-stage topology: `<stage> <input> <output> <group>`.
+const HOP_ENV: &str = "PIZZA_BENCH_HOP";
 /// Partition counts of the scaling curve (chain, at-least-once, 100,000 pizzas).
 const PARTITIONS: [i32; 3] = [1, 3, 6];
 
-#[tokio::main(flavor = "multi_thread")]
-async fn main() -> anyhow::Result<()> {
+fn main() -> anyhow::Result<()> {
+    if let Ok(hop) = std::env::var(HOP_ENV) {
+        return blocking_hop(&hop);
+    }
+    tokio::runtime::Runtime::new()?.block_on(bench())
+}
+
+async fn bench() -> anyhow::Result<()> {
+    let repeats = std::env::var("BENCH_REPEATS")
+        .ok()
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(REPEATS);
     println!(
-        "| topology | guarantee | pizzas | pizzas/s | vs raw pipe | CPU s / 1,000 pizzas | 1-pizza order p50 | p99 |"
+        "| topology | guarantee | pizzas | pizzas/s | vs raw pipe | vs native stages | vs one process per stage | CPU s / 1,000 pizzas | 1-pizza order p50 | p99 |"
     );
-    println!("|---|---|---|---|---|---|---|---|");
+    println!("|---|---|---|---|---|---|---|---|---|---|");
     // BENCH_ONLY=table, curve or rss runs that part alone.
     let only = std::env::var("BENCH_ONLY").unwrap_or_default();
     let runs = |part: &str| only.is_empty() || only == part;
-    let mut raw = std::collections::HashMap::new();
+    // The reference rows' throughput by (topology, pizzas); they are measured first.
+    let mut references = std::collections::HashMap::new();
+    let reference_rows = [
+        Topology::RawPipe,
+        Topology::NativeStages,
+        Topology::ProcessPerStage,
+    ];
     for (topology, guarantee) in if !runs("table") {
         vec![]
     } else {
         vec![
             (Topology::RawPipe, "at-least-once"),
+            (Topology::NativeStages, "at-least-once"),
+            // The original's consumers commit what they polled, processed or not.
+            (Topology::ProcessPerStage, "at-most-once"),
             (Topology::Chain, "at-least-once"),
             (Topology::Chain, "exactly-once"),
             (Topology::FanOut, "at-least-once"),
@@ -54,17 +83,25 @@ async fn main() -> anyhow::Result<()> {
     } {
         for pizzas in RUNS {
             let latency = pizzas == RUNS[0];
-            let run = measure(topology, guarantee, pizzas, 3, latency).await?;
-            let limit = *raw.entry(pizzas).or_insert(run.throughput);
+            let run =
+                median_of(repeats, || measure(topology, guarantee, pizzas, 3, latency)).await?;
+            if reference_rows.contains(&topology) {
+                references.insert((topology, pizzas), run.throughput);
+            }
+            let ratios: String = reference_rows
+                .iter()
+                .map(|reference| match references.get(&(*reference, pizzas)) {
+                    Some(limit) => format!(" {:.2}× |", run.throughput / limit),
+                    None => " |".to_owned(),
+                })
+                .collect();
             let (p50, p99) = match run.latency {
                 Some((p50, p99)) => (format!("{:.1} ms", ms(p50)), format!("{:.1} ms", ms(p99))),
                 None => (String::new(), String::new()),
             };
             println!(
-                "| {topology:?} | {guarantee} | {pizzas} | {:.0} | {:.2}× | {:.3} | {p50} | {p99} |",
-                run.throughput,
-                run.throughput / limit,
-                run.cpu_per_1000,
+                "| {topology:?} | {guarantee} | {pizzas} | {:.0} |{ratios} {:.3} | {p50} | {p99} |",
+                run.throughput, run.cpu_per_1000,
             );
         }
     }
@@ -78,15 +115,20 @@ async fn main() -> anyhow::Result<()> {
     } {
         let partitions = *partitions;
         let pizzas = RUNS[1];
-        let raw = measure(
-            Topology::RawPipe,
-            "at-least-once",
-            pizzas,
-            partitions,
-            false,
-        )
+        let raw = median_of(repeats, || {
+            measure(
+                Topology::RawPipe,
+                "at-least-once",
+                pizzas,
+                partitions,
+                false,
+            )
+        })
         .await?;
-        let chain = measure(Topology::Chain, "at-least-once", pizzas, partitions, false).await?;
+        let chain = median_of(repeats, || {
+            measure(Topology::Chain, "at-least-once", pizzas, partitions, false)
+        })
+        .await?;
         println!(
             "| {partitions} | {:.0} | {:.0} | {:.2}× |",
             raw.throughput,
@@ -124,7 +166,32 @@ struct Run {
     latency: Option<(Duration, Duration)>,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq)]
+/// The median of each figure over `repeats` runs of `measure`.
+async fn median_of<F: Future<Output = anyhow::Result<Run>>>(
+    repeats: usize,
+    measure: impl Fn() -> F,
+) -> anyhow::Result<Run> {
+    let mut runs = Vec::with_capacity(repeats);
+    for _ in 0..repeats.max(1) {
+        runs.push(measure().await?);
+    }
+    let median = |mut figures: Vec<f64>| {
+        figures.sort_by(f64::total_cmp);
+        figures[figures.len() / 2]
+    };
+    let latencies: Option<Vec<(Duration, Duration)>> = runs.iter().map(|run| run.latency).collect();
+    Ok(Run {
+        throughput: median(runs.iter().map(|run| run.throughput).collect()),
+        cpu_per_1000: median(runs.iter().map(|run| run.cpu_per_1000).collect()),
+        latency: latencies.map(|latencies| {
+            let p50 = median(latencies.iter().map(|l| l.0.as_secs_f64()).collect());
+            let p99 = median(latencies.iter().map(|l| l.1.as_secs_f64()).collect());
+            (Duration::from_secs_f64(p50), Duration::from_secs_f64(p99))
+        }),
+    })
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 enum Topology {
     /// sauce → cheese → meats → veggies.
     Chain,
@@ -132,6 +199,21 @@ enum Topology {
     FanOut,
     /// The chain's four hops, each a native passthrough: the limit.
     RawPipe,
+    /// The raw pipe's hops, each calling its stage's logic compiled natively.
+    NativeStages,
+    /// The original's shape: a process per stage, each polling one record and producing one.
+    ProcessPerStage,
+}
+
+impl Topology {
+    /// Whether the bench itself moves the records between the topics (the host only takes
+    /// orders and serves the view).
+    fn outside_the_host(self) -> bool {
+        matches!(
+            self,
+            Topology::RawPipe | Topology::NativeStages | Topology::ProcessPerStage
+        )
+    }
 }
 
 async fn measure(
@@ -145,7 +227,7 @@ async fn measure(
     let run = uuid::Uuid::new_v4().simple().to_string();
     let toml = pipeline_toml(topology, guarantee, partitions, &run, "127.0.0.1:0")?;
     let pipeline = Pipeline::parse(&toml, Path::new("/"))?;
-    if topology == Topology::RawPipe {
+    if topology.outside_the_host() {
         // No stage creates the hops' topics here.
         let topics: Vec<String> = (0..=STAGES.len()).map(|n| topic(&run, n)).collect();
         let topics: Vec<&str> = topics.iter().map(String::as_str).collect();
@@ -156,15 +238,31 @@ async fn measure(
         .await?;
     }
     let passthroughs = CancellationToken::new();
-    if topology == Topology::RawPipe {
-        for (i, stage) in STAGES.iter().enumerate() {
-            tokio::spawn(passthrough(
-                bootstrap.clone(),
-                format!("bench-{run}-{stage}"),
-                topic(&run, i),
-                topic(&run, i + 1),
-                passthroughs.clone(),
-            ));
+    let mut stage_processes = StageProcesses::default();
+    for (i, stage) in STAGES.iter().enumerate() {
+        let (group, input, output) = (
+            format!("bench-{run}-{stage}"),
+            topic(&run, i),
+            topic(&run, i + 1),
+        );
+        match topology {
+            Topology::RawPipe | Topology::NativeStages => {
+                let logic = (topology == Topology::NativeStages).then_some(*stage);
+                tokio::spawn(passthrough(
+                    bootstrap.clone(),
+                    group,
+                    input,
+                    output,
+                    logic,
+                    passthroughs.clone(),
+                ));
+            }
+            Topology::ProcessPerStage => stage_processes.0.push(
+                std::process::Command::new(std::env::current_exe()?)
+                    .env(HOP_ENV, format!("{stage} {input} {output} {group}"))
+                    .spawn()?,
+            ),
+            Topology::Chain | Topology::FanOut => {}
         }
     }
     let shutdown = CancellationToken::new();
@@ -176,7 +274,7 @@ async fn measure(
     complete(&client, &url, 100).await?;
 
     let started = Instant::now();
-    let cpu_started = cpu_seconds();
+    let cpu_started = cpu_seconds() + stage_processes.cpu_seconds();
     let orders: Vec<String> = futures::future::try_join_all(
         (0..pizzas / ORDER_SIZE).map(|_| place(&client, &url, ORDER_SIZE)),
     )
@@ -185,7 +283,8 @@ async fn measure(
         wait(&client, &url, id, ORDER_SIZE).await?;
     }
     let throughput = pizzas as f64 / started.elapsed().as_secs_f64();
-    let cpu_per_1000 = (cpu_seconds() - cpu_started) / (pizzas as f64 / 1000.0);
+    let cpu_per_1000 =
+        (cpu_seconds() + stage_processes.cpu_seconds() - cpu_started) / (pizzas as f64 / 1000.0);
 
     let mut latencies = Vec::new();
     for _ in 0..if latency { LATENCY_SAMPLES } else { 0 } {
@@ -248,7 +347,7 @@ fn pipeline_toml(
         let (input, output) = match topology {
             Topology::Chain => (topic(run, i), topic(run, i + 1)),
             Topology::FanOut => (topic(run, 0), part(stage)),
-            Topology::RawPipe => continue,
+            Topology::RawPipe | Topology::NativeStages | Topology::ProcessPerStage => continue,
         };
         toml.push_str(&format!(
             "[[stage]]\nname = \"{stage}\"\ncomponent = \"{}\"\ninput = \"{input}\"\noutput = \"{output}\"\n",
@@ -320,13 +419,15 @@ async fn host_process_peak_rss(pizzas: usize, env: &[(&str, &str)]) -> anyhow::R
 }
 
 /// One hop of the raw pipe: every record of `input` produced to `output` as it is (same key,
-/// same bytes), its offset stored for the next auto-commit once the broker has it. With the
-/// host's client settings (linger 5 ms, lz4, idempotence), many sends in flight.
+/// same bytes), or as the native `stage` makes it, its offset stored for the next auto-commit
+/// once the broker has it. With the host's client settings (linger 5 ms, lz4, idempotence),
+/// many sends in flight.
 async fn passthrough(
     bootstrap: String,
     group: String,
     input: String,
     output: String,
+    stage: Option<&'static str>,
     stop: CancellationToken,
 ) -> anyhow::Result<()> {
     let consumer: StreamConsumer = ClientConfig::new()
@@ -355,11 +456,12 @@ async fn passthrough(
             }
             message = consumer.recv(), if in_flight.len() < 10_000 => {
                 let message = message?;
+                let made = stage.zip(message.payload()).and_then(|(stage, pizza)| native_stage(stage, pizza));
                 let mut record = FutureRecord::<[u8], [u8]>::to(&output);
                 if let Some(key) = message.key() {
                     record = record.key(key);
                 }
-                if let Some(payload) = message.payload() {
+                if let Some(payload) = made.as_deref().or(message.payload()) {
                     record = record.payload(payload);
                 }
                 // Enqueue now (the delivery future owns nothing of the message); a full queue
@@ -380,9 +482,102 @@ async fn passthrough(
     }
 }
 
+/// `stage`'s logic, natively: what its component does to `pizza`, without WebAssembly.
+fn native_stage(stage: &str, pizza: &[u8]) -> Option<Vec<u8>> {
+    use pizza_stage_kit::{menu, pick_one, pick_some};
+    let mut rng = pizza_stage_kit::wasi_rng();
+    let topping = match stage {
+        "sauce" => pick_one(&menu::SAUCES, &mut rng),
+        "cheese" => pick_one(&menu::CHEESES, &mut rng),
+        "meats" => pick_some(&menu::MEATS, &mut rng),
+        _ => pick_some(&menu::VEGGIES, &mut rng),
+    };
+    let pizza = std::str::from_utf8(pizza).ok()?;
+    pizza_stage_kit::enrich(pizza, stage, topping)
+        .ok()
+        .map(String::into_bytes)
+}
+
+/// A stage process of the one-process-per-stage topology (`spec` as in [`HOP_ENV`]), in the
+/// original services' shape: poll one record (waiting up to a second), make the pizza, produce
+/// it, repeat; the consumer commits what it polled in the background; the original's client
+/// settings (librdkafka defaults). Runs until killed.
+fn blocking_hop(spec: &str) -> anyhow::Result<()> {
+    use rdkafka::consumer::BaseConsumer;
+    use rdkafka::producer::{BaseProducer, BaseRecord};
+    let [stage, input, output, group] = spec.split(' ').collect::<Vec<_>>()[..] else {
+        anyhow::bail!("{HOP_ENV} must be `<stage> <input> <output> <group>`, not {spec:?}");
+    };
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", bootstrap())
+        .set("group.id", group)
+        .set("auto.offset.reset", "earliest")
+        .create()?;
+    consumer.subscribe(&[input])?;
+    let producer: BaseProducer = ClientConfig::new()
+        .set("bootstrap.servers", bootstrap())
+        .create()?;
+    loop {
+        let message = match consumer.poll(Duration::from_secs(1)) {
+            None => continue,
+            Some(Err(err)) => {
+                eprintln!("{stage}: {err}");
+                continue;
+            }
+            Some(Ok(message)) => message,
+        };
+        let Some(pizza) = message.payload().and_then(|p| native_stage(stage, p)) else {
+            continue;
+        };
+        let mut record = BaseRecord::<[u8], [u8]>::to(output).payload(&pizza);
+        if let Some(key) = message.key() {
+            record = record.key(key);
+        }
+        loop {
+            match producer.send(record) {
+                Ok(()) => break,
+                Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), returned)) => {
+                    record = returned;
+                    producer.poll(Duration::from_millis(100));
+                }
+                Err((err, _)) => anyhow::bail!("{stage}: cannot produce: {err}"),
+            }
+        }
+        producer.poll(Duration::ZERO);
+    }
+}
+
+/// The stage processes of a one-process-per-stage run; killed when dropped.
+#[derive(Default)]
+struct StageProcesses(Vec<std::process::Child>);
+
+impl StageProcesses {
+    /// CPU seconds the processes have used so far.
+    fn cpu_seconds(&self) -> f64 {
+        self.0
+            .iter()
+            .map(|child| cpu_seconds_of(&format!("/proc/{}/stat", child.id())))
+            .sum()
+    }
+}
+
+impl Drop for StageProcesses {
+    fn drop(&mut self) {
+        for child in &mut self.0 {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
 /// CPU seconds this process has used (user + system).
 fn cpu_seconds() -> f64 {
-    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
+    cpu_seconds_of("/proc/self/stat")
+}
+
+/// CPU seconds (user + system) of the process whose /proc stat file is `path`.
+fn cpu_seconds_of(path: &str) -> f64 {
+    let stat = std::fs::read_to_string(path).unwrap_or_default();
     // Fields after the command name (which may hold spaces) start after the last ')'.
     let fields: Vec<&str> = stat
         .rsplit_once(')')

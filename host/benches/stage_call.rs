@@ -1,0 +1,77 @@
+//! What one stage call costs: the stage's logic as a native function, a call on a reused
+//! instance (the default) and a call on a fresh store and instance (`reuse_instances = false`,
+//! and seeded runs), for a Rust, a Python and a JavaScript stage, on the sample pizza.
+//!
+//! Run: `dev/build-stages.sh && cargo bench -p pizza-host --bench stage_call` (criterion; no
+//! Kafka needed). Results are written down in BENCHMARKS.md.
+
+use std::path::Path;
+use std::time::Duration;
+
+use criterion::{Criterion, criterion_group, criterion_main};
+use pizza_host::runtime::{Runtime, SMOKE_TEST_PIZZA, Settings};
+use pizza_stage_kit::menu;
+
+fn stage_calls(c: &mut Criterion) {
+    let built = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("workspace")
+        .join("target/wasm32-wasip1/release");
+    let runtime = Runtime::new(None).expect("a runtime");
+    for (stage, choices, components) in [
+        (
+            "sauce",
+            &menu::SAUCES[..],
+            [
+                ("Rust", "pizza_stage_sauce.wasm"),
+                ("JavaScript", "pizza_stage_sauce_js.wasm"),
+            ],
+        ),
+        (
+            "cheese",
+            &menu::CHEESES[..],
+            [
+                ("Rust", "pizza_stage_cheese.wasm"),
+                ("Python", "pizza_stage_cheese_py.wasm"),
+            ],
+        ),
+    ] {
+        let mut group = c.benchmark_group(stage);
+        group.bench_function("native Rust (no WebAssembly)", |b| {
+            let mut rng = pizza_stage_kit::wasi_rng();
+            b.iter(|| {
+                let topping = pizza_stage_kit::pick_one(choices, &mut rng);
+                pizza_stage_kit::enrich(SMOKE_TEST_PIZZA, stage, topping)
+            });
+        });
+        for (language, file) in components {
+            let path = built.join(file);
+            assert!(path.exists(), "build the stages first: dev/build-stages.sh");
+            for reuse_instances in [true, false] {
+                let settings = Settings {
+                    reuse_instances,
+                    ..Settings::default()
+                };
+                let component = runtime.load(stage, &path, &settings).expect("loads");
+                let instance = if reuse_instances { "reused" } else { "fresh" };
+                // An interpreter's fresh instance copies a 10–18 MB heap: fewer samples.
+                group.sample_size(if reuse_instances || language == "Rust" {
+                    100
+                } else {
+                    10
+                });
+                group.bench_function(format!("{language}, {instance} instance"), |b| {
+                    b.iter(|| component.call(SMOKE_TEST_PIZZA).expect("the call succeeds"));
+                });
+            }
+        }
+        group.finish();
+    }
+}
+
+criterion_group! {
+    name = benches;
+    config = Criterion::default().measurement_time(Duration::from_secs(3));
+    targets = stage_calls
+}
+criterion_main!(benches);
