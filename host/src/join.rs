@@ -25,7 +25,7 @@ use std::time::Duration;
 use anyhow::Context as _;
 use rdkafka::consumer::Consumer;
 use rdkafka::message::{BorrowedMessage, Header, OwnedHeaders};
-use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
+use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord, Producer};
 use rdkafka::{Message, Offset, TopicPartitionList};
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
@@ -35,7 +35,7 @@ use tokio_util::task::TaskTracker;
 
 use crate::config::JoinConfig;
 // Batches and restarts like a stage's: the same trade-off of latency against transactions.
-use crate::kafka::{ConsumerErrors, GroupState, KafkaSettings, send_blocking as send};
+use crate::kafka::{ConsumerErrors, GroupState, KafkaSettings, send_blocking};
 use crate::stage::exactly_once::{BATCH_WINDOW, IDLE_GAP, MAX_BATCH, TXN_TIMEOUT};
 use crate::stages::RESTART_BACKOFF;
 
@@ -127,6 +127,8 @@ struct Assembly<'a> {
     /// The assignment the partitions below were loaded under.
     loaded_under: u64,
     waiting: HashMap<i32, HashMap<String, Waiting>>,
+    /// What the open transaction sent, which its commit waits for.
+    sent: Vec<DeliveryFuture>,
 }
 
 async fn run(
@@ -148,6 +150,7 @@ async fn run(
         group,
         loaded_under: 0,
         waiting: HashMap::new(),
+        sent: Vec::new(),
     };
     let mut errors = ConsumerErrors::default();
     let mut expiry = tokio::time::interval(EXPIRY_CHECK);
@@ -207,10 +210,10 @@ async fn run(
             tokio::task::block_in_place(|| {
                 assembly
                     .producer
-                    .send_offsets_to_transaction(&offsets, &metadata, TXN_TIMEOUT)?;
-                assembly.producer.commit_transaction(TXN_TIMEOUT)
+                    .send_offsets_to_transaction(&offsets, &metadata, TXN_TIMEOUT)
+                    .context("cannot add the offsets to the transaction")?;
+                assembly.commit()
             })
-            .context("cannot commit the transaction")
         });
         if let Err(err) = committed {
             assembly.abort();
@@ -222,6 +225,7 @@ async fn run(
 impl Assembly<'_> {
     fn begin(&mut self) -> anyhow::Result<()> {
         self.forget_if_reassigned();
+        self.sent.clear();
         tokio::task::block_in_place(|| self.producer.begin_transaction())
             .context("cannot begin a transaction")
     }
@@ -261,14 +265,27 @@ impl Assembly<'_> {
         work: impl FnOnce(&mut Self) -> anyhow::Result<()>,
     ) -> anyhow::Result<()> {
         self.begin()?;
-        let done = work(self).and_then(|()| {
-            tokio::task::block_in_place(|| self.producer.commit_transaction(TXN_TIMEOUT))
-                .context("cannot commit the transaction")
-        });
+        let done = work(self).and_then(|()| tokio::task::block_in_place(|| self.commit()));
         if done.is_err() {
             self.abort();
         }
         done
+    }
+
+    /// Commits the open transaction once what it sent is acknowledged.
+    fn commit(&mut self) -> anyhow::Result<()> {
+        let sent = std::mem::take(&mut self.sent);
+        crate::kafka::commit_transaction(&self.producer, sent, TXN_TIMEOUT)
+    }
+
+    /// Sends `record` in the open transaction.
+    fn send<K, P>(&mut self, record: FutureRecord<'_, K, P>) -> anyhow::Result<()>
+    where
+        K: rdkafka::message::ToBytes + ?Sized,
+        P: rdkafka::message::ToBytes + ?Sized,
+    {
+        self.sent.push(send_blocking(&self.producer, record)?);
+        Ok(())
     }
 
     /// Takes one part: keeps it, or assembles the pizza if it was the last one missing.
@@ -310,7 +327,7 @@ impl Assembly<'_> {
         if let Some(key) = &whole.key {
             record = record.key(key.as_str());
         }
-        send(&self.producer, record)?;
+        self.send(record)?;
         self.send_changelog(partition, &id, None)
     }
 
@@ -363,7 +380,7 @@ impl Assembly<'_> {
     }
 
     fn dead_letter(
-        &self,
+        &mut self,
         key: Option<&str>,
         payload: &[u8],
         kind: &str,
@@ -387,17 +404,22 @@ impl Assembly<'_> {
         if let Some(key) = key {
             record = record.key(key);
         }
-        send(&self.producer, record)
+        self.send(record)
     }
 
-    fn send_changelog(&self, partition: i32, id: &str, value: Option<&[u8]>) -> anyhow::Result<()> {
+    fn send_changelog(
+        &mut self,
+        partition: i32,
+        id: &str,
+        value: Option<&[u8]>,
+    ) -> anyhow::Result<()> {
         let mut record = FutureRecord::<str, [u8]>::to(self.route.config.changelog_topic())
             .partition(partition)
             .key(id);
         if let Some(value) = value {
             record = record.payload(value);
         }
-        send(&self.producer, record)
+        self.send(record)
     }
 
     /// Reads what waits in `partition` from the changelog, unless it is loaded already.

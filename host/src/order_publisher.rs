@@ -182,13 +182,14 @@ fn send_in_transaction(producer: &FutureProducer, records: &OrderRecords) -> any
     producer
         .begin_transaction()
         .context("cannot begin a transaction")?;
-    for value in &records.values {
-        crate::kafka::send_blocking(producer, records.record(value))
-            .context("cannot send the order's records")?;
-    }
-    producer
-        .commit_transaction(PUBLISH_TIMEOUT)
-        .context("cannot commit the order's transaction")
+    let sent = records
+        .values
+        .iter()
+        .map(|value| crate::kafka::send_blocking(producer, records.record(value)))
+        .collect::<anyhow::Result<Vec<_>>>()
+        .context("cannot send the order's records")?;
+    crate::kafka::commit_transaction(producer, sent, PUBLISH_TIMEOUT)
+        .context("the order's transaction failed")
 }
 
 /// Opens the order in `book`, publishes its record and then its pizzas, keyed by the order

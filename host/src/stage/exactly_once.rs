@@ -78,6 +78,7 @@ pub async fn run(
         tokio::task::block_in_place(|| producer.begin_transaction())
             .context("cannot begin a transaction")?;
         let mut next_offsets: BTreeMap<i32, i64> = BTreeMap::new();
+        let mut sent = Vec::new();
         let batch = async {
             let deadline = Instant::now() + BATCH_WINDOW;
             let name = &route.name;
@@ -88,8 +89,8 @@ pub async fn run(
                     next_offsets.insert(message.partition(), message.offset() + 1);
                 }
                 taken += ready.len();
-                // Deliveries are not awaited one by one: committing the transaction flushes.
-                process_batch(stage, route, &producer, &ready).await?;
+                let pending = process_batch(stage, route, &producer, &ready).await?;
+                sent.extend(pending.into_iter().map(|pending| pending.delivery));
                 if taken >= MAX_BATCH {
                     break;
                 }
@@ -114,10 +115,11 @@ pub async fn run(
                 .group_metadata()
                 .context("the consumer has no group metadata")?;
             tokio::task::block_in_place(|| {
-                producer.send_offsets_to_transaction(&offsets, &group, TXN_TIMEOUT)?;
-                producer.commit_transaction(TXN_TIMEOUT)
+                producer
+                    .send_offsets_to_transaction(&offsets, &group, TXN_TIMEOUT)
+                    .context("cannot add the offsets to the transaction")?;
+                crate::kafka::commit_transaction(&producer, sent, TXN_TIMEOUT)
             })
-            .context("cannot commit the transaction")
         });
         if let Err(err) = committed {
             if let Err(abort) =
