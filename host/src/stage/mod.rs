@@ -7,14 +7,16 @@
 //! Records of a partition are called in order and their results are sent in order; sends are
 //! pipelined (the loop does not wait for each acknowledgement) through an idempotent producer,
 //! which keeps them in order and free of duplicates on retry. A separate task awaits the
-//! acknowledgements in the same order and stores each input offset only after its output is
-//! acknowledged, so the committed offset never passes an event whose result is not in Kafka.
+//! acknowledgements in the same order and stores a batch's input offsets only after all its
+//! outputs are acknowledged, so the committed offset never passes an event whose result is not
+//! in Kafka.
 //! If a send fails for good, the loop stops and is restarted from the last committed offset.
 //!
 //! # Bad records
 //! A record the stage cannot process (see [`CallError`]) and a record that is not UTF-8 text go to the stage's dead-letter topic with headers saying why, and the
 //! partition moves on: one bad record never stalls the pipeline or takes the host down.
 
+use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, SystemTime};
@@ -44,7 +46,8 @@ pub const TRAIL_HEADER: &str = "pizza-host.trail";
 
 /// Most records called in one batch under at-least-once (those the consumer already holds).
 pub(crate) const CALL_BATCH: usize = 100;
-/// Sent but not yet acknowledged results per stage; bounds memory when the broker is slow.
+/// Sent but not yet acknowledged results per stage (counted in whole batches of at most
+/// [`CALL_BATCH`]); bounds memory when the broker is slow.
 const MAX_IN_FLIGHT: usize = 10_000;
 /// How long shutdown waits for outstanding acknowledgements before giving up on them (they
 /// are then redelivered after restart, never lost).
@@ -224,7 +227,7 @@ pub async fn run(
         .subscribe(&[&route.input])
         .with_context(|| format!("cannot subscribe to {}", route.input))?;
 
-    let (pending_tx, pending_rx) = mpsc::channel(MAX_IN_FLIGHT);
+    let (pending_tx, pending_rx) = mpsc::channel(MAX_IN_FLIGHT / CALL_BATCH);
     let mut acker = tokio::spawn(store_acknowledged(
         consumer.clone(),
         route.input.clone(),
@@ -242,12 +245,9 @@ pub async fn run(
             received = consumer.recv() => match received {
                 Ok(first) => {
                     let batch = take_ready(&consumer, first, CALL_BATCH, &mut errors, &route.name);
-                    for pending in process_batch(stage, route, &producer, &batch).await? {
-                        if pending_tx.send(pending).await.is_err() {
-                            // The acker ended; its result says why on the next turn.
-                            break;
-                        }
-                    }
+                    let pending = process_batch(stage, route, &producer, &batch).await?;
+                    // If the acker ended, its result says why on the next turn.
+                    let _ = pending_tx.send(pending).await;
                 }
                 Err(err) => errors.log(&format!("stage {}", route.name), &err),
             },
@@ -516,33 +516,44 @@ async fn enqueue(
     }
 }
 
-/// Awaits acknowledgements in send order and stores each input offset after its output is
-/// safely in Kafka. Returns an error, storing nothing more, at the first failed send.
+/// Awaits acknowledgements in send order and, once a batch's results are all safely in
+/// Kafka, stores its input offsets (one call for the batch). Returns an error, storing nothing
+/// more, at the first failed send.
 async fn store_acknowledged(
     consumer: Arc<GroupConsumer>,
     input: String,
-    mut pending: mpsc::Receiver<Pending>,
+    mut pending: mpsc::Receiver<Vec<Pending>>,
 ) -> anyhow::Result<()> {
-    while let Some(Pending {
-        partition,
-        offset,
-        delivery,
-    }) = pending.recv().await
-    {
-        match delivery.await {
-            Ok(Ok(_)) => {
-                // Fails only if the partition was revoked meanwhile; its new owner will
-                // process the record again (at least once), so there is nothing to do.
-                if let Err(err) = consumer.store_offset(&input, partition, offset) {
-                    tracing::debug!(topic = input, partition, offset, "offset not stored: {err}");
+    while let Some(batch) = pending.recv().await {
+        let mut next_offsets = BTreeMap::new();
+        for Pending {
+            partition,
+            offset,
+            delivery,
+        } in batch
+        {
+            match delivery.await {
+                Ok(Ok(_)) => {
+                    next_offsets.insert(partition, offset + 1);
+                }
+                Ok(Err((err, _))) => {
+                    anyhow::bail!(
+                        "send for {input}/{partition}@{offset} failed: {err}; resuming from the last commit"
+                    )
+                }
+                Err(_) => {
+                    anyhow::bail!("producer dropped the send for {input}/{partition}@{offset}")
                 }
             }
-            Ok(Err((err, _))) => {
-                anyhow::bail!(
-                    "send for {input}/{partition}@{offset} failed: {err}; resuming from the last commit"
-                )
-            }
-            Err(_) => anyhow::bail!("producer dropped the send for {input}/{partition}@{offset}"),
+        }
+        let mut offsets = TopicPartitionList::new();
+        for (partition, next) in next_offsets {
+            offsets.add_partition_offset(&input, partition, Offset::Offset(next))?;
+        }
+        // Fails only for partitions revoked meanwhile; their new owner will process those
+        // records again (at least once), so there is nothing to do.
+        if let Err(err) = consumer.store_offsets(&offsets) {
+            tracing::debug!(topic = input, "offsets not stored: {err}");
         }
     }
     Ok(())

@@ -1,0 +1,11 @@
+#!/usr/bin/env bash
+# Every benchmark, on a fresh machine too: provisions and starts local Kafka (reused if one
+# answers), builds the stage components, then runs the host's benches (stage_call,
+# component_load, pipeline_throughput). Results go to stdout; BENCHMARKS.md holds the record.
+# For numbers comparable with BENCHMARKS.md, start from an empty broker: dev/kafka.sh reset.
+set -euo pipefail
+root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cd "$root"
+dev/kafka.sh start
+dev/build-stages.sh
+cargo bench -p pizza-host "$@"
