@@ -17,6 +17,9 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use serde_json::value::RawValue;
 
+/// Distinct stage visits the book remembers, to share one copy among the pizzas that carry
+/// the same (a stage stamps one visit on a whole batch of pizzas); beyond this it starts over.
+const MAX_SHARED_VISITS: usize = 10_000;
 /// Pizzas kept for orders this host has not heard of yet (their order record may still be on
 /// its way); beyond this, the oldest are dropped.
 const MAX_EARLY_PIZZAS: usize = 100_000;
@@ -76,15 +79,16 @@ pub enum Outcome {
 /// A pizza that came out of the last stage, kept as the JSON text it arrived as: read once
 /// to validate it and find its ids, never built into a document (a parsed pizza with its
 /// trail takes about four times the memory, and building it cost more than the rest of the
-/// view's work together).
+/// view's work together). Its stage visits are shared with the other pizzas of the same
+/// batches: a trail is three times the size of its pizza.
 #[derive(Debug, Clone)]
 pub struct CompletedPizza {
     order_id: Option<String>,
     pizza_id: Option<String>,
     /// A JSON object.
     pizza: Box<RawValue>,
-    /// Each stage's visit (see [`crate::stage::TRAIL_HEADER`]) in stage order: a JSON array.
-    trail: Box<RawValue>,
+    /// Each stage's visit (see [`crate::stage::TRAIL_HEADER`]) in stage order, JSON each.
+    visits: Vec<Arc<str>>,
 }
 
 /// The ids a pizza carries; the rest of the document is only validated.
@@ -110,16 +114,17 @@ impl CompletedPizza {
             Some(Value::String(id)) => Some(id),
             _ => None,
         };
-        let visits: Vec<&str> = visits
+        let visits = visits
             .into_iter()
             .filter(|visit| serde_json::from_slice::<serde::de::IgnoredAny>(visit).is_ok())
             .filter_map(|visit| std::str::from_utf8(visit).ok())
+            .map(Arc::from)
             .collect();
         Some(Self {
             order_id: as_string(ids.order_id),
             pizza_id: as_string(ids.pizza_id),
             pizza: RawValue::from_string(text.to_owned()).ok()?,
-            trail: RawValue::from_string(format!("[{}]", visits.join(","))).ok()?,
+            visits,
         })
     }
 
@@ -138,8 +143,8 @@ impl CompletedPizza {
 struct Order {
     count: u32,
     pizzas: Vec<Box<RawValue>>,
-    /// Each completed pizza's stage visits (a JSON array), for `?detail=true`.
-    trails: Vec<Box<RawValue>>,
+    /// Each completed pizza's stage visits, for `?detail=true`.
+    trails: Vec<Box<[Arc<str>]>>,
     failed: Vec<FailedPizza>,
     seen: HashSet<String>,
 }
@@ -156,6 +161,8 @@ struct Book {
     /// Outcomes for orders not opened yet, in arrival order.
     early: HashMap<String, Vec<Outcome>>,
     early_count: usize,
+    /// One copy of each recent stage visit.
+    visits: HashSet<Arc<str>>,
 }
 
 /// The orders and what happened to their pizzas.
@@ -252,8 +259,13 @@ impl OrderBook {
 
     /// Records what happened to one pizza of order `order_id`; false if it was already
     /// counted or the order is full.
-    pub fn record(&self, order_id: &str, outcome: Outcome) -> bool {
+    pub fn record(&self, order_id: &str, mut outcome: Outcome) -> bool {
         let mut book = self.lock();
+        if let Outcome::Completed(completed) = &mut outcome {
+            for visit in &mut completed.visits {
+                *visit = book.shared(visit);
+            }
+        }
         if let Some(order) = book.orders.get_mut(order_id) {
             return order.apply(outcome);
         }
@@ -272,16 +284,29 @@ impl OrderBook {
 }
 
 /// `pizza` with its trail added as `stages`.
-fn with_stages(pizza: &RawValue, trail: &RawValue) -> Box<RawValue> {
-    let parse = |raw: &RawValue| serde_json::from_str::<Value>(raw.get()).unwrap_or_default();
-    let mut pizza = parse(pizza);
+fn with_stages(pizza: &RawValue, visits: &[Arc<str>]) -> Box<RawValue> {
+    let parse = |text: &str| serde_json::from_str::<Value>(text).unwrap_or_default();
+    let mut pizza = parse(pizza.get());
     if let Value::Object(fields) = &mut pizza {
-        fields.insert("stages".into(), parse(trail));
+        let stages = visits.iter().map(|visit| parse(visit)).collect();
+        fields.insert("stages".into(), Value::Array(stages));
     }
     serde_json::value::to_raw_value(&pizza).expect("a document serializes")
 }
 
 impl Book {
+    /// The book's copy of `visit`.
+    fn shared(&mut self, visit: &Arc<str>) -> Arc<str> {
+        if let Some(shared) = self.visits.get(visit) {
+            return shared.clone();
+        }
+        if self.visits.len() >= MAX_SHARED_VISITS {
+            self.visits.clear();
+        }
+        self.visits.insert(visit.clone());
+        visit.clone()
+    }
+
     /// Forgets the oldest finished orders while the book holds more pizzas than it may. Orders
     /// in progress (and `keep`, the one just opened) are never forgotten: a burst of orders may
     /// hold the book above its bound until they finish.
@@ -341,7 +366,7 @@ impl Order {
         match outcome {
             Outcome::Completed(completed) => {
                 self.pizzas.push(completed.pizza);
-                self.trails.push(completed.trail);
+                self.trails.push(completed.visits.into_boxed_slice());
             }
             Outcome::Failed(failed) => self.failed.push(failed),
         }
@@ -405,6 +430,17 @@ mod tests {
         );
         assert_eq!(book.counts().complete, 1);
         assert!(book.get("2", false).is_none());
+    }
+
+    #[test]
+    fn pizzas_share_one_copy_of_a_stage_visit() {
+        let book = OrderBook::default();
+        book.open("1", 2);
+        book.record("1", pizza("1", 0));
+        book.record("1", pizza("1", 1));
+        let inner = book.lock();
+        let trails = &inner.orders["1"].trails;
+        assert!(Arc::ptr_eq(&trails[0][0], &trails[1][0]));
     }
 
     #[test]
