@@ -8,4 +8,7 @@ root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$root"
 dev/kafka.sh start
 dev/build-stages.sh
+# The original demo's stages in Python, for the one-process-per-stage comparison (build-stages
+# made the virtualenv for componentize-py).
+.local/venv/bin/pip install --quiet --disable-pip-version-check "confluent-kafka==2.16.1"
 cargo bench -p pizza-host "$@"

@@ -7,7 +7,8 @@
 //! hops calling the same stage logic compiled natively (no WebAssembly, none of the host's
 //! per-record machinery); and one process per stage, the original's shape: four processes, each
 //! a blocking poll-one/produce-one loop with the original's client settings (the bench runs
-//! itself as each of them). Every configuration runs [`REPEATS`] times and reports medians:
+//! itself as each of them), and the same in the original's language (`original_stage.py`,
+//! confluent-kafka, which `dev/bench.sh` installs; the row is skipped without it). Every configuration runs [`REPEATS`] times and reports medians:
 //! throughput, CPU seconds per 1,000 pizzas (this process and any stage processes) and the
 //! 1-pizza order latency.
 //!
@@ -17,6 +18,7 @@
 use std::path::Path;
 use std::time::{Duration, Instant};
 
+use anyhow::Context as _;
 use futures::StreamExt as _;
 use futures::stream::FuturesUnordered;
 use pizza_host::config::Pipeline;
@@ -54,9 +56,9 @@ async fn bench() -> anyhow::Result<()> {
         .and_then(|n| n.parse().ok())
         .unwrap_or(REPEATS);
     println!(
-        "| topology | guarantee | pizzas | pizzas/s | vs raw pipe | vs native stages | vs one process per stage | CPU s / 1,000 pizzas | 1-pizza order p50 | p99 |"
+        "| topology | guarantee | pizzas | pizzas/s | vs raw pipe | vs native stages | vs one process per stage | vs the same in Python | CPU s / 1,000 pizzas | 1-pizza order p50 | p99 |"
     );
-    println!("|---|---|---|---|---|---|---|---|---|---|");
+    println!("|---|---|---|---|---|---|---|---|---|---|---|");
     // BENCH_ONLY=table, curve or rss runs that part alone.
     let only = std::env::var("BENCH_ONLY").unwrap_or_default();
     let runs = |part: &str| only.is_empty() || only == part;
@@ -66,7 +68,14 @@ async fn bench() -> anyhow::Result<()> {
         Topology::RawPipe,
         Topology::NativeStages,
         Topology::ProcessPerStage,
+        Topology::OriginalInPython,
     ];
+    let python = original_python();
+    if python.is_none() {
+        println!(
+            "(the Python one-process-per-stage row is skipped: `dev/bench.sh` installs confluent-kafka)"
+        );
+    }
     for (topology, guarantee) in if !runs("table") {
         vec![]
     } else {
@@ -75,12 +84,16 @@ async fn bench() -> anyhow::Result<()> {
             (Topology::NativeStages, "at-least-once"),
             // The original's consumers commit what they polled, processed or not.
             (Topology::ProcessPerStage, "at-most-once"),
+            (Topology::OriginalInPython, "at-most-once"),
             (Topology::Chain, "at-least-once"),
             (Topology::Chain, "exactly-once"),
             (Topology::FanOut, "at-least-once"),
             (Topology::FanOut, "exactly-once"),
         ]
     } {
+        if topology == Topology::OriginalInPython && python.is_none() {
+            continue;
+        }
         for pizzas in RUNS {
             let latency = pizzas == RUNS[0];
             let run =
@@ -203,6 +216,8 @@ enum Topology {
     NativeStages,
     /// The original's shape: a process per stage, each polling one record and producing one.
     ProcessPerStage,
+    /// The same in the original's language (host/benches/original_stage.py).
+    OriginalInPython,
 }
 
 impl Topology {
@@ -211,7 +226,10 @@ impl Topology {
     fn outside_the_host(self) -> bool {
         matches!(
             self,
-            Topology::RawPipe | Topology::NativeStages | Topology::ProcessPerStage
+            Topology::RawPipe
+                | Topology::NativeStages
+                | Topology::ProcessPerStage
+                | Topology::OriginalInPython
         )
     }
 }
@@ -268,6 +286,20 @@ async fn measure(
                     .env(HOP_ENV, format!("{stage} {input} {output} {group}"))
                     .spawn()?,
             ),
+            Topology::OriginalInPython => {
+                let (choices, some) = menu(stage);
+                let python = original_python().context("no Python with confluent-kafka")?;
+                stage_processes.0.push(
+                    std::process::Command::new(python)
+                        .arg(
+                            Path::new(env!("CARGO_MANIFEST_DIR")).join("benches/original_stage.py"),
+                        )
+                        .args([bootstrap.as_str(), stage, if some { "some" } else { "one" }])
+                        .arg(choices.join(","))
+                        .args([&input, &output, &group])
+                        .spawn()?,
+                );
+            }
             Topology::Chain | Topology::FanOut => {}
         }
     }
@@ -353,7 +385,10 @@ fn pipeline_toml(
         let (input, output) = match topology {
             Topology::Chain => (topic(run, i), topic(run, i + 1)),
             Topology::FanOut => (topic(run, 0), part(stage)),
-            Topology::RawPipe | Topology::NativeStages | Topology::ProcessPerStage => continue,
+            Topology::RawPipe
+            | Topology::NativeStages
+            | Topology::ProcessPerStage
+            | Topology::OriginalInPython => continue,
         };
         toml.push_str(&format!(
             "[[stage]]\nname = \"{stage}\"\ncomponent = \"{}\"\ninput = \"{input}\"\noutput = \"{output}\"\n",
@@ -494,18 +529,37 @@ async fn passthrough(
 
 /// `stage`'s logic, natively: what its component does to `pizza`, without WebAssembly.
 fn native_stage(stage: &str, pizza: &[u8]) -> Option<Vec<u8>> {
-    use pizza_stage_kit::{menu, pick_one, pick_some};
     let mut rng = pizza_stage_kit::wasi_rng();
-    let topping = match stage {
-        "sauce" => pick_one(&menu::SAUCES, &mut rng),
-        "cheese" => pick_one(&menu::CHEESES, &mut rng),
-        "meats" => pick_some(&menu::MEATS, &mut rng),
-        _ => pick_some(&menu::VEGGIES, &mut rng),
+    let topping = match menu(stage) {
+        (choices, false) => pizza_stage_kit::pick_one(choices, &mut rng),
+        (choices, true) => pizza_stage_kit::pick_some(choices, &mut rng),
     };
     let pizza = std::str::from_utf8(pizza).ok()?;
     pizza_stage_kit::enrich(pizza, stage, topping)
         .ok()
         .map(String::into_bytes)
+}
+
+/// `stage`'s menu, and whether it picks some of it (meats, veggies) rather than one.
+fn menu(stage: &str) -> (&'static [&'static str], bool) {
+    use pizza_stage_kit::menu;
+    match stage {
+        "sauce" => (&menu::SAUCES, false),
+        "cheese" => (&menu::CHEESES, false),
+        "meats" => (&menu::MEATS, true),
+        _ => (&menu::VEGGIES, true),
+    }
+}
+
+/// The Python of the project's virtualenv, if it has confluent-kafka (`dev/bench.sh` installs
+/// it), for the original's stages.
+fn original_python() -> Option<std::path::PathBuf> {
+    let python = Path::new(env!("CARGO_MANIFEST_DIR")).join("../.local/venv/bin/python");
+    std::process::Command::new(&python)
+        .args(["-c", "import confluent_kafka"])
+        .output()
+        .is_ok_and(|done| done.status.success())
+        .then_some(python)
 }
 
 /// A stage process of the one-process-per-stage topology (`spec` as in [`HOP_ENV`]), in the
