@@ -39,6 +39,7 @@ pub mod admin;
 mod atomic_file;
 pub mod cluster_health;
 pub mod config;
+mod event_ids;
 pub mod events;
 pub mod http;
 pub mod join;

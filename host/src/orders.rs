@@ -13,9 +13,11 @@
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::{Arc, Mutex, PoisonError};
 
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 use serde_json::Value;
 use serde_json::value::RawValue;
+
+use crate::event_ids::EventIds;
 
 /// Distinct stage visits the book remembers, to share one copy among the pizzas that carry
 /// the same (a stage stamps one visit on a whole batch of pizzas); beyond this it starts over.
@@ -91,25 +93,12 @@ pub struct CompletedPizza {
     visits: Vec<Arc<str>>,
 }
 
-/// The ids a pizza carries; the rest of the document is only validated.
-#[derive(Deserialize)]
-struct PizzaIds {
-    #[serde(default)]
-    order_id: Option<Value>,
-    #[serde(default)]
-    pizza_id: Option<Value>,
-}
-
 impl CompletedPizza {
     /// The pizza a record's value holds, if it is a JSON object, with the stage visits its
     /// trail headers hold (any that is not JSON is left out).
     pub fn parse<'a>(pizza: &[u8], visits: impl IntoIterator<Item = &'a [u8]>) -> Option<Self> {
         let text = std::str::from_utf8(pizza).ok()?.trim();
-        // A struct would also accept an array.
-        if !text.starts_with('{') {
-            return None;
-        }
-        let ids: PizzaIds = serde_json::from_str(text).ok()?;
+        let ids = EventIds::of(text)?;
         let as_string = |id: Option<Value>| match id {
             Some(Value::String(id)) => Some(id),
             _ => None,

@@ -18,11 +18,12 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use anyhow::Context as _;
-use serde_json::Value;
 use sha2::{Digest as _, Sha256};
 use wasmtime::component::{Component, HasSelf, Linker};
 use wasmtime::{Config, Engine, Store, Trap};
 use wasmtime_wasi::p2::pipe::MemoryOutputPipe;
+
+use crate::event_ids::EventIds;
 
 mod cache;
 mod sandbox;
@@ -503,10 +504,10 @@ impl Call {
 /// stages and the order view rely on both.
 fn check_output(input: &str, output: String) -> Result<String, CallError> {
     let invalid = CallError::InvalidOutput;
-    let Some(out) = order_id_of(&output) else {
+    let Some(out) = EventIds::of(&output) else {
         return Err(invalid("stage output is not a JSON object".into()));
     };
-    if let Some(expected) = order_id_of(input).and_then(|input| input.order_id)
+    if let Some(expected) = EventIds::of(input).and_then(|input| input.order_id)
         && out.order_id.as_ref() != Some(&expected)
     {
         return Err(invalid(format!(
@@ -514,22 +515,6 @@ fn check_output(input: &str, output: String) -> Result<String, CallError> {
         )));
     }
     Ok(output)
-}
-
-/// An event's `order_id`, read without building the rest of the document (every call checks
-/// two of them; the whole text is still validated as JSON).
-#[derive(serde::Deserialize)]
-struct OrderIdOnly {
-    #[serde(default)]
-    order_id: Option<Value>,
-}
-
-/// `text`'s `order_id`, if `text` is a JSON object (a struct would also accept an array).
-fn order_id_of(text: &str) -> Option<OrderIdOnly> {
-    if !text.trim_start().starts_with('{') {
-        return None;
-    }
-    serde_json::from_str(text).ok()
 }
 
 #[cfg(test)]
