@@ -7,8 +7,8 @@
 use std::path::Path;
 use std::time::{Duration, Instant};
 
+use pizza_host::pipeline::stage::StageShared;
 use pizza_host::runtime::{Origin, Runtime, Settings};
-use pizza_host::stage::StageShared;
 
 fn main() -> anyhow::Result<()> {
     let root = Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -57,8 +57,8 @@ fn main() -> anyhow::Result<()> {
     let warm = Runtime::new(Some(cache.clone()))?;
     let stage = StageShared::new(
         warm.load("sauce", &sauce, &Settings::default())?,
-        pizza_host::metrics::Metrics::new().stage("sauce"),
-        pizza_host::events::Events::default(),
+        pizza_host::telemetry::metrics::Metrics::new().stage("sauce"),
+        pizza_host::telemetry::events::Events::default(),
     );
     let swap = median(1_000, || {
         let next = warm

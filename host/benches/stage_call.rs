@@ -9,7 +9,8 @@ use std::path::Path;
 use std::time::Duration;
 
 use criterion::{Criterion, criterion_group, criterion_main};
-use pizza_host::runtime::{Runtime, SMOKE_TEST_PIZZA, Settings};
+use pizza_host::config::DEMO_SAMPLE as SMOKE_TEST_PIZZA;
+use pizza_host::runtime::{Runtime, Settings};
 use pizza_stage_kit::menu;
 
 fn stage_calls(c: &mut Criterion) {

@@ -10,6 +10,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use serde::Deserialize;
 
@@ -46,6 +47,31 @@ pub enum ConfigError {
 /// `run`, `check`, `invoke` and `add`, so a component is compiled once per machine.
 pub fn default_compile_cache() -> PathBuf {
     std::env::temp_dir().join("pizza-host-cache")
+}
+
+/// The event a stage or report is smoke-called on unless its `sample` names another: a pizza
+/// of the demo as an order makes it, before any stage ran.
+pub const DEMO_SAMPLE: &str = r#"{"order_id":"smoke-test","pizza_id":"smoke-test-0","sauce":"","cheese":"","meats":"","veggies":""}"#;
+
+/// The settings a stage gets with only its `config` table written in `pipeline.toml` (what
+/// `check`, `invoke` and `add` try a component with).
+pub fn default_stage_settings(config: BTreeMap<String, String>) -> crate::runtime::Settings {
+    StageConfig {
+        name: String::new(),
+        component: PathBuf::new(),
+        input: String::new(),
+        output: String::new(),
+        timeout_ms: default_timeout_ms(),
+        memory_mib: default_memory_mib(),
+        retries: default_retries(),
+        dead_letter: None,
+        config,
+        reuse_instances: true,
+        sample: None,
+        keep_fields: default_keep_fields(),
+        sample_event: Arc::from(DEMO_SAMPLE),
+    }
+    .settings()
 }
 
 /// What the command line sets over the file: it wins at startup and over every later edit.
@@ -257,6 +283,17 @@ pub struct StageConfig {
     /// out of time or memory is dropped.
     #[serde(default = "default_true")]
     pub reuse_instances: bool,
+    /// A file holding the JSON event a new component is smoke-called on before it runs or
+    /// replaces the running one (relative to this file; default: a demo pizza).
+    pub sample: Option<PathBuf>,
+    /// Top-level fields of the input that the output must keep with the same value (an
+    /// output that drops or changes one goes to the dead-letter topic as `invalid-output`).
+    /// The demo's pizzas keep `order_id`, by which they are keyed and counted.
+    #[serde(default = "default_keep_fields")]
+    pub keep_fields: Vec<String>,
+    /// The sample event's text, read from `sample` when the file is parsed.
+    #[serde(skip)]
+    pub sample_event: Arc<str>,
 }
 
 /// One report: a component that folds every event of a topic into a state, served as JSON at
@@ -282,6 +319,12 @@ pub struct ReportConfig {
     /// Settings the component reads through the `pizza:stage/config` import.
     #[serde(default, deserialize_with = "component_config")]
     pub config: BTreeMap<String, String>,
+    /// A file holding the JSON event a new component's `update` is smoke-called on (relative
+    /// to this file; default: a demo pizza).
+    pub sample: Option<PathBuf>,
+    /// The sample event's text, read from `sample` when the file is parsed.
+    #[serde(skip)]
+    pub sample_event: Arc<str>,
 }
 
 /// A join (fan-in): assembles the parts of one pizza, each made by a stage on its own topic,
@@ -339,7 +382,10 @@ impl ReportConfig {
 
     /// What every call of this report gets: its limits and its `config` table.
     pub fn settings(&self) -> crate::runtime::Settings {
-        crate::runtime::Settings::new(self.timeout_ms, self.memory_mib, &self.config)
+        crate::runtime::Settings {
+            sample: self.sample_event.clone(),
+            ..crate::runtime::Settings::new(self.timeout_ms, self.memory_mib, &self.config)
+        }
     }
 }
 
@@ -356,6 +402,10 @@ impl StageConfig {
     pub fn settings(&self) -> crate::runtime::Settings {
         crate::runtime::Settings {
             reuse_instances: self.reuse_instances,
+            sample: self.sample_event.clone(),
+            output_rule: crate::runtime::OutputRule {
+                keep_fields: self.keep_fields.clone().into(),
+            },
             ..crate::runtime::Settings::new(self.timeout_ms, self.memory_mib, &self.config)
         }
     }
@@ -403,6 +453,10 @@ fn component_config<'de, D: serde::Deserializer<'de>>(
 
 fn default_max_pizzas_in_memory() -> usize {
     100_000
+}
+
+fn default_keep_fields() -> Vec<String> {
+    vec!["order_id".into()]
 }
 
 fn default_true() -> bool {
@@ -488,15 +542,19 @@ impl Pipeline {
             cause: Box::new(cause),
         })?;
         let base = std::path::absolute(base).unwrap_or_else(|_| base.to_owned());
-        for stage in &mut pipeline.stages {
+        for (index, stage) in pipeline.stages.iter_mut().enumerate() {
             stage.component = base.join(&stage.component);
+            let at = format!("stage[{index}] ({:?}).sample", stage.name);
+            stage.sample_event = read_sample(&base, &mut stage.sample, &at)?;
         }
         for join in &mut pipeline.joins {
             join.changelog
                 .get_or_insert_with(|| format!("{}-join-{}", pipeline.group_prefix, join.name));
         }
-        for report in &mut pipeline.reports {
+        for (index, report) in pipeline.reports.iter_mut().enumerate() {
             report.component = base.join(&report.component);
+            let at = format!("report[{index}] ({:?}).sample", report.name);
+            report.sample_event = read_sample(&base, &mut report.sample, &at)?;
             report
                 .changelog
                 .get_or_insert_with(|| format!("{}-report-{}", pipeline.group_prefix, report.name));
@@ -665,6 +723,28 @@ impl ConfigError {
             read @ ConfigError::Read { .. } => read,
         }
     }
+}
+
+/// The sample event at `sample` (made absolute against `base`), or the demo's; a file that
+/// cannot be read or is not JSON is an error naming the key `at`.
+fn read_sample(
+    base: &Path,
+    sample: &mut Option<PathBuf>,
+    at: &str,
+) -> Result<Arc<str>, ConfigError> {
+    let invalid = |message: String| ConfigError::Invalid {
+        path: PathBuf::new(),
+        message,
+    };
+    let Some(file) = sample else {
+        return Ok(Arc::from(DEMO_SAMPLE));
+    };
+    *file = base.join(&*file);
+    let text = std::fs::read_to_string(&*file)
+        .map_err(|err| invalid(format!("{at}: cannot read {}: {err}", file.display())))?;
+    serde_json::from_str::<serde_json::Value>(&text)
+        .map_err(|err| invalid(format!("{at}: {} is not JSON: {err}", file.display())))?;
+    Ok(Arc::from(text.trim()))
 }
 
 /// Stage and report names end up in group ids, topic names and URLs.

@@ -7,8 +7,8 @@ use std::process::ExitCode;
 
 use anyhow::Context as _;
 use clap::{Parser, Subcommand};
+use pizza_host::cli::scaffold::Lang;
 use pizza_host::config::{ADMIN_TOKEN_ENV, Overrides, Pipeline};
-use pizza_host::scaffold::Lang;
 use tokio_util::sync::CancellationToken;
 
 /// Runs WebAssembly stage components between Kafka topics.
@@ -66,7 +66,7 @@ enum Command {
         #[arg(long)]
         seed: Option<u64>,
         /// A setting the stage reads through its `config` import (repeatable).
-        #[arg(long = "config", value_name = "KEY=VALUE", value_parser = pizza_host::tools::config_pair)]
+        #[arg(long = "config", value_name = "KEY=VALUE", value_parser = pizza_host::cli::tools::config_pair)]
         config: Vec<(String, String)>,
     },
     /// Creates a stage project in functions/<name> that builds as it is, and says how to
@@ -92,7 +92,7 @@ enum Command {
         #[arg(long)]
         output: Option<String>,
         /// A setting for its `config` table (repeatable).
-        #[arg(long = "config", value_name = "KEY=VALUE", value_parser = pizza_host::tools::config_pair)]
+        #[arg(long = "config", value_name = "KEY=VALUE", value_parser = pizza_host::cli::tools::config_pair)]
         config: Vec<(String, String)>,
         /// The pipeline file.
         #[arg(long, default_value = "pipeline.toml")]
@@ -149,7 +149,7 @@ fn main() -> ExitCode {
             no_watch,
             seed,
         } => runtime.block_on(run(pipeline, listen, !no_watch, seed)),
-        Command::Check { component } => pizza_host::tools::check(&component),
+        Command::Check { component } => pizza_host::cli::tools::check(&component),
         Command::Invoke {
             component,
             input,
@@ -157,13 +157,13 @@ fn main() -> ExitCode {
             seed,
             config,
         } => {
-            let how = pizza_host::tools::Invocation {
+            let how = pizza_host::cli::tools::Invocation {
                 input,
                 stage,
                 seed,
                 config: config.into_iter().collect(),
             };
-            match pizza_host::tools::invoke(&component, &how) {
+            match pizza_host::cli::tools::invoke(&component, &how) {
                 Ok(0) => Ok(()),
                 Ok(failed) => Err(anyhow::anyhow!("{failed} event(s) failed")),
                 Err(err) => Err(err),
@@ -178,14 +178,14 @@ fn main() -> ExitCode {
             config,
             pipeline,
         } => {
-            let stage = pizza_host::pipeline_edit::NewStage {
+            let stage = pizza_host::cli::pipeline_edit::NewStage {
                 name,
                 component,
                 before,
                 output,
                 config: config.into_iter().collect(),
             };
-            pizza_host::pipeline_edit::add_stage(&pipeline, &stage).map(|added| {
+            pizza_host::cli::pipeline_edit::add_stage(&pipeline, &stage).map(|added| {
                 println!(
                     "{}: stage `{}` reads {} and writes {}, which `{}` now reads",
                     pipeline.display(),
@@ -237,7 +237,7 @@ async fn run(
 
 /// `new`: scaffolds the project and prints the next steps.
 fn new_stage(name: &str, lang: Lang) -> anyhow::Result<()> {
-    let created = pizza_host::scaffold::new_stage(Path::new(""), name, lang)?;
+    let created = pizza_host::cli::scaffold::new_stage(Path::new(""), name, lang)?;
     let dir = created.dir.display();
     let component = created.component.display();
     println!("created {dir}");

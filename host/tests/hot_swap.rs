@@ -299,7 +299,7 @@ async fn the_admin_api_needs_its_token_and_deploys_from_the_cli() {
     let oversized = client
         .put(format!("{stages_url}/sauce"))
         .bearer_auth(ADMIN_TOKEN)
-        .body(vec![0u8; pizza_host::admin::MAX_UPLOAD_BYTES + 1])
+        .body(vec![0u8; pizza_host::api::admin::MAX_UPLOAD_BYTES + 1])
         .send()
         .await
         .unwrap();
@@ -331,7 +331,7 @@ async fn the_admin_api_needs_its_token_and_deploys_from_the_cli() {
     assert!(stdout.contains("stage sauce: swapped sha256:"), "{stdout}");
 
     let sauce = host.stage("sauce").await.unwrap();
-    assert_eq!(sauce.source, pizza_host::stages::Source::Upload);
+    assert_eq!(sauce.source, pizza_host::pipeline::stages::Source::Upload);
     assert_eq!(sauce.swaps, 1);
     let (_, pizzas) = order_and_wait(&host, 2).await;
     assert!(

@@ -142,8 +142,9 @@ async fn python_and_javascript_stages_swap_in_for_the_rust_ones_under_load() {
         );
     support::replace_file(&path, edited.as_bytes());
     wait_for(Duration::from_secs(120), "both swaps", || async {
-        let swapped =
-            |info: Option<pizza_host::stages::StageInfo>| info.is_some_and(|i| i.swaps == 1);
+        let swapped = |info: Option<pizza_host::pipeline::stages::StageInfo>| {
+            info.is_some_and(|i| i.swaps == 1)
+        };
         (swapped(host.stage("cheese").await) && swapped(host.stage("sauce").await)).then_some(())
     })
     .await;

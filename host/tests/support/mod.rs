@@ -209,7 +209,7 @@ impl TestHost {
     }
 
     /// The stage table, as the admin API would show it.
-    pub async fn stage(&self, name: &str) -> Option<pizza_host::stages::StageInfo> {
+    pub async fn stage(&self, name: &str) -> Option<pizza_host::pipeline::stages::StageInfo> {
         self.running()
             .stages
             .list()

@@ -1,0 +1,124 @@
+//! Compiled components, kept so that a component is compiled once per content: in memory for
+//! swaps back to a known version, and on disk (wasmtime's serialized form) for restarts.
+//!
+//! Entries are keyed by the component's SHA-256 and, on disk, by the engine's compatibility
+//! hash too, so a host built with another wasmtime or other settings never loads an entry it
+//! cannot use. A cache entry that fails to load is recompiled and rewritten.
+
+use std::collections::HashMap;
+use std::hash::{DefaultHasher, Hash as _, Hasher as _};
+use std::path::PathBuf;
+use std::sync::{Mutex, PoisonError};
+
+use anyhow::Context as _;
+use wasmtime::Engine;
+use wasmtime::component::Component;
+
+/// Compiled components kept in memory (swapping back to a known version does not recompile).
+const MAX_IN_MEMORY: usize = 32;
+
+/// Where a component came from when it was loaded.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Origin {
+    /// Compiled now.
+    Compiled,
+    /// Taken from memory.
+    Memory,
+    /// Read from the disk cache.
+    Disk,
+}
+
+/// The compile cache of one engine.
+pub struct CompileCache {
+    memory: Mutex<HashMap<String, Component>>,
+    /// `<cache dir>/<engine compatibility hash>`, if the disk cache is on.
+    dir: Option<PathBuf>,
+}
+
+impl CompileCache {
+    /// A cache for `engine`, persisting under `dir` if given.
+    pub fn new(engine: &Engine, dir: Option<PathBuf>) -> Self {
+        let mut hasher = DefaultHasher::new();
+        engine.precompile_compatibility_hash().hash(&mut hasher);
+        let dir = dir.map(|dir| dir.join(format!("{:016x}", hasher.finish())));
+        Self {
+            memory: Mutex::default(),
+            dir,
+        }
+    }
+
+    /// The compiled form of `bytes`, whose digest is `digest`, from the cache or from `compile`.
+    pub fn get_or_compile(
+        &self,
+        engine: &Engine,
+        digest: &str,
+        compile: impl FnOnce() -> anyhow::Result<Component>,
+    ) -> anyhow::Result<(Component, Origin)> {
+        if let Some(component) = self.lock().get(digest).cloned() {
+            return Ok((component, Origin::Memory));
+        }
+        let file = self
+            .dir
+            .as_ref()
+            .map(|dir| dir.join(format!("{}.cwasm", digest.replace(':', "-"))));
+        let from_disk = file.as_ref().filter(|f| f.exists()).and_then(|f| match deserialize(engine, f) {
+            Ok(component) => Some(component),
+            Err(err) => {
+                tracing::warn!(file = %f.display(), "compile cache entry unusable, recompiling: {err:#}");
+                None
+            }
+        });
+        let (component, origin) = match from_disk {
+            Some(component) => (component, Origin::Disk),
+            None => {
+                let component = compile()?;
+                if let Some(file) = &file
+                    && let Err(err) = persist(&component, file)
+                {
+                    tracing::warn!(file = %file.display(), "cannot write the compile cache: {err:#}");
+                }
+                (component, Origin::Compiled)
+            }
+        };
+        let mut memory = self.lock();
+        // Versions pile up only through swaps; start over rather than grow without bound.
+        if memory.len() >= MAX_IN_MEMORY {
+            memory.clear();
+        }
+        memory.insert(digest.to_owned(), component.clone());
+        Ok((component, origin))
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Component>> {
+        self.memory.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+#[allow(unsafe_code)]
+fn deserialize(engine: &Engine, file: &std::path::Path) -> anyhow::Result<Component> {
+    // Read into memory rather than mapped: a mapped file that someone truncates later would
+    // crash the host with SIGBUS.
+    let bytes = std::fs::read(file)?;
+    // SAFETY: wasmtime runs deserialized code without verifying it, so the bytes must come
+    // from `Component::serialize` of a compatible engine. They do: only `persist` writes this
+    // folder (owner-only), entries are named by the component's content hash and kept apart
+    // by the engine's compatibility hash, and wasmtime itself checks the header and version.
+    // Whoever can write this folder can also replace the component files it caches.
+    unsafe { Component::deserialize(engine, &bytes) }.map_err(anyhow::Error::from)
+}
+
+fn persist(component: &Component, file: &std::path::Path) -> anyhow::Result<()> {
+    let dir = file.parent().context("cache file without a folder")?;
+    std::fs::create_dir_all(dir)?;
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt as _;
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))?;
+    }
+    let bytes = component.serialize().map_err(anyhow::Error::from)?;
+    // Written beside and renamed over: another host sharing the cache never reads half.
+    let mut temporary = tempfile::NamedTempFile::new_in(dir)?;
+    std::io::Write::write_all(&mut temporary, &bytes)?;
+    temporary.persist(file)?;
+    Ok(())
+}

@@ -1,0 +1,608 @@
+//! The WebAssembly side of the host: one wasmtime [`Engine`], the sandbox every stage runs in,
+//! and [`StageComponent`], a loaded, validated stage that can be called with one event.
+//!
+//! Isolation is per call: each event gets a fresh [`Store`] and instance, created from a
+//! pre-instantiated component, so nothing a stage did for one event (a corrupted heap, a
+//! leaked global) can affect the next. Each call runs under a memory limit and an epoch
+//! deadline; one ticker thread per engine advances the epoch.
+//!
+//! The sandbox grants what the `pizza:stage` world grants and nothing else. The standard
+//! WASI 0.2 interfaces are linked so that components made by any language's toolchain
+//! instantiate, but through them a stage sees no preopened directories, no environment
+//! variables, no arguments, no sockets and a clock frozen at the Unix epoch. What a stage writes
+//! to stderr (a Rust panic message, say) is captured and reported with the error.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use anyhow::Context as _;
+use sha2::{Digest as _, Sha256};
+use wasmtime::component::{Component, HasSelf, Linker};
+use wasmtime::{Config, Engine, Store, Trap};
+use wasmtime_wasi::p2::pipe::MemoryOutputPipe;
+
+mod cache;
+mod sandbox;
+
+use sandbox::{Callee, StageState};
+
+use cache::CompileCache;
+pub use cache::Origin;
+
+mod report;
+
+pub use report::ReportComponent;
+
+mod bindings {
+    wasmtime::component::bindgen!({
+        path: "../../wit",
+        world: "topping",
+        with: { "wasi:random": wasmtime_wasi::p2::bindings::random },
+    });
+}
+
+use bindings::ToppingPre;
+
+/// How often the epoch advances; the granularity of call deadlines.
+const EPOCH_TICK: Duration = Duration::from_millis(10);
+/// How much of a stage's stderr is kept for an error message.
+const STDERR_CAPTURE_BYTES: usize = 4096;
+
+/// The resources one stage call may use.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    /// Wall time for one call, instantiation included.
+    pub timeout: Duration,
+    /// Linear memory the instance may grow to, in bytes.
+    pub memory_bytes: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            timeout: Duration::from_secs(1),
+            memory_bytes: 64 << 20,
+        }
+    }
+}
+
+/// What every call of one stage or report gets: its limits, the `config` table it reads
+/// through the `pizza:stage/config` import, whether instances are reused, the event a load is
+/// smoke-called on, and what an output must keep.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Settings {
+    /// The resources one call may use.
+    pub limits: Limits,
+    /// The component's settings.
+    pub config: Arc<BTreeMap<String, String>>,
+    /// Whether a stage's instance serves several calls (until it fails, and at most
+    /// [`MAX_CALLS_PER_INSTANCE`]), rather than one fresh instance per call. Ignored under a
+    /// seed (reproducible runs take a fresh instance per call) and by reports.
+    pub reuse_instances: bool,
+    /// The event a new component is smoke-called on before it may replace a running one: the
+    /// caller knows what its events look like, the runtime does not.
+    pub sample: Arc<str>,
+    /// What a stage's output must keep of its input (see [`OutputRule`]).
+    pub output_rule: OutputRule,
+}
+
+/// What a stage's output must be besides a JSON object: which top-level fields of the input
+/// it must keep unchanged (the pizza demo keeps `order_id`, which routes and counts every
+/// pizza). An input without such a field needs nothing kept.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct OutputRule {
+    /// Fields of the input the output must carry with the same value.
+    pub keep_fields: Arc<[String]>,
+}
+
+impl Default for Settings {
+    /// Default limits, no config, a fresh instance per call, smoke-called on `{}`, any JSON
+    /// object accepted as output.
+    fn default() -> Self {
+        Self::new(1_000, 64, &BTreeMap::new())
+    }
+}
+
+impl Settings {
+    /// A call limited to `timeout_ms` and `memory_mib`, reading `config`, with a fresh instance
+    /// per call.
+    pub fn new(timeout_ms: u64, memory_mib: usize, config: &BTreeMap<String, String>) -> Self {
+        Self {
+            limits: Limits {
+                timeout: Duration::from_millis(timeout_ms),
+                memory_bytes: memory_mib << 20,
+            },
+            config: Arc::new(config.clone()),
+            reuse_instances: false,
+            sample: Arc::from("{}"),
+            output_rule: OutputRule::default(),
+        }
+    }
+}
+
+/// Most calls one instance serves before it is replaced, so a stage that leaks memory, or
+/// keeps something it should not, is reset regularly even if it never fails.
+pub const MAX_CALLS_PER_INSTANCE: u32 = 10_000;
+/// Most idle instances a stage keeps: one per thread calling it at once is plenty.
+const MAX_IDLE_INSTANCES: usize = 4;
+
+/// Why a component file could not be used as a stage.
+#[derive(Debug, thiserror::Error)]
+#[error("stage `{stage}`: component {path}: {cause:#}")]
+pub struct LoadError {
+    /// The stage's name.
+    pub stage: String,
+    /// The file.
+    pub path: PathBuf,
+    /// What is wrong with it.
+    pub cause: anyhow::Error,
+}
+
+/// Why a call did not return an enriched event.
+#[derive(Debug, Clone, thiserror::Error, PartialEq, Eq)]
+pub enum CallError {
+    /// The stage returned `stage-error`.
+    #[error("stage returned an error: {message}")]
+    Returned {
+        /// The stage's message.
+        message: String,
+        /// Whether the stage said retrying may help.
+        retryable: bool,
+    },
+    /// The stage trapped (a panic, `unreachable`, an out-of-bounds access, …).
+    #[error("stage trapped: {0}")]
+    Trap(String),
+    /// The call ran past its deadline and was interrupted.
+    #[error("stage ran past its time limit of {0:?}")]
+    Timeout(Duration),
+    /// The stage tried to grow its memory past the limit.
+    #[error("stage exceeded its memory limit of {0} bytes")]
+    Memory(usize),
+    /// The stage returned something other than a JSON object that keeps what its
+    /// [`OutputRule`] says.
+    #[error("{0}")]
+    InvalidOutput(String),
+}
+
+impl CallError {
+    /// A short, stable name for the kind of failure, for logs and record headers.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            CallError::Returned { .. } => "returned-error",
+            CallError::Trap(_) => "trap",
+            CallError::Timeout(_) => "timeout",
+            CallError::Memory(_) => "memory-limit",
+            CallError::InvalidOutput(_) => "invalid-output",
+        }
+    }
+}
+
+/// The engine and linker shared by every stage of one host, and the components it compiled.
+#[derive(Clone)]
+pub struct Runtime {
+    engine: Engine,
+    linker: Arc<Linker<StageState>>,
+    cache: Arc<CompileCache>,
+    seed: Option<u64>,
+}
+
+impl Runtime {
+    /// Creates the engine, links the sandboxed WASI interfaces, and starts the epoch ticker.
+    /// Compiled components are cached under `cache_dir` if given.
+    pub fn new(cache_dir: Option<PathBuf>) -> anyhow::Result<Self> {
+        let mut config = Config::new();
+        config.wasm_component_model(true).epoch_interruption(true);
+        let engine = Engine::new(&config)?;
+        let mut linker = Linker::new(&engine);
+        wasmtime_wasi::p2::add_to_linker_sync(&mut linker)?;
+        bindings::pizza::stage::config::add_to_linker::<_, HasSelf<_>>(&mut linker, |s| s)?;
+        bindings::pizza::stage::log::add_to_linker::<_, HasSelf<_>>(&mut linker, |s| s)?;
+        spawn_epoch_ticker(&engine)?;
+        Ok(Self {
+            cache: Arc::new(CompileCache::new(&engine, cache_dir)),
+            engine,
+            linker: Arc::new(linker),
+            seed: None,
+        })
+    }
+
+    /// Makes every component's randomness reproducible: each call draws from a generator
+    /// seeded by `seed`, the component's name and the call's arguments. `None` keeps it secure.
+    pub fn with_seed(mut self, seed: Option<u64>) -> Self {
+        self.seed = seed;
+        self
+    }
+
+    /// Who a component loaded as `name` with `settings` is, for its calls.
+    fn callee(&self, name: &str, settings: &Settings) -> Callee {
+        Callee {
+            name: name.into(),
+            limits: settings.limits,
+            config: settings.config.clone(),
+            seed: self.seed,
+            sample: settings.sample.clone(),
+            output_rule: settings.output_rule.clone(),
+            // A seeded call's randomness is derived from its event, which a reused instance
+            // (an interpreter seeded once, say) would not honour.
+            reuse: settings.reuse_instances && self.seed.is_none(),
+        }
+    }
+
+    /// Reads, compiles and validates the component at `path` as the stage `stage`.
+    ///
+    /// Blocking, and it runs the component: call it on a thread with a few MiB of stack to
+    /// spare (a `spawn_blocking` thread), not deep inside an async task.
+    pub fn load(
+        &self,
+        stage: &str,
+        path: &Path,
+        settings: &Settings,
+    ) -> Result<StageComponent, LoadError> {
+        let bytes = std::fs::read(path).context("cannot read the file");
+        let bytes = bytes.map_err(|cause| LoadError::new(stage, path, cause))?;
+        self.load_bytes(stage, &bytes, settings)
+            .map_err(|cause| LoadError::new(stage, path, cause))
+    }
+
+    /// The names of what the component in `bytes` imports and exports, without checking that
+    /// it fits a stage.
+    pub fn describe(&self, bytes: &[u8]) -> anyhow::Result<(Vec<String>, Vec<String>)> {
+        let (component, _) = self.compile(bytes)?;
+        let ty = component.component_type();
+        let imports = ty
+            .imports(&self.engine)
+            .map(|(name, _)| name.to_owned())
+            .collect();
+        let exports = ty
+            .exports(&self.engine)
+            .map(|(name, _)| name.to_owned())
+            .collect();
+        Ok((imports, exports))
+    }
+
+    /// Compiles `bytes` as the stage `stage` (or reuses the compilation of identical bytes),
+    /// checks that it fits the stage world, and makes a smoke call on the settings' sample.
+    pub fn load_bytes(
+        &self,
+        stage: &str,
+        bytes: &[u8],
+        settings: &Settings,
+    ) -> anyhow::Result<StageComponent> {
+        let (component, origin) = self.compile(bytes)?;
+        let instance_pre = self
+            .linker
+            .instantiate_pre(&component)
+            .map_err(anyhow::Error::from)
+            .context("the component needs imports that stages are not granted")?;
+        let pre = ToppingPre::new(instance_pre)
+            .map_err(anyhow::Error::from)
+            .context("the component does not export the `pizza:stage/topping` world")?;
+        let loaded = StageComponent {
+            callee: self.callee(stage, settings),
+            digest: digest(bytes),
+            origin,
+            engine: self.engine.clone(),
+            pre,
+            idle: Mutex::default(),
+        };
+        loaded
+            .call(&loaded.callee.sample)
+            .context("the smoke call on the sample event failed")?;
+        Ok(loaded)
+    }
+}
+
+impl Runtime {
+    /// Compiles `bytes`, or takes the compilation of identical bytes from the cache.
+    fn compile(&self, bytes: &[u8]) -> anyhow::Result<(Component, Origin)> {
+        self.cache.get_or_compile(&self.engine, &digest(bytes), || {
+            check_header(bytes)?;
+            Component::from_binary(&self.engine, bytes)
+                .map_err(anyhow::Error::from)
+                .context("not a valid WebAssembly component")
+        })
+    }
+}
+
+/// The content digest pizza-host names component versions by: `sha256:<hex>`.
+pub fn digest(bytes: &[u8]) -> String {
+    format!("sha256:{:x}", Sha256::digest(bytes))
+}
+
+impl LoadError {
+    /// `cause` of failing to load stage `stage` from `path`.
+    pub fn new(stage: &str, path: &Path, cause: anyhow::Error) -> Self {
+        Self {
+            stage: stage.to_owned(),
+            path: path.to_owned(),
+            cause,
+        }
+    }
+}
+
+/// Tells a core module or a file that is not WebAssembly from a component, in plain words,
+/// before the parser reports it as a bad byte.
+fn check_header(bytes: &[u8]) -> anyhow::Result<()> {
+    const MAGIC: &[u8] = b"\0asm";
+    const CORE_MODULE_VERSION: [u8; 4] = [1, 0, 0, 0];
+    if !bytes.starts_with(MAGIC) {
+        anyhow::bail!("not a WebAssembly file (it does not start with the \\0asm header)");
+    }
+    if bytes.get(4..8) == Some(&CORE_MODULE_VERSION[..]) {
+        anyhow::bail!(
+            "a core WebAssembly module, not a component: build stages with `cargo component build` \
+             (or wrap a module with `wasm-tools component new`)"
+        );
+    }
+    Ok(())
+}
+
+/// Advances the engine's epoch every [`EPOCH_TICK`] until the engine is dropped.
+fn spawn_epoch_ticker(engine: &Engine) -> anyhow::Result<()> {
+    let weak = engine.weak();
+    std::thread::Builder::new()
+        .name("wasm-epoch".into())
+        .spawn(move || {
+            while let Some(engine) = weak.upgrade() {
+                engine.increment_epoch();
+                drop(engine);
+                std::thread::sleep(EPOCH_TICK);
+            }
+        })
+        .context("cannot start the epoch ticker thread")?;
+    Ok(())
+}
+
+/// A validated stage, ready to be called. Cheap to call from several threads.
+pub struct StageComponent {
+    callee: Callee,
+    digest: String,
+    origin: Origin,
+    engine: Engine,
+    pre: ToppingPre<StageState>,
+    /// Instances waiting for their next call, when instances are reused.
+    idle: Mutex<Vec<Warm>>,
+}
+
+/// An instance kept for another call, and how many it has served.
+struct Warm {
+    call: Call,
+    stage: bindings::Topping,
+    calls: u32,
+}
+
+impl StageComponent {
+    /// The stage's name.
+    pub fn name(&self) -> &str {
+        &self.callee.name
+    }
+
+    /// Whether loading compiled the component or found it in the compile cache.
+    pub fn origin(&self) -> Origin {
+        self.origin
+    }
+
+    /// The SHA-256 of the component file, to tell versions apart in logs.
+    pub fn digest(&self) -> &str {
+        &self.digest
+    }
+
+    /// Calls the stage with one event: in an instance that served earlier calls without
+    /// failing, when instances are reused and one is idle; else in a fresh one. An instance
+    /// that trapped, ran out of time or memory, or wrote to stderr is never used again, and
+    /// an event whose call failed so in a reused instance is called once more in a fresh
+    /// one: what earlier calls left behind must not decide its fate.
+    pub fn call(&self, event: &str) -> Result<String, CallError> {
+        let reused = if self.callee.reuse {
+            self.idle().pop()
+        } else {
+            None
+        };
+        let reused_instance = reused.is_some();
+        match self.call_in(reused, event) {
+            Err(CallError::Trap(_) | CallError::Timeout(_) | CallError::Memory(_))
+                if reused_instance =>
+            {
+                self.call_in(None, event)
+            }
+            outcome => outcome,
+        }
+    }
+
+    /// Calls the stage in `instance`, or in a fresh one, and keeps the instance for another
+    /// call when it may serve one.
+    fn call_in(&self, instance: Option<Warm>, event: &str) -> Result<String, CallError> {
+        let (mut call, ready, served) = match instance {
+            Some(Warm {
+                mut call,
+                stage,
+                calls,
+            }) => {
+                call.arm();
+                (call, Some(stage), calls)
+            }
+            None => (Call::new(&self.engine, &self.callee, &[event]), None, 0),
+        };
+        let outcome = match ready {
+            Some(stage) => Ok(stage),
+            None => self.pre.instantiate(&mut call.store),
+        }
+        .and_then(|stage| {
+            let returned = stage.call_transform(&mut call.store, event)?;
+            Ok((stage, returned))
+        });
+        let (stage, returned) = call.finish(outcome)?;
+        let calls = served + 1;
+        if self.callee.reuse
+            && calls < MAX_CALLS_PER_INSTANCE
+            && call.stderr.contents().is_empty()
+            && !call.store.data().limiter.past_half()
+        {
+            let mut idle = self.idle();
+            if idle.len() < MAX_IDLE_INSTANCES {
+                idle.push(Warm { call, stage, calls });
+            }
+        }
+        match returned {
+            Ok(output) => check_output(&self.callee.output_rule, event, output),
+            Err(err) => Err(CallError::Returned {
+                message: err.message,
+                retryable: err.retryable,
+            }),
+        }
+    }
+}
+
+impl StageComponent {
+    fn idle(&self) -> std::sync::MutexGuard<'_, Vec<Warm>> {
+        self.idle
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+}
+
+/// One call's fresh store, under the call's limits, with the stage's stderr captured.
+struct Call {
+    store: Store<StageState>,
+    stderr: MemoryOutputPipe,
+    limits: Limits,
+}
+
+impl Call {
+    /// A call of `callee` on `inputs`.
+    fn new(engine: &Engine, callee: &Callee, inputs: &[&str]) -> Self {
+        let limits = callee.limits;
+        let stderr = MemoryOutputPipe::new(STDERR_CAPTURE_BYTES);
+        let mut store = Store::new(engine, StageState::new(callee, inputs, stderr.clone()));
+        store.limiter(|state| &mut state.limiter);
+        let mut call = Self {
+            store,
+            stderr,
+            limits,
+        };
+        call.arm();
+        call
+    }
+
+    /// Starts the call's clock and log allowance (again, for a reused instance).
+    fn arm(&mut self) {
+        let ticks = self
+            .limits
+            .timeout
+            .as_millis()
+            .div_ceil(EPOCH_TICK.as_millis())
+            .max(1);
+        self.store
+            .set_epoch_deadline(u64::try_from(ticks).unwrap_or(u64::MAX));
+        self.store.data_mut().log.reset();
+    }
+
+    /// What the call returned, or why it did not return (a trap, the time or memory limit).
+    fn finish<T>(&self, outcome: wasmtime::Result<T>) -> Result<T, CallError> {
+        self.store.data().log.report_dropped();
+        let trap = match outcome {
+            Ok(returned) => return Ok(returned),
+            Err(trap) => trap,
+        };
+        if trap.downcast_ref::<Trap>() == Some(&Trap::Interrupt) {
+            return Err(CallError::Timeout(self.limits.timeout));
+        }
+        if self.store.data().limiter.refused {
+            return Err(CallError::Memory(self.limits.memory_bytes));
+        }
+        let said = String::from_utf8_lossy(&self.stderr.contents())
+            .trim()
+            .to_owned();
+        let cause = format!("{trap:#}");
+        Err(CallError::Trap(if said.is_empty() {
+            cause
+        } else {
+            format!("{said} ({cause})")
+        }))
+    }
+}
+
+/// The stage's output must be a JSON object keeping the fields `rule` names, with their
+/// input values. Only the top level is read (as borrowed text), and only kept fields are
+/// parsed, so the check costs little beside the call.
+fn check_output(rule: &OutputRule, input: &str, output: String) -> Result<String, CallError> {
+    let invalid = CallError::InvalidOutput;
+    let Some(out) = top_level(&output) else {
+        return Err(invalid("stage output is not a JSON object".into()));
+    };
+    if rule.keep_fields.is_empty() {
+        return Ok(output);
+    }
+    let Some(inp) = top_level(input) else {
+        return Ok(output);
+    };
+    for field in rule.keep_fields.iter() {
+        let Some(expected) = inp.get(field.as_str()) else {
+            continue;
+        };
+        let same = out.get(field.as_str()).is_some_and(|kept| {
+            serde_json::from_str::<serde_json::Value>(kept.get()).ok()
+                == serde_json::from_str::<serde_json::Value>(expected.get()).ok()
+        });
+        if !same {
+            return Err(invalid(format!(
+                "stage output changed or dropped {field} (was {})",
+                expected.get()
+            )));
+        }
+    }
+    Ok(output)
+}
+
+/// The top-level fields of a JSON object, their values as unparsed text; `None` if `text` is
+/// not a JSON object.
+fn top_level(text: &str) -> Option<std::collections::HashMap<&str, &serde_json::value::RawValue>> {
+    serde_json::from_str(text).ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn keeps_order_id() -> OutputRule {
+        OutputRule {
+            keep_fields: Arc::from(vec!["order_id".to_owned()]),
+        }
+    }
+
+    proptest::proptest! {
+        /// Whatever a stage got and returned, checking its output never panics.
+        #[test]
+        fn checking_any_output_never_panics(input in "\\PC{0,200}", output in "\\PC{0,200}") {
+            let _ = check_output(&keeps_order_id(), &input, output);
+        }
+    }
+
+    #[test]
+    fn output_must_be_an_object_keeping_the_rule_fields() {
+        let rule = keeps_order_id();
+        let input = r#"{"order_id":"7","sauce":""}"#;
+        assert!(check_output(&rule, input, r#"{"order_id":"7","sauce":"bbq"}"#.into()).is_ok());
+        assert!(check_output(&rule, input, r#"{"order_id": "7"}"#.into()).is_ok());
+        for bad in [
+            "[1]",
+            "not json",
+            r#"{"sauce":"bbq"}"#,
+            r#"{"order_id":"8"}"#,
+            r#"{"order_id":7}"#,
+        ] {
+            let err = check_output(&rule, input, bad.into())
+                .err()
+                .map(|e| e.kind());
+            assert_eq!(err, Some("invalid-output"), "{bad}");
+        }
+        // An input without the field (not a pizza) only needs an object back.
+        assert!(check_output(&rule, r#"{"x":1}"#, r#"{"x":2}"#.into()).is_ok());
+        // Without a rule, any object will do.
+        let none = OutputRule::default();
+        assert!(check_output(&none, input, r#"{"user":"a"}"#.into()).is_ok());
+        assert!(check_output(&none, input, "[1]".into()).is_err());
+    }
+}

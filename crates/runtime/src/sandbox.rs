@@ -1,0 +1,267 @@
+//! What one call's [`Store`](wasmtime::Store) holds, and the host side of every import a
+//! component is granted: the sandboxed WASI context (seeded randomness, a frozen clock, captured
+//! stderr), the memory limiter, the `pizza:stage/config` table and the `pizza:stage/log` lines.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use rand::SeedableRng as _;
+use rand::rngs::StdRng;
+use sha2::{Digest as _, Sha256};
+use wasmtime::ResourceLimiter;
+use wasmtime::component::ResourceTable;
+use wasmtime_wasi::p2::pipe::MemoryOutputPipe;
+use wasmtime_wasi::{
+    HostMonotonicClock, HostWallClock, WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView,
+};
+
+use super::Limits;
+use super::bindings::pizza::stage::{config, log};
+
+/// Most lines one call may log; more would let a stage flood the host's log.
+const MAX_LOG_LINES_PER_CALL: u32 = 100;
+/// Longest logged line, in bytes; the rest is cut.
+const MAX_LOG_LINE_BYTES: usize = 4096;
+/// Most table elements an instance may have; far above what any stage needs.
+const MAX_TABLE_ELEMENTS: usize = 100_000;
+
+/// Who is being called and with what: the same for every call of one loaded component.
+#[derive(Clone)]
+pub(super) struct Callee {
+    /// The stage's or report's name, for its log lines and its seeded randomness.
+    pub name: Arc<str>,
+    pub limits: Limits,
+    pub config: Arc<BTreeMap<String, String>>,
+    /// The run's seed, if randomness is to be reproducible.
+    pub seed: Option<u64>,
+    /// Whether an instance serves several calls.
+    pub reuse: bool,
+    /// The event a load is smoke-called on.
+    pub sample: Arc<str>,
+    /// What a stage's output must keep of its input.
+    pub output_rule: super::OutputRule,
+}
+
+/// One call's store data.
+pub(super) struct StageState {
+    wasi: WasiCtx,
+    table: ResourceTable,
+    pub limiter: MemoryLimiter,
+    config: Arc<BTreeMap<String, String>>,
+    pub log: StageLog,
+}
+
+impl StageState {
+    /// The state of a call of `callee` on `inputs` (the arguments, which seed its randomness
+    /// when the run has a seed).
+    pub fn new(callee: &Callee, inputs: &[&str], stderr: MemoryOutputPipe) -> Self {
+        let mut wasi = WasiCtxBuilder::new();
+        wasi.stderr(stderr)
+            .wall_clock(FrozenClock)
+            .monotonic_clock(FrozenClock);
+        if let Some(seed) = callee.seed {
+            let derive = |purpose: &str| derive_seed(seed, &callee.name, inputs, purpose);
+            let insecure_seed = derive("insecure-seed");
+            wasi.secure_random(StdRng::from_seed(derive("random")))
+                .insecure_random(StdRng::from_seed(derive("insecure")))
+                .insecure_random_seed(u128::from_le_bytes(
+                    insecure_seed[..16].try_into().unwrap_or_default(),
+                ));
+        }
+        Self {
+            wasi: wasi.build(),
+            table: ResourceTable::new(),
+            limiter: MemoryLimiter {
+                max_bytes: callee.limits.memory_bytes,
+                refused: false,
+                grown_to: 0,
+            },
+            config: callee.config.clone(),
+            log: StageLog {
+                stage: callee.name.clone(),
+                written: 0,
+                dropped: 0,
+            },
+        }
+    }
+}
+
+/// A call's generator seed: a hash of the run's seed, the component's name, the call's
+/// arguments and what the generator is for. Hashing the arguments (rather than drawing from one
+/// stream) keeps a run reproducible whatever order partitions and threads take records in.
+fn derive_seed(seed: u64, name: &str, inputs: &[&str], purpose: &str) -> [u8; 32] {
+    let mut hash = Sha256::new();
+    hash.update(seed.to_le_bytes());
+    for part in [purpose, name].iter().chain(inputs) {
+        hash.update((part.len() as u64).to_le_bytes());
+        hash.update(part.as_bytes());
+    }
+    hash.finalize().into()
+}
+
+/// The stage's log lines during one call, and how many were over the limit.
+pub(super) struct StageLog {
+    stage: Arc<str>,
+    written: u32,
+    pub dropped: u32,
+}
+
+impl log::Host for StageState {
+    fn log(&mut self, level: log::Level, message: String) {
+        let log = &mut self.log;
+        if log.written >= MAX_LOG_LINES_PER_CALL {
+            log.dropped += 1;
+            return;
+        }
+        log.written += 1;
+        let mut line = message;
+        if line.len() > MAX_LOG_LINE_BYTES {
+            let mut end = MAX_LOG_LINE_BYTES;
+            while !line.is_char_boundary(end) {
+                end -= 1;
+            }
+            line.truncate(end);
+            line.push_str(" [cut]");
+        }
+        let stage = &*log.stage;
+        // `tracing` needs the level at compile time, hence one macro per level.
+        match level {
+            log::Level::Trace => tracing::trace!(target: "stage", stage, "{line}"),
+            log::Level::Debug => tracing::debug!(target: "stage", stage, "{line}"),
+            log::Level::Info => tracing::info!(target: "stage", stage, "{line}"),
+            log::Level::Warn => tracing::warn!(target: "stage", stage, "{line}"),
+            log::Level::Error => tracing::error!(target: "stage", stage, "{line}"),
+        }
+    }
+}
+
+impl StageLog {
+    /// A new call's allowance.
+    pub fn reset(&mut self) {
+        self.written = 0;
+        self.dropped = 0;
+    }
+
+    /// Says, once per call, how many lines were over the limit.
+    pub fn report_dropped(&self) {
+        if self.dropped > 0 {
+            tracing::warn!(
+                target: "stage",
+                stage = &*self.stage,
+                dropped = self.dropped,
+                "stage logged more than {MAX_LOG_LINES_PER_CALL} lines in one call; the rest were dropped"
+            );
+        }
+    }
+}
+
+impl config::Host for StageState {
+    fn get(&mut self, key: String) -> Option<String> {
+        self.config.get(&key).cloned()
+    }
+
+    fn get_all(&mut self) -> Vec<(String, String)> {
+        self.config
+            .iter()
+            .map(|(key, value)| (key.clone(), value.clone()))
+            .collect()
+    }
+}
+
+/// Caps linear memory and remembers a refusal, so the trap it causes is reported as a memory
+/// limit rather than as whatever the guest did when its allocation failed.
+pub(super) struct MemoryLimiter {
+    max_bytes: usize,
+    pub refused: bool,
+    /// The largest linear memory granted so far.
+    grown_to: usize,
+}
+
+impl MemoryLimiter {
+    /// Whether the instance's memory has grown past half its limit: an instance whose
+    /// memory only ever grows (a leak, or a runtime that never gives memory back) is retired
+    /// before a call runs out of memory in it.
+    pub fn past_half(&self) -> bool {
+        self.grown_to > self.max_bytes / 2
+    }
+}
+
+impl ResourceLimiter for MemoryLimiter {
+    fn memory_growing(
+        &mut self,
+        _current: usize,
+        desired: usize,
+        _maximum: Option<usize>,
+    ) -> wasmtime::Result<bool> {
+        if desired > self.max_bytes {
+            self.refused = true;
+            return Err(wasmtime::Error::msg(format!(
+                "memory limit of {} bytes reached",
+                self.max_bytes
+            )));
+        }
+        self.grown_to = self.grown_to.max(desired);
+        Ok(true)
+    }
+
+    fn table_growing(
+        &mut self,
+        _current: usize,
+        desired: usize,
+        _maximum: Option<usize>,
+    ) -> wasmtime::Result<bool> {
+        Ok(desired <= MAX_TABLE_ELEMENTS)
+    }
+}
+
+impl WasiView for StageState {
+    fn ctx(&mut self) -> WasiCtxView<'_> {
+        WasiCtxView {
+            ctx: &mut self.wasi,
+            table: &mut self.table,
+        }
+    }
+}
+
+/// A clock that always reads the Unix epoch: stages are not granted the time.
+struct FrozenClock;
+
+impl HostWallClock for FrozenClock {
+    fn resolution(&self) -> Duration {
+        Duration::from_secs(1)
+    }
+    fn now(&self) -> Duration {
+        Duration::ZERO
+    }
+}
+
+impl HostMonotonicClock for FrozenClock {
+    fn resolution(&self) -> u64 {
+        1_000_000_000
+    }
+    fn now(&self) -> u64 {
+        0
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn seeds_differ_by_seed_name_input_and_purpose() {
+        let base = derive_seed(7, "sauce", &["{}"], "random");
+        assert_eq!(base, derive_seed(7, "sauce", &["{}"], "random"));
+        for other in [
+            derive_seed(8, "sauce", &["{}"], "random"),
+            derive_seed(7, "cheese", &["{}"], "random"),
+            derive_seed(7, "sauce", &["{ }"], "random"),
+            derive_seed(7, "sauce", &["{}"], "insecure"),
+            // Length prefixes keep ("ab","c") apart from ("a","bc").
+            derive_seed(7, "sauc", &["e{}"], "random"),
+        ] {
+            assert_ne!(base, other);
+        }
+    }
+}

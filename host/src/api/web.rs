@@ -1,0 +1,76 @@
+//! The web page at `/` (one HTML file built into the binary: no build step, nothing to
+//! install) and the live stream it listens to, `GET /events` (server-sent events).
+//!
+//! The stream carries every event of [`crate::telemetry::events`] (`stage`: a pizza as a stage made it;
+//! `complete` and `failed`: as the order view learned it) and, every second, a `snapshot` of
+//! the stages (topics, digest, counts, lag) and the rendered reports. It ends when the host
+//! shuts down, so an open page never holds up a shutdown.
+
+use std::convert::Infallible;
+use std::time::Duration;
+
+use axum::extract::State;
+use axum::response::sse::{Event, KeepAlive, Sse};
+use axum::response::{Html, IntoResponse, Response};
+use futures::Stream;
+use serde_json::{Map, Value, json};
+use tokio::sync::broadcast::error::RecvError;
+
+use crate::api::public::AppState;
+
+/// How often the stream carries a snapshot of the stages and reports.
+const SNAPSHOT_EVERY: Duration = Duration::from_secs(1);
+
+/// The web page: order pizzas and watch them move through the stages.
+#[utoipa::path(get, path = "/", tag = "web",
+    responses((status = 200, description = "The page", content_type = "text/html", body = String)))]
+pub async fn page() -> Response {
+    Html(include_str!("web/index.html")).into_response()
+}
+
+/// The live stream of pizzas at each stage, completed and failed pizzas, and snapshots.
+#[utoipa::path(get, path = "/events", tag = "web",
+    responses((status = 200, description = "Server-sent events, one JSON object each", content_type = "text/event-stream", body = String)))]
+pub async fn events(
+    State(state): State<AppState>,
+) -> Sse<impl Stream<Item = Result<Event, Infallible>>> {
+    let receiver = state.events.subscribe();
+    let mut snapshots = tokio::time::interval(SNAPSHOT_EVERY);
+    snapshots.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let stream = futures::stream::unfold(
+        (receiver, snapshots, state),
+        |(mut receiver, mut snapshots, state)| async move {
+            let data = tokio::select! {
+                _ = state.shutdown.cancelled() => return None,
+                received = receiver.recv() => match received {
+                    Ok(event) => event.to_string(),
+                    Err(RecvError::Lagged(missed)) => json!({"type": "lagged", "missed": missed}).to_string(),
+                    Err(RecvError::Closed) => return None,
+                },
+                _ = snapshots.tick() => snapshot(&state).await.to_string(),
+            };
+            Some((
+                Ok(Event::default().data(data)),
+                (receiver, snapshots, state),
+            ))
+        },
+    );
+    Sse::new(stream).keep_alive(KeepAlive::default())
+}
+
+/// The stages and the rendered reports, as the page shows them.
+async fn snapshot(state: &AppState) -> Value {
+    let mut reports = Map::new();
+    for report in state.reports.list().await {
+        if let Some(Ok(rendered)) = state.reports.render(&report.name).await
+            && let Ok(value) = serde_json::from_str(&rendered)
+        {
+            reports.insert(report.name, value);
+        }
+    }
+    json!({
+        "type": "snapshot",
+        "stages": state.stages.list().await,
+        "reports": reports,
+    })
+}

@@ -1,0 +1,251 @@
+//! Wires the layers together: [`start`] plans the pipeline, starts its workers, the order
+//! view and the servers, and [`RunningHost`] waits for them to stop.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use anyhow::Context as _;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::config::{Guarantee, Overrides, Pipeline};
+use crate::kafka::KafkaSettings;
+use crate::pipeline::stages::Stages;
+use crate::runtime::Runtime;
+
+/// A host that is running; see [`start`].
+pub struct RunningHost {
+    /// Where the HTTP API listens (useful when the configured port was 0).
+    pub http_addr: SocketAddr,
+    /// Where the admin API listens, if it is on.
+    pub admin_addr: Option<SocketAddr>,
+    /// The running stages.
+    pub stages: Arc<Stages>,
+    tasks: TaskTracker,
+}
+
+impl RunningHost {
+    /// Waits until every task has finished after the shutdown token was cancelled: stages
+    /// have finished their in-flight records and committed, and then the servers closed.
+    pub async fn wait(self) {
+        self.tasks.wait().await;
+    }
+}
+
+/// Loads every stage, creates missing topics, and starts the stages, the order view, the HTTP
+/// API and (with a token) the admin API. With `watch`, the pipeline file at that path and the
+/// component files it names are watched and changes applied live. Returns once everything
+/// runs; it all stops when `shutdown` is cancelled.
+///
+/// Fails if a component is missing, is not a stage component, or fails its smoke call.
+pub async fn start(
+    pipeline: Pipeline,
+    watch: Option<(PathBuf, Overrides)>,
+    shutdown: CancellationToken,
+) -> anyhow::Result<RunningHost> {
+    let runtime = Runtime::new(pipeline.compile_cache.clone())
+        .context("cannot start the WebAssembly runtime")?
+        .with_seed(pipeline.seed);
+    let kafka = KafkaSettings::new(pipeline.kafka_properties().map_err(anyhow::Error::msg)?);
+    let admin_token = pipeline.admin.token()?;
+    // Stages, the order view and file watching run on `tasks`; the HTTP and admin servers
+    // on `servers`, which stop only once `tasks` are done (see `stop_servers_after`).
+    let tasks = TaskTracker::new();
+    let servers = TaskTracker::new();
+    let metrics = crate::telemetry::metrics::Metrics::new();
+    let events = crate::telemetry::events::Events::default();
+
+    // Stages first: their components are checked before any topic is created, so a bad
+    // file fails fast and clearly.
+    let reports = Arc::new(crate::pipeline::report::Reports::new(
+        runtime.clone(),
+        kafka.clone(),
+        &pipeline,
+        shutdown.clone(),
+        tasks.clone(),
+    ));
+    let report_plan = reports.plan(&pipeline).await?;
+    let stages = Arc::new(Stages::new(
+        runtime,
+        kafka.clone(),
+        &pipeline,
+        shutdown.clone(),
+        tasks.clone(),
+        metrics.clone(),
+        events.clone(),
+    ));
+    stages.apply(&pipeline).await?;
+    reports.carry_out(report_plan).await;
+    crate::pipeline::join::start(
+        &pipeline.joins,
+        &kafka,
+        &pipeline.group_prefix,
+        &pipeline.instance_id,
+        (
+            pipeline.topics.partitions,
+            pipeline.topics.replication_factor,
+        ),
+        &tasks,
+        &shutdown,
+    )
+    .await?;
+    let (partitions, replication) = (
+        pipeline.topics.partitions,
+        pipeline.topics.replication_factor,
+    );
+    let pizza_topics = [
+        pipeline.orders.topic.as_str(),
+        pipeline.orders.completed_topic.as_str(),
+    ];
+    kafka
+        .ensure_topics(&pizza_topics, partitions, replication, &[])
+        .await?;
+    // One record per order, keyed by its id: compaction keeps every order and nothing else.
+    kafka
+        .ensure_topics(
+            &[pipeline.orders.orders_topic.as_str()],
+            partitions,
+            replication,
+            &[("cleanup.policy", "compact")],
+        )
+        .await?;
+    let health = crate::kafka::health::spawn_probe(
+        &kafka,
+        &pipeline.orders.topic,
+        &tasks,
+        shutdown.clone(),
+    )?;
+
+    let book = crate::orders::book::OrderBook::bounded(pipeline.orders.max_pizzas_in_memory);
+    let reader = kafka.reader(&format!("{}-order-view", pipeline.group_prefix))?;
+    let view_topics = crate::orders::view::ViewTopics {
+        orders: pipeline.orders.orders_topic.clone(),
+        completed: pipeline.orders.completed_topic.clone(),
+        dead_letters: pipeline
+            .stages
+            .iter()
+            .map(|s| s.dead_letter_topic())
+            .chain(pipeline.joins.iter().map(|j| j.dead_letter_topic()))
+            // Stages that share an input share its dead-letter topic: read it once.
+            .collect::<std::collections::BTreeSet<_>>()
+            .into_iter()
+            .collect(),
+    };
+    let view = crate::orders::view::start(
+        book.clone(),
+        reader,
+        view_topics,
+        events.clone(),
+        shutdown.clone(),
+    )
+    .await?;
+    tasks.spawn(view);
+
+    let app = crate::api::public::router(crate::api::public::AppState {
+        book,
+        publisher: match pipeline.guarantee {
+            Guarantee::ExactlyOnce => crate::orders::publisher::Publisher::transactional(
+                &kafka,
+                &format!("{}-orders-{}", pipeline.group_prefix, pipeline.instance_id),
+            )?,
+            Guarantee::AtLeastOnce => crate::orders::publisher::Publisher::at_least_once(&kafka)?,
+        },
+        health,
+        order_ids: Arc::new(crate::orders::publisher::OrderIds::new(pipeline.seed)),
+        topics: crate::orders::publisher::OrderTopics {
+            orders: pipeline.orders.orders_topic.clone(),
+            pizzas: pipeline.orders.topic.clone(),
+        },
+        max_order_count: pipeline.http.max_order_count,
+        stages: stages.clone(),
+        reports: reports.clone(),
+        metrics,
+        events,
+        shutdown: shutdown.clone(),
+    });
+    let servers_stop = CancellationToken::new();
+    let http_addr = serve(
+        "HTTP API",
+        pipeline.http.listen,
+        app,
+        &servers,
+        &servers_stop,
+    )
+    .await?;
+    let admin_addr = match admin_token {
+        Some(token) => {
+            let app = crate::api::admin::router(stages.clone(), token);
+            Some(
+                serve(
+                    "admin API",
+                    pipeline.admin.listen,
+                    app,
+                    &servers,
+                    &servers_stop,
+                )
+                .await?,
+            )
+        }
+        None => None,
+    };
+
+    if let Some((path, overrides)) = watch {
+        let running = crate::pipeline::watch::Running {
+            stages: stages.clone(),
+            reports,
+        };
+        tasks.spawn(
+            crate::pipeline::watch::watch(path, overrides, pipeline, running, shutdown.clone())
+                .await?,
+        );
+    }
+    tasks.close();
+    servers.spawn(stop_servers_after(tasks, shutdown, servers_stop));
+    servers.close();
+    Ok(RunningHost {
+        http_addr,
+        admin_addr,
+        stages,
+        tasks: servers,
+    })
+}
+
+/// The servers outlive the stages' drain on shutdown: meanwhile `POST /order` answers 503 and
+/// `/readyz` says the host is shutting down (so a load balancer moves traffic away), and
+/// `GET /order` and `/metrics` keep answering. Once every stage has committed, they stop.
+async fn stop_servers_after(
+    tasks: TaskTracker,
+    shutdown: CancellationToken,
+    servers_stop: CancellationToken,
+) {
+    shutdown.cancelled().await;
+    tasks.wait().await;
+    servers_stop.cancel();
+}
+
+/// Serves `app` on `addr` until `shutdown`; returns the bound address.
+async fn serve(
+    what: &str,
+    addr: SocketAddr,
+    app: axum::Router,
+    tasks: &TaskTracker,
+    shutdown: &CancellationToken,
+) -> anyhow::Result<SocketAddr> {
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .with_context(|| format!("{what}: cannot listen on {addr}"))?;
+    let bound = listener.local_addr()?;
+    let stop = shutdown.clone().cancelled_owned();
+    let what = what.to_owned();
+    tracing::info!("{what} listening on http://{bound}");
+    tasks.spawn(async move {
+        if let Err(err) = axum::serve(listener, app)
+            .with_graceful_shutdown(stop)
+            .await
+        {
+            tracing::error!("{what} failed: {err}");
+        }
+    });
+    Ok(bound)
+}

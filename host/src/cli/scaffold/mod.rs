@@ -1,0 +1,186 @@
+//! `pizza-host new`: a new stage project in `functions/<name>`, in Rust, Python or JavaScript,
+//! that builds with its language's documented command and passes `check` and `invoke` as it is.
+//!
+//! The templates are files next to this module, with `{{name}}`, `{{field}}`, `{{wit}}` and
+//! `{{workspace}}` to fill in. Inside a pizza-host checkout a project uses the checkout's
+//! `wit/` folder (one contract, no copies to drift); anywhere else it gets its own copy.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::Context as _;
+
+/// The language of a new stage.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Lang {
+    /// Rust, built with `cargo component build --release`.
+    Rust,
+    /// Python, built with componentize-py.
+    Python,
+    /// JavaScript, built with jco (componentize-js).
+    Js,
+}
+
+/// The WIT package, for projects outside a checkout.
+const WIT_FILES: [(&str, &str); 2] = [
+    ("stage.wit", include_str!("../../../../wit/stage.wit")),
+    (
+        "deps/random/random.wit",
+        include_str!("../../../../wit/deps/random/random.wit"),
+    ),
+];
+
+/// Where a project outside a checkout keeps its copy of the contract. Not `wit/`: in a Rust
+/// crate, cargo-component would take that folder for a target world of its own.
+const OWN_WIT: &str = "stage-wit";
+
+/// One template file: where it goes in the project, and its text.
+type Template = (&'static str, &'static str);
+
+const RUST: &[Template] = &[
+    ("Cargo.toml", include_str!("rust/Cargo.toml.tmpl")),
+    ("src/lib.rs", include_str!("rust/lib.rs.tmpl")),
+];
+const PYTHON: &[Template] = &[("app.py", include_str!("python/app.py.tmpl"))];
+const JS: &[Template] = &[
+    ("app.js", include_str!("js/app.js.tmpl")),
+    ("package.json", include_str!("js/package.json.tmpl")),
+];
+
+/// What was created, and how to go on.
+#[derive(Debug)]
+pub struct Scaffolded {
+    /// The project folder.
+    pub dir: PathBuf,
+    /// The command that builds it, run in `dir`.
+    pub build: String,
+    /// The component the build writes (under `root`).
+    pub component: PathBuf,
+}
+
+/// Creates `functions/<name>` under `root` as a stage project in `lang`.
+pub fn new_stage(root: &Path, name: &str, lang: Lang) -> anyhow::Result<Scaffolded> {
+    check_name(name)?;
+    let dir = root.join("functions").join(name);
+    if dir.exists() {
+        anyhow::bail!("{} already exists; pick another name", dir.display());
+    }
+    let checkout = in_checkout(root);
+    let wit = if checkout {
+        "../../wit"
+    } else {
+        for (file, text) in WIT_FILES {
+            write(&dir.join(OWN_WIT).join(file), text)?;
+        }
+        OWN_WIT
+    };
+    let field = name.replace('-', "_");
+    // A Rust project outside a checkout is a workspace of its own (with the profile of small
+    // components); inside, it becomes a member of the checkout's workspace, and shares its
+    // target folder and profiles.
+    let workspace = if checkout {
+        ""
+    } else {
+        "\n[profile.release]\nopt-level = \"s\"\nstrip = true\n\n[workspace]\n"
+    };
+    let templates = match lang {
+        Lang::Rust => RUST,
+        Lang::Python => PYTHON,
+        Lang::Js => JS,
+    };
+    for (file, template) in templates {
+        let text = template
+            .replace("{{name}}", name)
+            .replace("{{field}}", &field)
+            .replace("{{wit}}", wit)
+            .replace("{{workspace}}", workspace);
+        write(&dir.join(file), &text)?;
+    }
+    if checkout && lang == Lang::Rust {
+        add_workspace_member(root, &format!("functions/{name}"))?;
+    }
+    let (build, component) = match lang {
+        Lang::Rust => {
+            let target = if checkout {
+                root.join("target")
+            } else {
+                dir.join("target")
+            };
+            (
+                "cargo component build --release".to_owned(),
+                target.join(format!("wasm32-wasip1/release/pizza_stage_{field}.wasm")),
+            )
+        }
+        Lang::Python => (
+            format!("componentize-py -d {wit} -w topping componentize app -o stage.wasm"),
+            dir.join("stage.wasm"),
+        ),
+        Lang::Js => (
+            "npm install && npm run build".to_owned(),
+            dir.join("stage.wasm"),
+        ),
+    };
+    Ok(Scaffolded {
+        dir,
+        build,
+        component,
+    })
+}
+
+/// Stage names become folder, crate, field and topic names: keep them to what all accept.
+fn check_name(name: &str) -> anyhow::Result<()> {
+    let mut chars = name.chars();
+    let starts_with_letter = chars.next().is_some_and(|c| c.is_ascii_lowercase());
+    let rest_fits = chars.all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-');
+    if !starts_with_letter || !rest_fits || name.ends_with('-') || name.len() > 40 {
+        anyhow::bail!(
+            "stage name {name:?}: use lowercase letters, digits and dashes, starting with a \
+             letter (at most 40), e.g. `oregano` or `extra-sauce`"
+        );
+    }
+    Ok(())
+}
+
+/// Whether `root` is a pizza-host checkout: a Cargo workspace whose `wit/` holds the stage
+/// contract.
+fn in_checkout(root: &Path) -> bool {
+    let manifest = std::fs::read_to_string(root.join("Cargo.toml")).unwrap_or_default();
+    manifest.contains("[workspace]") && root.join("wit/stage.wit").is_file()
+}
+
+/// Lists `member` in the workspace manifest at `root`, keeping the file's layout.
+fn add_workspace_member(root: &Path, member: &str) -> anyhow::Result<()> {
+    let path = root.join("Cargo.toml");
+    let text = std::fs::read_to_string(&path)?;
+    let mut manifest: toml_edit::DocumentMut = text.parse().context("Cargo.toml is not TOML")?;
+    let members = manifest["workspace"]["members"]
+        .as_array_mut()
+        .context("Cargo.toml has no [workspace] members list")?;
+    if !members.iter().any(|m| m.as_str() == Some(member)) {
+        members.push(member);
+        std::fs::write(&path, manifest.to_string())?;
+    }
+    Ok(())
+}
+
+fn write(path: &Path, text: &str) -> anyhow::Result<()> {
+    if let Some(parent) = path.parent() {
+        std::fs::create_dir_all(parent)
+            .with_context(|| format!("cannot create {}", parent.display()))?;
+    }
+    std::fs::write(path, text).with_context(|| format!("cannot write {}", path.display()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_must_fit_every_use() {
+        for good in ["oregano", "extra-sauce", "v2"] {
+            assert!(check_name(good).is_ok(), "{good}");
+        }
+        for bad in ["", "Oregano", "2x", "a_b", "a-", "../x", "a b"] {
+            assert!(check_name(bad).is_err(), "{bad}");
+        }
+    }
+}

@@ -1,0 +1,296 @@
+//! Placing an order: its id, its records (the order record on the orders topic, then one
+//! pizza per count on the first stage's input, all keyed by the order id), and publishing
+//! them under the pipeline's guarantee.
+//!
+//! Under exactly-once the order goes out in one transaction: all or none. A failure that
+//! leaves the transactional producer in an unknown state (the broker went away mid-commit, a
+//! fatal error) retires that producer; the next order starts a new one with the same
+//! transactional id, which fences the old one and aborts whatever it left open. So an outage
+//! costs the orders placed during it a 503, never the publisher itself.
+
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
+
+use anyhow::Context as _;
+use rand::rngs::StdRng;
+use rand::{RngExt as _, SeedableRng as _};
+use rdkafka::message::{Header, OwnedHeaders};
+use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
+use serde_json::json;
+
+use crate::kafka::KafkaSettings;
+use crate::orders::book::OrderBook;
+use crate::telemetry::trace_context;
+
+/// How long `POST /order` waits for the broker to take the order.
+pub const PUBLISH_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Hands out new order ids: the decimal form of a random 128-bit UUID, like the original
+/// service's; with a seed, the same sequence of ids on every run.
+pub struct OrderIds(Option<std::sync::Mutex<StdRng>>);
+
+impl OrderIds {
+    /// Random ids, or with `seed` a reproducible sequence.
+    pub fn new(seed: Option<u64>) -> Self {
+        Self(seed.map(|seed| std::sync::Mutex::new(StdRng::seed_from_u64(seed))))
+    }
+
+    /// The next order's id.
+    pub fn next(&self) -> String {
+        let uuid = match &self.0 {
+            None => uuid::Uuid::new_v4(),
+            Some(rng) => {
+                let mut rng = rng
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner);
+                uuid::Builder::from_random_bytes(rng.random()).into_uuid()
+            }
+        };
+        uuid.as_u128().to_string()
+    }
+}
+
+/// The pizza events of a new order, in the original demo's shape (every topping empty) plus
+/// a `pizza_id` that lets the view count a redelivered pizza once.
+pub fn new_pizzas(order_id: &str, count: u32) -> Vec<String> {
+    (0..count)
+        .map(|n| {
+            json!({
+                "order_id": order_id,
+                "pizza_id": format!("{order_id}-{n}"),
+                "sauce": "",
+                "cheese": "",
+                "meats": "",
+                "veggies": "",
+            })
+            .to_string()
+        })
+        .collect()
+}
+
+/// The record of an order on the orders topic, from which every host's view learns about it.
+pub fn order_record(order_id: &str, count: u32) -> String {
+    json!({ "order_id": order_id, "count": count }).to_string()
+}
+
+/// An order's records, all keyed by its id and carrying its trace context.
+struct OrderRecords {
+    key: String,
+    headers: OwnedHeaders,
+    /// (topic, value): the order record first, then the pizzas.
+    values: Vec<(String, String)>,
+}
+
+impl OrderRecords {
+    fn record<'a>(&'a self, (topic, value): &'a (String, String)) -> FutureRecord<'a, str, str> {
+        FutureRecord::to(topic)
+            .key(self.key.as_str())
+            .payload(value.as_str())
+            .headers(self.headers.clone())
+    }
+}
+
+/// Where a new order is published.
+#[derive(Debug, Clone)]
+pub struct OrderTopics {
+    /// Order records (id and count), read back by every host's order view.
+    pub orders: String,
+    /// The first stage's input, where the pizzas go.
+    pub pizzas: String,
+}
+
+/// How new orders reach Kafka.
+#[derive(Clone)]
+pub enum Publisher {
+    /// Each record is acknowledged on its own; a failure midway leaves part of the order.
+    AtLeastOnce(FutureProducer),
+    /// The order record and its pizzas go in one transaction: all or none.
+    ExactlyOnce(Arc<TransactionalPublisher>),
+}
+
+impl Publisher {
+    /// An at-least-once publisher whose sends fail after [`PUBLISH_TIMEOUT`].
+    pub fn at_least_once(kafka: &KafkaSettings) -> anyhow::Result<Self> {
+        Ok(Self::AtLeastOnce(
+            kafka.producer_with_timeout(PUBLISH_TIMEOUT)?,
+        ))
+    }
+
+    /// A transactional publisher with id `transactional_id`, ready to use.
+    pub fn transactional(kafka: &KafkaSettings, transactional_id: &str) -> anyhow::Result<Self> {
+        let publisher = TransactionalPublisher {
+            kafka: kafka.clone(),
+            transactional_id: transactional_id.to_owned(),
+            producer: Mutex::new(None),
+        };
+        let producer = tokio::task::block_in_place(|| publisher.start())?;
+        publisher.put_back(producer);
+        Ok(Self::ExactlyOnce(Arc::new(publisher)))
+    }
+}
+
+/// The transactional producer of orders; one transaction at a time, hence the lock.
+pub struct TransactionalPublisher {
+    kafka: KafkaSettings,
+    transactional_id: String,
+    /// Empty after a failure that left the producer's state unknown: the next order starts a
+    /// new producer.
+    producer: Mutex<Option<FutureProducer>>,
+}
+
+impl TransactionalPublisher {
+    /// A new producer, its transactions initialised (fencing any earlier one with our id).
+    fn start(&self) -> anyhow::Result<FutureProducer> {
+        let producer = self.kafka.transactional_producer(&self.transactional_id)?;
+        producer
+            .init_transactions(PUBLISH_TIMEOUT)
+            .with_context(|| format!("cannot start transactions as {}", self.transactional_id))?;
+        Ok(producer)
+    }
+
+    fn put_back(&self, producer: FutureProducer) {
+        *self.producer.lock().unwrap_or_else(PoisonError::into_inner) = Some(producer);
+    }
+
+    /// Blocking: one transaction holding every record of the order.
+    fn publish(&self, records: &OrderRecords) -> anyhow::Result<()> {
+        let mut slot = self.producer.lock().unwrap_or_else(PoisonError::into_inner);
+        let producer = match slot.take() {
+            Some(producer) => producer,
+            None => self.start()?,
+        };
+        let published = send_in_transaction(&producer, records);
+        if let Err(err) = &published {
+            match producer.abort_transaction(PUBLISH_TIMEOUT) {
+                Ok(()) => {}
+                Err(abort) => {
+                    tracing::warn!(
+                        "order transaction failed ({err:#}) and could not be aborted ({abort}); \
+                         the next order starts a new transactional producer"
+                    );
+                    return published
+                        .context("the order was not published (its transaction was abandoned)");
+                }
+            }
+        }
+        *slot = Some(producer);
+        published.context("the order was not published (its transaction was aborted)")
+    }
+}
+
+fn send_in_transaction(producer: &FutureProducer, records: &OrderRecords) -> anyhow::Result<()> {
+    producer
+        .begin_transaction()
+        .context("cannot begin a transaction")?;
+    let sent = records
+        .values
+        .iter()
+        .map(|value| crate::kafka::send_blocking(producer, records.record(value)))
+        .collect::<anyhow::Result<Vec<_>>>()
+        .context("cannot send the order's records")?;
+    crate::kafka::commit_transaction(producer, sent, PUBLISH_TIMEOUT)
+        .context("the order's transaction failed")
+}
+
+/// Opens the order in `book`, publishes its record and then its pizzas, keyed by the order
+/// id; returns once the broker acknowledged everything. On failure the order is forgotten here.
+pub async fn place(
+    book: &OrderBook,
+    publisher: &Publisher,
+    topics: &OrderTopics,
+    order_id: &str,
+    count: u32,
+) -> anyhow::Result<()> {
+    // Opened first, so a pizza that completes before the last send returns finds its order.
+    book.open(order_id, count);
+    let traceparent = trace_context::new_trace();
+    let records = OrderRecords {
+        key: order_id.to_owned(),
+        headers: OwnedHeaders::new().insert(Header {
+            key: trace_context::HEADER,
+            value: Some(traceparent.as_bytes()),
+        }),
+        values: std::iter::once((topics.orders.clone(), order_record(order_id, count)))
+            .chain(
+                new_pizzas(order_id, count)
+                    .into_iter()
+                    .map(|pizza| (topics.pizzas.clone(), pizza)),
+            )
+            .collect(),
+    };
+    let published = match publisher {
+        Publisher::AtLeastOnce(producer) => publish_each(producer, &records).await,
+        Publisher::ExactlyOnce(publisher) => {
+            let publisher = publisher.clone();
+            tokio::task::spawn_blocking(move || publisher.publish(&records))
+                .await
+                .context("publishing panicked")
+                .and_then(|published| published)
+        }
+    };
+    if published.is_err() {
+        book.cancel(order_id);
+    }
+    published
+}
+
+async fn publish_each(producer: &FutureProducer, records: &OrderRecords) -> anyhow::Result<()> {
+    // The order record first: a view that sees a pizza knows its order.
+    let mut values = records.values.iter();
+    if let Some(order) = values.next() {
+        producer
+            .send(records.record(order), PUBLISH_TIMEOUT)
+            .await
+            .map_err(|(err, _)| err)
+            .context("the broker did not acknowledge the order")?;
+    }
+    let sends = values.map(|pizza| producer.send(records.record(pizza), PUBLISH_TIMEOUT));
+    for result in futures::future::join_all(sends).await {
+        result
+            .map_err(|(err, _)| err)
+            .context("the broker did not acknowledge all of the order's pizzas")?;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashSet;
+
+    use serde_json::Value;
+
+    use super::*;
+
+    #[test]
+    fn seeded_order_ids_repeat_per_seed() {
+        let ids = |seed| {
+            let ids = OrderIds::new(seed);
+            [ids.next(), ids.next()]
+        };
+        assert_eq!(ids(Some(1)), ids(Some(1)));
+        assert_ne!(ids(Some(1)), ids(Some(2)));
+        assert_ne!(ids(None), ids(None));
+        let [first, second] = ids(Some(1));
+        assert_ne!(first, second);
+        assert!(first.parse::<u128>().is_ok(), "{first}");
+    }
+
+    #[test]
+    fn new_pizzas_have_the_original_fields_and_distinct_ids() {
+        let id = OrderIds::new(None).next();
+        assert!(id.parse::<u128>().is_ok(), "{id}");
+        let pizzas = new_pizzas(&id, 3);
+        let ids: HashSet<String> = pizzas
+            .iter()
+            .map(|p| {
+                let v: Value = serde_json::from_str(p).expect("json");
+                for field in ["sauce", "cheese", "meats", "veggies"] {
+                    assert_eq!(v[field], "", "{field}");
+                }
+                assert_eq!(v["order_id"], id.as_str());
+                v["pizza_id"].as_str().expect("pizza_id").to_owned()
+            })
+            .collect();
+        assert_eq!(ids.len(), 3);
+    }
+}

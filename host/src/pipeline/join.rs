@@ -1,0 +1,533 @@
+//! A join (fan-in, `[[join]]` in `pipeline.toml`): stages that all consume `pizza` each make one
+//! part of a pizza on their own topic; the join assembles the parts of each pizza (by its
+//! `pizza_id`) into the completed pizza, in the chain's JSON shape, on the output topic.
+//!
+//! # Exactly once, and durable
+//! Parts waiting for their siblings are kept in memory per input partition and, in the same
+//! Kafka transaction as the input offsets and the assembled pizzas, on a compacted changelog
+//! topic partitioned like the inputs (key: the pizza id; a tombstone once it is assembled or
+//! given up on). A host that takes over a partition (after a restart or a rebalance) first
+//! reads that partition of the changelog, so it holds exactly the parts the committed offsets
+//! have passed: nothing is lost or assembled twice.
+//!
+//! The inputs must be co-partitioned (same partition count, order id as the key, as the stages
+//! keep it), and the join's consumer gets partition `p` of every input together.
+//!
+//! # Bounded
+//! A pizza whose parts have not all arrived `expire_after_ms` after the first one is given up
+//! on: what arrived goes, merged, to the dead-letter topic (so the order view shows the pizza as
+//! failed), and its parts are dropped.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use rdkafka::consumer::Consumer;
+use rdkafka::message::{BorrowedMessage, Header, OwnedHeaders};
+use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord, Producer};
+use rdkafka::{Message, Offset, TopicPartitionList};
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::config::JoinConfig;
+// Batches and restarts like a stage's: the same trade-off of latency against transactions.
+use crate::kafka::{ConsumerErrors, GroupState, KafkaSettings, send_blocking};
+use crate::pipeline::stage::exactly_once::{BATCH_WINDOW, IDLE_GAP, MAX_BATCH, TXN_TIMEOUT};
+use crate::pipeline::stages::RESTART_BACKOFF;
+
+/// How often waiting parts are checked for expiry when no record arrives.
+const EXPIRY_CHECK: Duration = Duration::from_secs(1);
+
+/// The parts of one pizza that have arrived, as kept in memory and on the changelog.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct Waiting {
+    /// When the first part was made (its record's timestamp, ms since the epoch).
+    first_ms: i64,
+    /// The parts' record key (the order id).
+    key: Option<String>,
+    /// Input topic → the part from it.
+    parts: BTreeMap<String, Value>,
+}
+
+/// Starts every join of the pipeline on `tasks`; they stop when `shutdown` is cancelled.
+/// Creates their topics first.
+pub async fn start(
+    joins: &[JoinConfig],
+    kafka: &KafkaSettings,
+    group_prefix: &str,
+    instance_id: &str,
+    (partitions, replication): (i32, i32),
+    tasks: &TaskTracker,
+    shutdown: &CancellationToken,
+) -> anyhow::Result<()> {
+    for join in joins {
+        let mut topics: Vec<&str> = join.inputs.iter().map(String::as_str).collect();
+        let dead_letter = join.dead_letter_topic();
+        topics.extend([join.output.as_str(), dead_letter.as_str()]);
+        kafka
+            .ensure_topics(&topics, partitions, replication, &[])
+            .await?;
+        kafka
+            .ensure_topics(
+                &[join.changelog_topic()],
+                partitions,
+                replication,
+                &[("cleanup.policy", "compact")],
+            )
+            .await?;
+        let group = format!("{group_prefix}-join-{}", join.name);
+        let route = JoinRoute {
+            transactional_id: format!("{group}-{instance_id}"),
+            group,
+            config: join.clone(),
+            dead_letter,
+        };
+        tracing::info!(join = join.name, inputs = ?join.inputs, output = join.output, "join started");
+        tasks.spawn(supervise(route, kafka.clone(), shutdown.clone()));
+    }
+    Ok(())
+}
+
+struct JoinRoute {
+    group: String,
+    transactional_id: String,
+    config: JoinConfig,
+    dead_letter: String,
+}
+
+async fn supervise(route: JoinRoute, kafka: KafkaSettings, stop: CancellationToken) {
+    loop {
+        match run(&route, &kafka, &stop).await {
+            Ok(()) => {
+                tracing::info!(join = route.config.name, "join stopped and committed");
+                return;
+            }
+            Err(err) => tracing::error!(
+                join = route.config.name,
+                "join stopped: {err:#}; restarting"
+            ),
+        }
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tokio::time::sleep(RESTART_BACKOFF) => {}
+        }
+    }
+}
+
+/// The join's state: waiting parts per input partition it holds.
+struct Assembly<'a> {
+    route: &'a JoinRoute,
+    kafka: &'a KafkaSettings,
+    producer: FutureProducer,
+    group: Arc<GroupState>,
+    /// The assignment the partitions below were loaded under.
+    loaded_under: u64,
+    waiting: HashMap<i32, HashMap<String, Waiting>>,
+    /// What the open transaction sent, which its commit waits for.
+    sent: Vec<DeliveryFuture>,
+}
+
+async fn run(
+    route: &JoinRoute,
+    kafka: &KafkaSettings,
+    stop: &CancellationToken,
+) -> anyhow::Result<()> {
+    let group = Arc::new(GroupState::default());
+    let consumer = kafka.co_partitioned_consumer(&route.group, group.clone())?;
+    let producer = kafka.transactional_producer(&route.transactional_id)?;
+    tokio::task::block_in_place(|| producer.init_transactions(TXN_TIMEOUT))
+        .with_context(|| format!("cannot start transactions as {}", route.transactional_id))?;
+    let inputs: Vec<&str> = route.config.inputs.iter().map(String::as_str).collect();
+    consumer.subscribe(&inputs)?;
+    let mut assembly = Assembly {
+        route,
+        kafka,
+        producer,
+        group,
+        loaded_under: 0,
+        waiting: HashMap::new(),
+        sent: Vec::new(),
+    };
+    let mut errors = ConsumerErrors::default();
+    let mut expiry = tokio::time::interval(EXPIRY_CHECK);
+    loop {
+        let first = tokio::select! {
+            biased;
+            _ = stop.cancelled() => return Ok(()),
+            received = consumer.recv() => received,
+            _ = expiry.tick() => {
+                // Parts restored after a restart expire too, even if no record comes.
+                assembly.load_assigned()?;
+                if assembly.any_expired() {
+                    assembly.in_transaction(|a| a.expire())?;
+                }
+                continue;
+            }
+        };
+        let first = match first {
+            Ok(message) => message,
+            Err(err) => {
+                errors.log(&format!("join {}", route.config.name), &err);
+                continue;
+            }
+        };
+        assembly.begin()?;
+        let mut next_offsets: BTreeMap<(String, i32), i64> = BTreeMap::new();
+        let batch = async {
+            assembly.take(&first)?;
+            next_offsets.insert(
+                (first.topic().to_owned(), first.partition()),
+                first.offset() + 1,
+            );
+            let deadline = Instant::now() + BATCH_WINDOW;
+            for _ in 1..MAX_BATCH {
+                let until = deadline.min(Instant::now() + IDLE_GAP);
+                let Ok(received) = tokio::time::timeout_at(until, consumer.recv()).await else {
+                    break;
+                };
+                let message = received.context("consumer error inside a transaction")?;
+                assembly.take(&message)?;
+                next_offsets.insert(
+                    (message.topic().to_owned(), message.partition()),
+                    message.offset() + 1,
+                );
+            }
+            assembly.expire()
+        }
+        .await;
+        let committed = batch.and_then(|()| {
+            let mut offsets = TopicPartitionList::new();
+            for ((topic, partition), next) in &next_offsets {
+                offsets.add_partition_offset(topic, *partition, Offset::Offset(*next))?;
+            }
+            let metadata = consumer
+                .group_metadata()
+                .context("the consumer has no group metadata")?;
+            tokio::task::block_in_place(|| {
+                assembly
+                    .producer
+                    .send_offsets_to_transaction(&offsets, &metadata, TXN_TIMEOUT)
+                    .context("cannot add the offsets to the transaction")?;
+                assembly.commit()
+            })
+        });
+        if let Err(err) = committed {
+            assembly.abort();
+            return Err(err.context("transaction aborted; the batch will be processed again"));
+        }
+    }
+}
+
+impl Assembly<'_> {
+    fn begin(&mut self) -> anyhow::Result<()> {
+        self.forget_if_reassigned();
+        self.sent.clear();
+        tokio::task::block_in_place(|| self.producer.begin_transaction())
+            .context("cannot begin a transaction")
+    }
+
+    /// Partitions may have changed hands since the last look: what is held of them may be
+    /// stale, so it is read again from the changelog when next needed.
+    fn forget_if_reassigned(&mut self) {
+        let assignments = self.group.assignments();
+        if assignments != self.loaded_under {
+            self.waiting.clear();
+            self.loaded_under = assignments;
+        }
+    }
+
+    /// Reads what waits in every assigned partition that is not loaded yet.
+    fn load_assigned(&mut self) -> anyhow::Result<()> {
+        self.forget_if_reassigned();
+        for partition in self.group.partitions().into_keys() {
+            self.load(partition)?;
+        }
+        Ok(())
+    }
+
+    fn abort(&mut self) {
+        if let Err(err) =
+            tokio::task::block_in_place(|| self.producer.abort_transaction(TXN_TIMEOUT))
+        {
+            tracing::warn!(join = self.route.config.name, "abort failed too: {err}");
+        }
+        // The transaction's changes to the waiting parts are void: reload them.
+        self.waiting.clear();
+    }
+
+    /// Runs `work` (which only produces) in a transaction of its own.
+    fn in_transaction(
+        &mut self,
+        work: impl FnOnce(&mut Self) -> anyhow::Result<()>,
+    ) -> anyhow::Result<()> {
+        self.begin()?;
+        let done = work(self).and_then(|()| tokio::task::block_in_place(|| self.commit()));
+        if done.is_err() {
+            self.abort();
+        }
+        done
+    }
+
+    /// Commits the open transaction once what it sent is acknowledged.
+    fn commit(&mut self) -> anyhow::Result<()> {
+        let sent = std::mem::take(&mut self.sent);
+        crate::kafka::commit_transaction(&self.producer, sent, TXN_TIMEOUT)
+    }
+
+    /// Sends `record` in the open transaction.
+    fn send<K, P>(&mut self, record: FutureRecord<'_, K, P>) -> anyhow::Result<()>
+    where
+        K: rdkafka::message::ToBytes + ?Sized,
+        P: rdkafka::message::ToBytes + ?Sized,
+    {
+        self.sent.push(send_blocking(&self.producer, record)?);
+        Ok(())
+    }
+
+    /// Takes one part: keeps it, or assembles the pizza if it was the last one missing.
+    fn take(&mut self, message: &BorrowedMessage<'_>) -> anyhow::Result<()> {
+        let partition = message.partition();
+        self.load(partition)?;
+        let key = message
+            .key()
+            .map(|k| String::from_utf8_lossy(k).into_owned());
+        let part: Option<Map<String, Value>> = message
+            .payload()
+            .and_then(|p| serde_json::from_slice(p).ok());
+        let id_field = &self.route.config.key;
+        let Some((id, part)) = part.and_then(|p| Some((p.get(id_field)?.as_str()?.to_owned(), p)))
+        else {
+            let why = format!("not a JSON object with a string {id_field:?}");
+            let payload = message.payload().unwrap_or_default().to_vec();
+            return self.dead_letter(key.as_deref(), &payload, "invalid-input", &why);
+        };
+        let timestamp = message.timestamp().to_millis().unwrap_or_else(now_ms);
+        let waiting = self.waiting.entry(partition).or_default();
+        let entry = waiting.entry(id.clone()).or_insert_with(|| Waiting {
+            first_ms: timestamp,
+            key: key.clone(),
+            parts: BTreeMap::new(),
+        });
+        entry
+            .parts
+            .insert(message.topic().to_owned(), Value::Object(part));
+        if entry.parts.len() < self.route.config.inputs.len() {
+            let saved = serde_json::to_vec(entry)?;
+            return self.send_changelog(partition, &id, Some(&saved));
+        }
+        let Some(whole) = waiting.remove(&id) else {
+            return Ok(());
+        };
+        let pizza = merge(&self.route.config.inputs, &whole.parts).to_string();
+        let mut record = FutureRecord::to(&self.route.config.output).payload(pizza.as_bytes());
+        if let Some(key) = &whole.key {
+            record = record.key(key.as_str());
+        }
+        self.send(record)?;
+        self.send_changelog(partition, &id, None)
+    }
+
+    fn expire_limit_ms(&self) -> i64 {
+        i64::try_from(self.route.config.expire_after_ms).unwrap_or(i64::MAX)
+    }
+
+    /// True if some pizza waits longer than it may (so an expiry needs a transaction).
+    fn any_expired(&self) -> bool {
+        let (limit, now) = (self.expire_limit_ms(), now_ms());
+        self.waiting
+            .values()
+            .flat_map(HashMap::values)
+            .any(|whole| now - whole.first_ms >= limit)
+    }
+
+    /// Gives up on pizzas whose parts did not all arrive in time.
+    fn expire(&mut self) -> anyhow::Result<()> {
+        let (limit, now) = (self.expire_limit_ms(), now_ms());
+        let mut expired = Vec::new();
+        for (&partition, waiting) in &mut self.waiting {
+            waiting.retain(|id, whole| {
+                let keep = now - whole.first_ms < limit;
+                if !keep {
+                    expired.push((partition, id.clone(), whole.clone()));
+                }
+                keep
+            });
+        }
+        for (partition, id, whole) in expired {
+            let arrived: Vec<&str> = whole.parts.keys().map(String::as_str).collect();
+            let why = format!(
+                "only {} of {} parts arrived within {} ms (from {})",
+                whole.parts.len(),
+                self.route.config.inputs.len(),
+                limit,
+                arrived.join(", ")
+            );
+            tracing::warn!(join = self.route.config.name, pizza_id = id, "{why}");
+            let partial = merge(&self.route.config.inputs, &whole.parts).to_string();
+            self.dead_letter(
+                whole.key.as_deref(),
+                partial.as_bytes(),
+                "join-expired",
+                &why,
+            )?;
+            self.send_changelog(partition, &id, None)?;
+        }
+        Ok(())
+    }
+
+    fn dead_letter(
+        &mut self,
+        key: Option<&str>,
+        payload: &[u8],
+        kind: &str,
+        why: &str,
+    ) -> anyhow::Result<()> {
+        let headers = [
+            ("pizza-host.stage", self.route.config.name.as_str()),
+            ("pizza-host.error-kind", kind),
+            ("pizza-host.error", why),
+        ]
+        .iter()
+        .fold(OwnedHeaders::new(), |headers, (key, value)| {
+            headers.insert(Header {
+                key,
+                value: Some(value.as_bytes()),
+            })
+        });
+        let mut record = FutureRecord::to(&self.route.dead_letter)
+            .payload(payload)
+            .headers(headers);
+        if let Some(key) = key {
+            record = record.key(key);
+        }
+        self.send(record)
+    }
+
+    fn send_changelog(
+        &mut self,
+        partition: i32,
+        id: &str,
+        value: Option<&[u8]>,
+    ) -> anyhow::Result<()> {
+        let mut record = FutureRecord::<str, [u8]>::to(self.route.config.changelog_topic())
+            .partition(partition)
+            .key(id);
+        if let Some(value) = value {
+            record = record.payload(value);
+        }
+        self.send(record)
+    }
+
+    /// Reads what waits in `partition` from the changelog, unless it is loaded already.
+    fn load(&mut self, partition: i32) -> anyhow::Result<()> {
+        if self.waiting.contains_key(&partition) {
+            return Ok(());
+        }
+        let topic = self.route.config.changelog_topic();
+        let restored = tokio::task::block_in_place(|| restore(self.kafka, topic, partition))
+            .with_context(|| {
+                format!("cannot read the waiting parts of partition {partition} from {topic}")
+            })?;
+        tracing::debug!(
+            join = self.route.config.name,
+            partition,
+            waiting = restored.len(),
+            "waiting parts restored"
+        );
+        self.waiting.insert(partition, restored);
+        Ok(())
+    }
+}
+
+/// The assembled pizza: the first input's part, with every field another part sets (a
+/// non-empty value where the first has none) filled in, in input order.
+fn merge(inputs: &[String], parts: &BTreeMap<String, Value>) -> Value {
+    let mut whole = Map::new();
+    for part in inputs.iter().filter_map(|input| parts.get(input)) {
+        for (field, value) in part.as_object().into_iter().flatten() {
+            let unset = |v: &Value| v.is_null() || v.as_str() == Some("");
+            let take = whole
+                .get(field)
+                .is_none_or(|have| unset(have) && !unset(value));
+            if take {
+                whole.insert(field.clone(), value.clone());
+            }
+        }
+    }
+    Value::Object(whole)
+}
+
+/// Blocking: the parts waiting in `partition` of the changelog `topic`, read to its end.
+fn restore(
+    kafka: &KafkaSettings,
+    topic: &str,
+    partition: i32,
+) -> anyhow::Result<HashMap<String, Waiting>> {
+    let mut waiting = HashMap::new();
+    let reader = format!("join-restore-{topic}");
+    kafka.read_to_end(&reader, topic, Some(partition), |message| {
+        let Some(id) = message
+            .key()
+            .map(|k| String::from_utf8_lossy(k).into_owned())
+        else {
+            return;
+        };
+        match message.payload().map(serde_json::from_slice::<Waiting>) {
+            Some(Ok(parts)) => {
+                waiting.insert(id, parts);
+            }
+            Some(Err(err)) => {
+                tracing::warn!(topic, partition, "unreadable waiting parts skipped: {err}")
+            }
+            None => {
+                waiting.remove(&id);
+            }
+        }
+    })?;
+    Ok(waiting)
+}
+
+fn now_ms() -> i64 {
+    let since_epoch = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default();
+    i64::try_from(since_epoch.as_millis()).unwrap_or(i64::MAX)
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+
+    #[test]
+    fn merging_takes_each_field_from_the_part_that_set_it() {
+        let inputs: Vec<String> = ["s", "c", "m", "v"].map(String::from).to_vec();
+        let blank = json!({"order_id": "1", "pizza_id": "1-0", "sauce": "", "cheese": "", "meats": "", "veggies": ""});
+        let mut parts = BTreeMap::new();
+        for (input, field, value) in [
+            ("s", "sauce", "bbq"),
+            ("c", "cheese", "extra"),
+            ("m", "meats", "ham"),
+            ("v", "veggies", "olives"),
+        ] {
+            let mut part = blank.clone();
+            part[field] = json!(value);
+            parts.insert(input.to_owned(), part);
+        }
+        assert_eq!(
+            merge(&inputs, &parts),
+            json!({"order_id": "1", "pizza_id": "1-0", "sauce": "bbq", "cheese": "extra", "meats": "ham", "veggies": "olives"})
+        );
+        parts.remove("m");
+        assert_eq!(
+            merge(&inputs, &parts)["meats"],
+            "",
+            "a missing part leaves its field unset"
+        );
+    }
+}
