@@ -11,6 +11,8 @@ use tokio_util::task::TaskTracker;
 
 use crate::config::{Guarantee, Overrides, Pipeline};
 use crate::kafka::KafkaSettings;
+use crate::pipeline::Running;
+use crate::pipeline::report::Reports;
 use crate::pipeline::stages::Stages;
 use crate::runtime::Runtime;
 
@@ -56,60 +58,25 @@ pub async fn start(
     let metrics = crate::telemetry::metrics::Metrics::new();
     let events = crate::telemetry::events::Events::default();
 
-    // Stages first: their components are checked before any topic is created, so a bad
-    // file fails fast and clearly.
-    let reports = Arc::new(crate::pipeline::report::Reports::new(
+    // Components are loaded and smoke-called before any topic is created, so a bad file
+    // fails fast and clearly.
+    let reports = Arc::new(Reports::new(
         runtime.clone(),
         kafka.clone(),
-        &pipeline,
         shutdown.clone(),
         tasks.clone(),
     ));
-    let report_plan = reports.plan(&pipeline).await?;
     let stages = Arc::new(Stages::new(
         runtime,
         kafka.clone(),
-        &pipeline,
         shutdown.clone(),
         tasks.clone(),
         metrics.clone(),
         events.clone(),
     ));
-    stages.apply(&pipeline).await?;
-    reports.carry_out(report_plan).await;
-    crate::pipeline::join::start(
-        &pipeline.joins,
-        &kafka,
-        &pipeline.group_prefix,
-        &pipeline.instance_id,
-        (
-            pipeline.topics.partitions,
-            pipeline.topics.replication_factor,
-        ),
-        &tasks,
-        &shutdown,
-    )
-    .await?;
-    let (partitions, replication) = (
-        pipeline.topics.partitions,
-        pipeline.topics.replication_factor,
-    );
-    let pizza_topics = [
-        pipeline.orders.topic.as_str(),
-        pipeline.orders.completed_topic.as_str(),
-    ];
-    kafka
-        .ensure_topics(&pizza_topics, partitions, replication, &[])
-        .await?;
-    // One record per order, keyed by its id: compaction keeps every order and nothing else.
-    kafka
-        .ensure_topics(
-            &[pipeline.orders.orders_topic.as_str()],
-            partitions,
-            replication,
-            &[("cleanup.policy", "compact")],
-        )
-        .await?;
+    let running = Running::new(stages.clone(), reports.clone(), kafka.clone());
+    let plan = running.apply(&pipeline).await?;
+    crate::pipeline::join::start(&plan.joins, &kafka, &tasks, &shutdown);
     let health = crate::kafka::health::spawn_probe(
         &kafka,
         &pipeline.orders.topic,
@@ -119,23 +86,10 @@ pub async fn start(
 
     let book = crate::orders::book::OrderBook::bounded(pipeline.orders.max_pizzas_in_memory);
     let reader = kafka.reader(&format!("{}-order-view", pipeline.group_prefix))?;
-    let view_topics = crate::orders::view::ViewTopics {
-        orders: pipeline.orders.orders_topic.clone(),
-        completed: pipeline.orders.completed_topic.clone(),
-        dead_letters: pipeline
-            .stages
-            .iter()
-            .map(|s| s.dead_letter_topic())
-            .chain(pipeline.joins.iter().map(|j| j.dead_letter_topic()))
-            // Stages that share an input share its dead-letter topic: read it once.
-            .collect::<std::collections::BTreeSet<_>>()
-            .into_iter()
-            .collect(),
-    };
     let view = crate::orders::view::start(
         book.clone(),
         reader,
-        view_topics,
+        running.view_topics(),
         events.clone(),
         shutdown.clone(),
     )
@@ -191,10 +145,6 @@ pub async fn start(
     };
 
     if let Some((path, overrides)) = watch {
-        let running = crate::pipeline::watch::Running {
-            stages: stages.clone(),
-            reports,
-        };
         tasks.spawn(
             crate::pipeline::watch::watch(path, overrides, pipeline, running, shutdown.clone())
                 .await?,

@@ -12,7 +12,7 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 /// Why `pipeline.toml` could not be used.
 #[derive(Debug, thiserror::Error)]
@@ -97,7 +97,7 @@ impl Overrides {
 }
 
 /// The whole pipeline: Kafka client settings, HTTP, topics and the stages.
-#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct Pipeline {
     /// Prefix of every consumer group id the host creates (`<prefix>-<stage>`), so several
@@ -149,7 +149,7 @@ pub struct Pipeline {
 }
 
 /// How often each event is processed and published.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum Guarantee {
     /// Kafka transactions: each stage's results and input offsets are committed together,
@@ -162,7 +162,7 @@ pub enum Guarantee {
 }
 
 /// The HTTP API.
-#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct HttpConfig {
     /// Address to listen on.
@@ -174,7 +174,7 @@ pub struct HttpConfig {
 }
 
 /// The admin API: listing stages and deploying components without a file system.
-#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct AdminConfig {
     /// Address to listen on. Keep it on localhost unless something in front guards it.
@@ -220,7 +220,7 @@ impl Default for AdminConfig {
 }
 
 /// How the host creates the topics it needs when they are missing.
-#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct TopicsConfig {
     /// Partitions of each topic the host creates. Existing topics are left as they are.
@@ -232,7 +232,7 @@ pub struct TopicsConfig {
 }
 
 /// Where orders enter the pipeline and where completed pizzas come out.
-#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct OrdersConfig {
     /// Topic that `POST /order` publishes new pizzas to (the original demo's `pizza`).
@@ -251,7 +251,7 @@ pub struct OrdersConfig {
 }
 
 /// One stage: a component between an input and an output topic.
-#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct StageConfig {
     /// Unique name, used in logs, metrics and the consumer group id.
@@ -298,7 +298,7 @@ pub struct StageConfig {
 
 /// One report: a component that folds every event of a topic into a state, served as JSON at
 /// `GET /report/{name}`.
-#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct ReportConfig {
     /// Unique name among the reports: the `{name}` of `GET /report/{name}`.
@@ -329,7 +329,7 @@ pub struct ReportConfig {
 
 /// A join (fan-in): assembles the parts of one pizza, each made by a stage on its own topic,
 /// into one record on the output topic, exactly once.
-#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct JoinConfig {
     /// Unique name among the joins; names its consumer group and transactional id.

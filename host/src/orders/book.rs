@@ -89,7 +89,7 @@ pub struct CompletedPizza {
     pizza_id: Option<String>,
     /// A JSON object.
     pizza: Box<RawValue>,
-    /// Each stage's visit (see [`crate::pipeline::stage::TRAIL_HEADER`]) in stage order, JSON each.
+    /// Each stage's visit (see [`crate::kafka::headers::TRAIL`]) in stage order, JSON each.
     visits: Vec<Arc<str>>,
 }
 

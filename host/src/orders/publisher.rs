@@ -185,7 +185,11 @@ fn send_in_transaction(producer: &FutureProducer, records: &OrderRecords) -> any
     let sent = records
         .values
         .iter()
-        .map(|value| crate::kafka::send_blocking(producer, records.record(value)))
+        // A blocking thread of the runtime: it may wait on the one async send path.
+        .map(|value| {
+            tokio::runtime::Handle::current()
+                .block_on(crate::kafka::send(producer, records.record(value)))
+        })
         .collect::<anyhow::Result<Vec<_>>>()
         .context("cannot send the order's records")?;
     crate::kafka::commit_transaction(producer, sent, PUBLISH_TIMEOUT)

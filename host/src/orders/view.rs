@@ -4,6 +4,8 @@
 //!
 //! Every topic is read from its beginning. [`start`] returns once the view has caught up with
 //! what the topics held when it began, so `GET /order/{id}` never answers from half a history.
+//! The view follows the pipeline: a dead-letter topic that a live edit adds (a stage added or
+//! moved) is read from its beginning as soon as the edit is applied.
 
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
@@ -13,10 +15,12 @@ use rdkafka::consumer::{Consumer, StreamConsumer};
 use rdkafka::message::{BorrowedMessage, Headers};
 use rdkafka::{Message, Offset, TopicPartitionList};
 use serde_json::{Map, Value, json};
+use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
-use crate::kafka;
+use crate::kafka::{self, headers};
 use crate::orders::book::{CompletedPizza, FailedPizza, OrderBook, Outcome};
+use crate::pipeline::plan::ViewTopics;
 use crate::telemetry::events::Events;
 
 /// How often catching up looks at the consumer's position when no record arrives.
@@ -24,26 +28,16 @@ const POSITION_CHECK: Duration = Duration::from_millis(100);
 /// How long startup may spend reading the history before serving with what it has.
 const CATCH_UP_LIMIT: Duration = Duration::from_secs(120);
 
-/// The topics the view reads.
-#[derive(Debug, Clone)]
-pub struct ViewTopics {
-    /// Order records.
-    pub orders: String,
-    /// Completed pizzas.
-    pub completed: String,
-    /// The stages' dead-letter topics.
-    pub dead_letters: Vec<String>,
-}
-
 /// Reads the history of `topics` into `book`, then returns the task that keeps reading until
 /// `shutdown`.
 pub async fn start(
     book: OrderBook,
     consumer: StreamConsumer,
-    topics: ViewTopics,
+    mut follow: watch::Receiver<ViewTopics>,
     events: Events,
     shutdown: CancellationToken,
 ) -> anyhow::Result<impl Future<Output = ()> + use<>> {
+    let mut topics = follow.borrow_and_update().clone();
     let mut assignment = TopicPartitionList::new();
     // Where each partition ended when we began: caught up once every one is reached.
     let mut behind: HashMap<(String, i32), i64> = HashMap::new();
@@ -110,9 +104,46 @@ pub async fn start(
                     Ok(message) => apply(&book, &topics, &events, &message),
                     Err(err) => errors.log("order view", &err),
                 },
+                changed = follow.changed() => {
+                    if changed.is_err() {
+                        continue; // the pipeline is gone: shutting down
+                    }
+                    let next = follow.borrow_and_update().clone();
+                    if let Err(err) = read_new_topics(&consumer, &topics, &next) {
+                        tracing::error!("order view: cannot read the pipeline's new dead-letter topics: {err:#}");
+                    }
+                    topics = next;
+                }
             }
         }
     })
+}
+
+/// Adds the dead-letter topics that `next` has and `current` has not to what `consumer`
+/// reads, from their beginning; the partitions it reads already keep their positions.
+fn read_new_topics(
+    consumer: &StreamConsumer,
+    current: &ViewTopics,
+    next: &ViewTopics,
+) -> anyhow::Result<()> {
+    let added: Vec<&String> = next
+        .dead_letters
+        .difference(&current.dead_letters)
+        .collect();
+    if added.is_empty() {
+        return Ok(());
+    }
+    let mut assignment = TopicPartitionList::new();
+    for topic in added {
+        for id in tokio::task::block_in_place(|| kafka::partitions(consumer.client(), topic))? {
+            assignment.add_partition_offset(topic, id, Offset::Beginning)?;
+        }
+        tracing::info!(topic, "order view: reading a new dead-letter topic");
+    }
+    consumer
+        .incremental_assign(&assignment)
+        .context("cannot add the new dead-letter topics")?;
+    Ok(())
 }
 
 /// Applies one record of any of the view's topics to the book.
@@ -123,7 +154,7 @@ fn apply(book: &OrderBook, topics: &ViewTopics, events: &Events, message: &Borro
             .headers()
             .into_iter()
             .flat_map(|h| h.iter())
-            .filter(|h| h.key == crate::pipeline::stage::TRAIL_HEADER)
+            .filter(|h| h.key == headers::TRAIL)
             .filter_map(|h| h.value);
         let Some(pizza) = message
             .payload()
@@ -176,9 +207,9 @@ fn apply(book: &OrderBook, topics: &ViewTopics, events: &Events, message: &Borro
             pizza_id: json
                 .as_ref()
                 .and_then(|j| j.get("pizza_id")?.as_str().map(str::to_owned)),
-            stage: header("pizza-host.stage"),
-            kind: header("pizza-host.error-kind"),
-            error: header("pizza-host.error"),
+            stage: header(headers::STAGE),
+            kind: header(headers::ERROR_KIND),
+            error: header(headers::ERROR),
         };
         events.publish(|| json!({"type": "failed", "order_id": order_id, "failure": failed}));
         book.record(&order_id, Outcome::Failed(failed));

@@ -23,21 +23,20 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context as _;
+use rdkafka::Message;
 use rdkafka::consumer::Consumer;
-use rdkafka::message::{BorrowedMessage, Header, OwnedHeaders};
-use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord, Producer};
-use rdkafka::{Message, Offset, TopicPartitionList};
+use rdkafka::message::{BorrowedMessage, OwnedHeaders};
+use rdkafka::producer::{FutureRecord, Producer};
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
-use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::config::JoinConfig;
-// Batches and restarts like a stage's: the same trade-off of latency against transactions.
-use crate::kafka::{ConsumerErrors, GroupState, KafkaSettings, send_blocking};
-use crate::pipeline::stage::exactly_once::{BATCH_WINDOW, IDLE_GAP, MAX_BATCH, TXN_TIMEOUT};
-use crate::pipeline::stages::RESTART_BACKOFF;
+use crate::kafka::headers;
+use crate::kafka::transaction::{self, Idle, TXN_TIMEOUT, Transaction, TransactionalWork};
+use crate::kafka::{GroupConsumer, GroupState, KafkaSettings};
+use crate::pipeline::plan::JoinRoute;
+use crate::pipeline::supervisor::supervise;
 
 /// How often waiting parts are checked for expiry when no record arrives.
 const EXPIRY_CHECK: Duration = Duration::from_secs(1);
@@ -53,68 +52,23 @@ struct Waiting {
     parts: BTreeMap<String, Value>,
 }
 
-/// Starts every join of the pipeline on `tasks`; they stop when `shutdown` is cancelled.
-/// Creates their topics first.
-pub async fn start(
-    joins: &[JoinConfig],
+/// Starts every join of `joins` on `tasks` (their topics exist); they stop when `shutdown` is
+/// cancelled.
+pub fn start(
+    joins: &[JoinRoute],
     kafka: &KafkaSettings,
-    group_prefix: &str,
-    instance_id: &str,
-    (partitions, replication): (i32, i32),
     tasks: &TaskTracker,
     shutdown: &CancellationToken,
-) -> anyhow::Result<()> {
-    for join in joins {
-        let mut topics: Vec<&str> = join.inputs.iter().map(String::as_str).collect();
-        let dead_letter = join.dead_letter_topic();
-        topics.extend([join.output.as_str(), dead_letter.as_str()]);
-        kafka
-            .ensure_topics(&topics, partitions, replication, &[])
-            .await?;
-        kafka
-            .ensure_topics(
-                &[join.changelog_topic()],
-                partitions,
-                replication,
-                &[("cleanup.policy", "compact")],
-            )
-            .await?;
-        let group = format!("{group_prefix}-join-{}", join.name);
-        let route = JoinRoute {
-            transactional_id: format!("{group}-{instance_id}"),
-            group,
-            config: join.clone(),
-            dead_letter,
-        };
+) {
+    for route in joins {
+        let join = &route.config;
         tracing::info!(join = join.name, inputs = ?join.inputs, output = join.output, "join started");
-        tasks.spawn(supervise(route, kafka.clone(), shutdown.clone()));
-    }
-    Ok(())
-}
-
-struct JoinRoute {
-    group: String,
-    transactional_id: String,
-    config: JoinConfig,
-    dead_letter: String,
-}
-
-async fn supervise(route: JoinRoute, kafka: KafkaSettings, stop: CancellationToken) {
-    loop {
-        match run(&route, &kafka, &stop).await {
-            Ok(()) => {
-                tracing::info!(join = route.config.name, "join stopped and committed");
-                return;
-            }
-            Err(err) => tracing::error!(
-                join = route.config.name,
-                "join stopped: {err:#}; restarting"
-            ),
-        }
-        tokio::select! {
-            _ = stop.cancelled() => return,
-            _ = tokio::time::sleep(RESTART_BACKOFF) => {}
-        }
+        let (route, kafka, stop) = (route.clone(), kafka.clone(), shutdown.clone());
+        tasks.spawn(async move {
+            let name = format!("join {}", route.config.name);
+            supervise(&name, &stop, || run(&route, &kafka, &stop)).await;
+            tracing::info!(join = route.config.name, "join stopped and committed");
+        });
     }
 }
 
@@ -122,13 +76,10 @@ async fn supervise(route: JoinRoute, kafka: KafkaSettings, stop: CancellationTok
 struct Assembly<'a> {
     route: &'a JoinRoute,
     kafka: &'a KafkaSettings,
-    producer: FutureProducer,
     group: Arc<GroupState>,
     /// The assignment the partitions below were loaded under.
     loaded_under: u64,
     waiting: HashMap<i32, HashMap<String, Waiting>>,
-    /// What the open transaction sent, which its commit waits for.
-    sent: Vec<DeliveryFuture>,
 }
 
 async fn run(
@@ -146,90 +97,60 @@ async fn run(
     let mut assembly = Assembly {
         route,
         kafka,
-        producer,
         group,
         loaded_under: 0,
         waiting: HashMap::new(),
-        sent: Vec::new(),
     };
-    let mut errors = ConsumerErrors::default();
-    let mut expiry = tokio::time::interval(EXPIRY_CHECK);
-    loop {
-        let first = tokio::select! {
-            biased;
-            _ = stop.cancelled() => return Ok(()),
-            received = consumer.recv() => received,
-            _ = expiry.tick() => {
-                // Parts restored after a restart expire too, even if no record comes.
-                assembly.load_assigned()?;
-                if assembly.any_expired() {
-                    assembly.in_transaction(|a| a.expire())?;
-                }
-                continue;
-            }
-        };
-        let first = match first {
-            Ok(message) => message,
-            Err(err) => {
-                errors.log(&format!("join {}", route.config.name), &err);
-                continue;
-            }
-        };
-        assembly.begin()?;
-        let mut next_offsets: BTreeMap<(String, i32), i64> = BTreeMap::new();
-        let batch = async {
-            assembly.take(&first)?;
-            next_offsets.insert(
-                (first.topic().to_owned(), first.partition()),
-                first.offset() + 1,
-            );
-            let deadline = Instant::now() + BATCH_WINDOW;
-            for _ in 1..MAX_BATCH {
-                let until = deadline.min(Instant::now() + IDLE_GAP);
-                let Ok(received) = tokio::time::timeout_at(until, consumer.recv()).await else {
-                    break;
-                };
-                let message = received.context("consumer error inside a transaction")?;
-                assembly.take(&message)?;
-                next_offsets.insert(
-                    (message.topic().to_owned(), message.partition()),
-                    message.offset() + 1,
-                );
-            }
-            assembly.expire()
+    let name = format!("join {}", route.config.name);
+    transaction::run(
+        &name,
+        &consumer,
+        &producer,
+        stop,
+        EXPIRY_CHECK,
+        &mut assembly,
+    )
+    .await
+}
+
+impl TransactionalWork for Assembly<'_> {
+    fn begin(&mut self) {
+        self.forget_if_reassigned();
+    }
+
+    async fn process(
+        &mut self,
+        txn: &mut Transaction<'_>,
+        records: &[BorrowedMessage<'_>],
+    ) -> anyhow::Result<()> {
+        for message in records {
+            self.take(txn, message).await?;
         }
-        .await;
-        let committed = batch.and_then(|()| {
-            let mut offsets = TopicPartitionList::new();
-            for ((topic, partition), next) in &next_offsets {
-                offsets.add_partition_offset(topic, *partition, Offset::Offset(*next))?;
-            }
-            let metadata = consumer
-                .group_metadata()
-                .context("the consumer has no group metadata")?;
-            tokio::task::block_in_place(|| {
-                assembly
-                    .producer
-                    .send_offsets_to_transaction(&offsets, &metadata, TXN_TIMEOUT)
-                    .context("cannot add the offsets to the transaction")?;
-                assembly.commit()
-            })
-        });
-        if let Err(err) = committed {
-            assembly.abort();
-            return Err(err.context("transaction aborted; the batch will be processed again"));
-        }
+        Ok(())
+    }
+
+    /// Every transaction gives up on the pizzas that waited too long.
+    async fn finish(&mut self, txn: &mut Transaction<'_>) -> anyhow::Result<()> {
+        self.expire(txn).await
+    }
+
+    /// Parts restored after a restart expire too, even if no record comes.
+    fn idle(&mut self, _consumer: &GroupConsumer) -> anyhow::Result<Idle> {
+        self.load_assigned()?;
+        Ok(if self.any_expired() {
+            Idle::Transact
+        } else {
+            Idle::Wait
+        })
+    }
+
+    /// The transaction's changes to the waiting parts are void: they are read again.
+    fn aborted(&mut self) {
+        self.waiting.clear();
     }
 }
 
 impl Assembly<'_> {
-    fn begin(&mut self) -> anyhow::Result<()> {
-        self.forget_if_reassigned();
-        self.sent.clear();
-        tokio::task::block_in_place(|| self.producer.begin_transaction())
-            .context("cannot begin a transaction")
-    }
-
     /// Partitions may have changed hands since the last look: what is held of them may be
     /// stale, so it is read again from the changelog when next needed.
     fn forget_if_reassigned(&mut self) {
@@ -249,47 +170,12 @@ impl Assembly<'_> {
         Ok(())
     }
 
-    fn abort(&mut self) {
-        if let Err(err) =
-            tokio::task::block_in_place(|| self.producer.abort_transaction(TXN_TIMEOUT))
-        {
-            tracing::warn!(join = self.route.config.name, "abort failed too: {err}");
-        }
-        // The transaction's changes to the waiting parts are void: reload them.
-        self.waiting.clear();
-    }
-
-    /// Runs `work` (which only produces) in a transaction of its own.
-    fn in_transaction(
-        &mut self,
-        work: impl FnOnce(&mut Self) -> anyhow::Result<()>,
-    ) -> anyhow::Result<()> {
-        self.begin()?;
-        let done = work(self).and_then(|()| tokio::task::block_in_place(|| self.commit()));
-        if done.is_err() {
-            self.abort();
-        }
-        done
-    }
-
-    /// Commits the open transaction once what it sent is acknowledged.
-    fn commit(&mut self) -> anyhow::Result<()> {
-        let sent = std::mem::take(&mut self.sent);
-        crate::kafka::commit_transaction(&self.producer, sent, TXN_TIMEOUT)
-    }
-
-    /// Sends `record` in the open transaction.
-    fn send<K, P>(&mut self, record: FutureRecord<'_, K, P>) -> anyhow::Result<()>
-    where
-        K: rdkafka::message::ToBytes + ?Sized,
-        P: rdkafka::message::ToBytes + ?Sized,
-    {
-        self.sent.push(send_blocking(&self.producer, record)?);
-        Ok(())
-    }
-
     /// Takes one part: keeps it, or assembles the pizza if it was the last one missing.
-    fn take(&mut self, message: &BorrowedMessage<'_>) -> anyhow::Result<()> {
+    async fn take(
+        &mut self,
+        txn: &mut Transaction<'_>,
+        message: &BorrowedMessage<'_>,
+    ) -> anyhow::Result<()> {
         let partition = message.partition();
         self.load(partition)?;
         let key = message
@@ -303,7 +189,9 @@ impl Assembly<'_> {
         else {
             let why = format!("not a JSON object with a string {id_field:?}");
             let payload = message.payload().unwrap_or_default().to_vec();
-            return self.dead_letter(key.as_deref(), &payload, "invalid-input", &why);
+            return self
+                .dead_letter(txn, key.as_deref(), &payload, "invalid-input", &why)
+                .await;
         };
         let timestamp = message.timestamp().to_millis().unwrap_or_else(now_ms);
         let waiting = self.waiting.entry(partition).or_default();
@@ -317,7 +205,7 @@ impl Assembly<'_> {
             .insert(message.topic().to_owned(), Value::Object(part));
         if entry.parts.len() < self.route.config.inputs.len() {
             let saved = serde_json::to_vec(entry)?;
-            return self.send_changelog(partition, &id, Some(&saved));
+            return self.send_changelog(txn, partition, &id, Some(&saved)).await;
         }
         let Some(whole) = waiting.remove(&id) else {
             return Ok(());
@@ -327,8 +215,8 @@ impl Assembly<'_> {
         if let Some(key) = &whole.key {
             record = record.key(key.as_str());
         }
-        self.send(record)?;
-        self.send_changelog(partition, &id, None)
+        txn.send(record).await?;
+        self.send_changelog(txn, partition, &id, None).await
     }
 
     fn expire_limit_ms(&self) -> i64 {
@@ -345,7 +233,7 @@ impl Assembly<'_> {
     }
 
     /// Gives up on pizzas whose parts did not all arrive in time.
-    fn expire(&mut self) -> anyhow::Result<()> {
+    async fn expire(&mut self, txn: &mut Transaction<'_>) -> anyhow::Result<()> {
         let (limit, now) = (self.expire_limit_ms(), now_ms());
         let mut expired = Vec::new();
         for (&partition, waiting) in &mut self.waiting {
@@ -369,46 +257,46 @@ impl Assembly<'_> {
             tracing::warn!(join = self.route.config.name, pizza_id = id, "{why}");
             let partial = merge(&self.route.config.inputs, &whole.parts).to_string();
             self.dead_letter(
+                txn,
                 whole.key.as_deref(),
                 partial.as_bytes(),
                 "join-expired",
                 &why,
-            )?;
-            self.send_changelog(partition, &id, None)?;
+            )
+            .await?;
+            self.send_changelog(txn, partition, &id, None).await?;
         }
         Ok(())
     }
 
-    fn dead_letter(
+    async fn dead_letter(
         &mut self,
+        txn: &mut Transaction<'_>,
         key: Option<&str>,
         payload: &[u8],
         kind: &str,
         why: &str,
     ) -> anyhow::Result<()> {
-        let headers = [
-            ("pizza-host.stage", self.route.config.name.as_str()),
-            ("pizza-host.error-kind", kind),
-            ("pizza-host.error", why),
-        ]
-        .iter()
-        .fold(OwnedHeaders::new(), |headers, (key, value)| {
-            headers.insert(Header {
-                key,
-                value: Some(value.as_bytes()),
-            })
-        });
+        let headers = headers::append(
+            OwnedHeaders::new(),
+            &[
+                (headers::STAGE, self.route.config.name.as_str()),
+                (headers::ERROR_KIND, kind),
+                (headers::ERROR, why),
+            ],
+        );
         let mut record = FutureRecord::to(&self.route.dead_letter)
             .payload(payload)
             .headers(headers);
         if let Some(key) = key {
             record = record.key(key);
         }
-        self.send(record)
+        txn.send(record).await
     }
 
-    fn send_changelog(
+    async fn send_changelog(
         &mut self,
+        txn: &mut Transaction<'_>,
         partition: i32,
         id: &str,
         value: Option<&[u8]>,
@@ -419,7 +307,7 @@ impl Assembly<'_> {
         if let Some(value) = value {
             record = record.payload(value);
         }
-        self.send(record)
+        txn.send(record).await
     }
 
     /// Reads what waits in `partition` from the changelog, unless it is loaded already.

@@ -14,24 +14,20 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
-use anyhow::Context as _;
 use serde::Serialize;
 use tokio::sync::Mutex;
-use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::config::{Guarantee, Pipeline, StageConfig};
+use crate::config::StageConfig;
 use crate::kafka::KafkaSettings;
-use crate::pipeline::stage::{self, Route, StageShared, StopSignals};
-use crate::runtime::{self, LoadError, Runtime, StageComponent};
+use crate::pipeline::plan::{Plan, StageRoute};
+use crate::pipeline::reload;
+use crate::pipeline::stage::running::{RunningStage, stop_upstream_first, swap_in};
+use crate::pipeline::stage::{StageShared, StopSignals};
+use crate::runtime::{LoadError, Runtime, StageComponent};
 use crate::telemetry::events::Events;
 use crate::telemetry::metrics::Metrics;
-
-/// Pause before a stopped stage is started again.
-pub(crate) const RESTART_BACKOFF: Duration = Duration::from_secs(1);
-/// How long a pipeline edit waits for a stage to read its old input to the end.
-const DRAIN_LIMIT: Duration = Duration::from_secs(30);
 
 /// Where a stage's current component came from.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -113,7 +109,7 @@ pub struct SwapReport {
 }
 
 impl SwapReport {
-    fn unchanged(stage: &str, digest: String, load: Duration) -> Self {
+    pub(crate) fn unchanged(stage: &str, digest: String, load: Duration) -> Self {
         Self {
             stage: stage.to_owned(),
             old_digest: digest.clone(),
@@ -125,30 +121,10 @@ impl SwapReport {
     }
 }
 
-struct RunningStage {
-    config: StageConfig,
-    shared: Arc<StageShared>,
-    source: Source,
-    loaded_at: SystemTime,
-    swaps: u64,
-    /// Digest of the component file's content when last read, to tell a change from a touch.
-    file_digest: String,
-    last_swap_error: Option<ErrorInfo>,
-    signals: StopSignals,
-    task: JoinHandle<()>,
-}
-
 /// The host's running stages.
 pub struct Stages {
     runtime: Runtime,
     kafka: KafkaSettings,
-    group_prefix: String,
-    /// This host's name among those running the pipeline (see `Pipeline::instance_id`).
-    instance_id: String,
-    /// Stages run transactionally.
-    exactly_once: bool,
-    partitions: i32,
-    replication: i32,
     shutdown: CancellationToken,
     tasks: TaskTracker,
     metrics: Arc<Metrics>,
@@ -157,13 +133,21 @@ pub struct Stages {
     last_edit_error: Mutex<Option<ErrorInfo>>,
 }
 
+/// What [`Stages::apply`] does to each stage of a plan.
+enum Change {
+    Start,
+    /// Its route changed (topics, dead-letter topic, retries): stopped and started again.
+    Restart,
+    /// Its component or settings changed: swapped between two batches.
+    Swap,
+}
+
 impl Stages {
     /// No stages yet; [`Stages::apply`] starts them. Stage tasks are spawned on `tasks` and stop
     /// when `shutdown` is cancelled.
     pub fn new(
         runtime: Runtime,
         kafka: KafkaSettings,
-        pipeline: &Pipeline,
         shutdown: CancellationToken,
         tasks: TaskTracker,
         metrics: Arc<Metrics>,
@@ -172,11 +156,6 @@ impl Stages {
         Self {
             runtime,
             kafka,
-            group_prefix: pipeline.group_prefix.clone(),
-            instance_id: pipeline.instance_id.clone(),
-            exactly_once: pipeline.guarantee == Guarantee::ExactlyOnce,
-            partitions: pipeline.topics.partitions,
-            replication: pipeline.topics.replication_factor,
             shutdown,
             tasks,
             metrics,
@@ -186,52 +165,47 @@ impl Stages {
         }
     }
 
-    /// Makes the running stages those of `pipeline`: starts new stages, stops removed ones,
-    /// restarts those whose topics changed, swaps those whose component or limits changed,
-    /// and leaves the others alone.
-    ///
-    /// Everything that can fail on bad input (loading and smoke-calling components, creating
-    /// topics) happens first; on such an error nothing was changed. Stages are then stopped
-    /// upstream first; a stage moving off a topic whose producer just stopped first reads
-    /// that topic to its end, and a stage that starts reading a topic another stage left
-    /// takes over that stage's committed offsets, so an edit neither strands nor repeats a
-    /// record.
-    pub async fn apply(&self, pipeline: &Pipeline) -> anyhow::Result<()> {
-        let mut running = self.running.lock().await;
-        let mut starts = Vec::new();
-        let mut restarts = Vec::new();
-        let mut swaps = Vec::new();
-        for config in &pipeline.stages {
-            match running.get(&config.name) {
-                Some(old) if old.config == *config => {}
-                None => starts.push((config.clone(), self.load_file(config).await?)),
-                Some(old)
-                    if old.config.input != config.input || old.config.output != config.output =>
-                {
-                    restarts.push((config.clone(), self.load_file(config).await?));
-                }
-                Some(_) => swaps.push((config.clone(), self.load_file(config).await?)),
-            }
+    /// Loads and smoke-calls the component of every stage of `plan` that is new or changed;
+    /// nothing running changes. Fails on a component that does not load.
+    pub async fn load_changed(&self, plan: &Plan) -> anyhow::Result<Vec<LoadedStage>> {
+        let running = self.running.lock().await;
+        let mut loaded = Vec::new();
+        for (config, route) in &plan.stages {
+            let change = match running.get(&config.name) {
+                Some(old) if old.config == *config && old.route == *route => continue,
+                None => Change::Start,
+                Some(old) if old.route != *route => Change::Restart,
+                Some(_) => Change::Swap,
+            };
+            let component = self.load_file(config).await?;
+            loaded.push(LoadedStage {
+                config: config.clone(),
+                route: route.clone(),
+                component,
+                change,
+            });
         }
-        let mut topics: Vec<String> = Vec::new();
-        for (config, _) in starts.iter().chain(&restarts) {
-            topics.extend([
-                config.input.clone(),
-                config.output.clone(),
-                config.dead_letter_topic(),
-            ]);
-        }
-        let topics: Vec<&str> = topics.iter().map(String::as_str).collect();
-        self.kafka
-            .ensure_topics(&topics, self.partitions, self.replication, &[])
-            .await?;
+        Ok(loaded)
+    }
 
-        // From here on nothing depends on the input being valid.
+    /// Makes the running stages those of `plan`, with the components [`Stages::load_changed`]
+    /// loaded for it (the plan's topics exist): starts new stages, stops removed ones, restarts
+    /// those whose route changed, swaps those whose component or settings changed, and leaves
+    /// the others alone. Cannot fail on bad input.
+    ///
+    /// Stages are stopped upstream first; a stage moving off a topic whose producer just
+    /// stopped first reads that topic to its end, and a stage that starts reading a topic
+    /// another stage left takes over that stage's committed offsets, so an edit neither
+    /// strands nor repeats a record.
+    pub async fn apply(&self, plan: &Plan, loaded: Vec<LoadedStage>) {
+        let mut running = self.running.lock().await;
         let leaving: Vec<RunningStage> = running
             .keys()
             .filter(|name| {
-                !pipeline.stages.iter().any(|s| &s.name == *name)
-                    || restarts.iter().any(|(c, _)| &c.name == *name)
+                !plan.stages.iter().any(|(s, _)| &s.name == *name)
+                    || loaded
+                        .iter()
+                        .any(|l| &l.config.name == *name && matches!(l.change, Change::Restart))
             })
             .cloned()
             .collect::<Vec<_>>()
@@ -239,37 +213,14 @@ impl Stages {
             .filter_map(|name| running.remove(&name))
             .collect();
         let stopped = stop_upstream_first(leaving).await;
-        for (config, _) in starts.iter().chain(&restarts) {
-            let Some(previous) = stopped.iter().find(|old| {
-                old.input == config.input
-                    && old.name != config.name
-                    && !pipeline
-                        .stages
-                        .iter()
-                        .any(|s| s.name == old.name && s.input == old.input)
-            }) else {
-                continue;
-            };
-            let (from, to) = (self.group_id(&previous.name), self.group_id(&config.name));
-            tracing::info!(
-                topic = config.input,
-                from,
-                to,
-                "handing over committed offsets"
-            );
-            if let Err(err) = self
-                .kafka
-                .copy_committed_offsets(&from, &to, &config.input)
-                .await
-            {
-                tracing::error!(
-                    stage = config.name,
-                    "offsets not handed over, the stage starts from its own: {err:#}"
-                );
-            }
-        }
-        for (config, component) in swaps {
-            if let Some(stage) = running.get_mut(&config.name) {
+        for LoadedStage {
+            config,
+            route,
+            component,
+            change,
+        } in loaded
+        {
+            if let (Change::Swap, Some(stage)) = (&change, running.get_mut(&config.name)) {
                 stage.file_digest = component.digest().to_owned();
                 let settings_changed = stage.config.settings() != config.settings();
                 swap_in(
@@ -280,22 +231,70 @@ impl Stages {
                     settings_changed,
                 );
                 stage.config = config;
+                continue;
             }
-        }
-        for (config, component) in starts.into_iter().chain(restarts) {
+            self.hand_over_offsets(&stopped, plan, &route).await;
             tracing::info!(
                 stage = config.name,
                 component = %config.component.display(),
                 digest = component.digest(),
                 origin = ?component.origin(),
-                input = config.input,
-                output = config.output,
+                input = route.input,
+                output = route.output,
+                dead_letter = route.dead_letter,
                 "stage started"
             );
-            let stage = self.spawn(config, component);
+            let shared = Arc::new(StageShared::new(
+                component,
+                self.metrics.stage(&config.name),
+                self.events.clone(),
+            ));
+            let signals = StopSignals {
+                stop: self.shutdown.child_token(),
+                drain: CancellationToken::new(),
+            };
+            let stage = RunningStage::start(
+                config,
+                route,
+                shared,
+                self.kafka.clone(),
+                signals,
+                &self.tasks,
+            );
             running.insert(stage.config.name.clone(), stage);
         }
-        Ok(())
+    }
+
+    /// A stage starting on `route` reads its input from where a stopped stage that left that
+    /// input had committed, if there is one.
+    async fn hand_over_offsets(&self, stopped: &[StageRoute], plan: &Plan, route: &StageRoute) {
+        let Some(previous) = stopped.iter().find(|old| {
+            old.input == route.input
+                && old.name != route.name
+                && !plan
+                    .stages
+                    .iter()
+                    .any(|(_, s)| s.name == old.name && s.input == old.input)
+        }) else {
+            return;
+        };
+        let (from, to) = (&previous.group_id, &route.group_id);
+        tracing::info!(
+            topic = route.input,
+            from,
+            to,
+            "handing over committed offsets"
+        );
+        if let Err(err) = self
+            .kafka
+            .copy_committed_offsets(from, to, &route.input)
+            .await
+        {
+            tracing::error!(
+                stage = route.name,
+                "offsets not handed over, the stage starts from its own: {err:#}"
+            );
+        }
     }
 
     /// Reloads stage `name` from its component file; a no-op if the file is unchanged.
@@ -309,34 +308,25 @@ impl Stages {
         };
         let started = Instant::now();
         let path = config.component.clone();
-        let bytes = match tokio::fs::read(&path).await {
-            Ok(bytes) => bytes,
+        let bytes = match reload::reread(&path, &seen).await {
+            Ok(reload::Reread::Unchanged(digest)) => {
+                return Ok(SwapReport::unchanged(name, digest, started.elapsed()));
+            }
+            Ok(reload::Reread::Changed { bytes, digest }) => {
+                if let Some(stage) = self.running.lock().await.get_mut(name) {
+                    stage.file_digest = digest;
+                }
+                bytes
+            }
             Err(err) => {
-                let err = LoadError::new(
-                    name,
-                    &path,
-                    anyhow::Error::new(err).context("cannot read the file"),
-                );
+                let err = LoadError::new(name, &path, err);
                 return Err(self.swap_rejected(name, err.into()).await);
             }
         };
-        // Watch events come for reads and touches too: only new content counts as a change.
-        let digest = runtime::digest(&bytes);
-        if digest == seen {
-            return Ok(SwapReport::unchanged(name, digest, started.elapsed()));
-        }
-        if let Some(stage) = self.running.lock().await.get_mut(name) {
-            stage.file_digest = digest;
-        }
-        let runtime = self.runtime.clone();
-        let (stage, settings) = (name.to_owned(), config.settings());
-        let loaded =
-            tokio::task::spawn_blocking(move || runtime.load_bytes(&stage, &bytes, &settings))
-                .await
-                .context("loading the component panicked")
-                .and_then(|loaded| {
-                    loaded.map_err(|cause| LoadError::new(name, &path, cause).into())
-                });
+        let (runtime, stage, settings) = (self.runtime.clone(), name.to_owned(), config.settings());
+        let loaded = reload::off_thread(move || runtime.load_bytes(&stage, &bytes, &settings))
+            .await
+            .map_err(|cause| LoadError::new(name, &path, cause).into());
         match loaded {
             Ok(component) => Ok(self
                 .swap(name, component, Source::File(path), started.elapsed())
@@ -355,15 +345,10 @@ impl Stages {
                 .ok_or_else(|| UnknownStage(name.to_owned()))?
         };
         let started = Instant::now();
-        let runtime = self.runtime.clone();
-        let stage = name.to_owned();
-        let loaded =
-            tokio::task::spawn_blocking(move || runtime.load_bytes(&stage, &bytes, &settings))
-                .await
-                .context("loading the component panicked")
-                .and_then(|loaded| {
-                    loaded.with_context(|| format!("stage `{name}`: uploaded component"))
-                });
+        let (runtime, stage) = (self.runtime.clone(), name.to_owned());
+        let loaded = reload::off_thread(move || runtime.load_bytes(&stage, &bytes, &settings))
+            .await
+            .map_err(|err| err.context(format!("stage `{name}`: uploaded component")));
         match loaded {
             Ok(component) => Ok(self
                 .swap(name, component, Source::Upload, started.elapsed())
@@ -374,11 +359,7 @@ impl Stages {
 
     /// Remembers why a pipeline edit was rejected.
     pub async fn edit_rejected(&self, message: String) {
-        *self.last_edit_error.lock().await = Some(ErrorInfo {
-            at: humantime::format_rfc3339_millis(SystemTime::now()).to_string(),
-            kind: "edit-rejected".into(),
-            message,
-        });
+        *self.last_edit_error.lock().await = Some(ErrorInfo::now("edit-rejected", message));
     }
 
     /// Why the most recent rejected pipeline edit was rejected.
@@ -389,7 +370,7 @@ impl Stages {
     /// The running stages, for the admin API.
     pub async fn list(&self) -> Vec<StageInfo> {
         let running = self.running.lock().await;
-        running.values().map(info).collect()
+        running.values().map(RunningStage::info).collect()
     }
 
     /// Names and component files of the running stages, for the file watcher.
@@ -404,11 +385,7 @@ impl Stages {
     /// Records a rejected swap on the stage, for the admin API, and hands the error back.
     async fn swap_rejected(&self, name: &str, err: anyhow::Error) -> anyhow::Error {
         if let Some(stage) = self.running.lock().await.get_mut(name) {
-            stage.last_swap_error = Some(ErrorInfo {
-                at: humantime::format_rfc3339_millis(SystemTime::now()).to_string(),
-                kind: "swap-rejected".into(),
-                message: format!("{err:#}"),
-            });
+            stage.last_swap_error = Some(ErrorInfo::now("swap-rejected", format!("{err:#}")));
         }
         err
     }
@@ -423,75 +400,30 @@ impl Stages {
         let mut running = self.running.lock().await;
         let Some(stage) = running.get_mut(name) else {
             // Removed by a pipeline edit while the new version was loading: nothing to swap.
-            return SwapReport {
-                stage: name.to_owned(),
-                old_digest: String::new(),
-                new_digest: component.digest().to_owned(),
-                unchanged: true,
-                load_ms: load.as_secs_f64() * 1e3,
-                pause_us: 0.0,
-            };
+            let mut report = SwapReport::unchanged(name, component.digest().to_owned(), load);
+            report.old_digest = String::new();
+            return report;
         };
         swap_in(stage, component, source, load, false)
     }
 
     async fn load_file(&self, config: &StageConfig) -> anyhow::Result<StageComponent> {
-        let runtime = self.runtime.clone();
-        let config = config.clone();
-        // Compiling takes tens of milliseconds of CPU: keep it off the async workers.
-        let component = tokio::task::spawn_blocking(move || {
-            runtime.load(&config.name, &config.component, &config.settings())
+        let (runtime, config) = (self.runtime.clone(), config.clone());
+        reload::off_thread(move || {
+            runtime
+                .load(&config.name, &config.component, &config.settings())
+                .map_err(anyhow::Error::from)
         })
         .await
-        .context("loading the component panicked")??;
-        Ok(component)
     }
+}
 
-    fn group_id(&self, stage: &str) -> String {
-        format!("{}-{}", self.group_prefix, stage)
-    }
-
-    fn spawn(&self, config: StageConfig, component: StageComponent) -> RunningStage {
-        let group_id = self.group_id(&config.name);
-        let route = Route {
-            name: config.name.clone(),
-            transactional_id: self
-                .exactly_once
-                .then(|| format!("{group_id}-{}", self.instance_id)),
-            group_id,
-            input: config.input.clone(),
-            output: config.output.clone(),
-            dead_letter: config.dead_letter_topic(),
-            retries: config.retries,
-        };
-        let component_digest = component.digest().to_owned();
-        let shared = Arc::new(StageShared::new(
-            component,
-            self.metrics.stage(&config.name),
-            self.events.clone(),
-        ));
-        let signals = StopSignals {
-            stop: self.shutdown.child_token(),
-            drain: CancellationToken::new(),
-        };
-        let task = self.tasks.spawn(supervise(
-            shared.clone(),
-            route,
-            self.kafka.clone(),
-            signals.clone(),
-        ));
-        RunningStage {
-            source: Source::File(config.component.clone()),
-            config,
-            shared,
-            loaded_at: SystemTime::now(),
-            swaps: 0,
-            file_digest: component_digest,
-            last_swap_error: None,
-            signals,
-            task,
-        }
-    }
+/// A stage's new component, loaded and smoke-called for a plan, and what to do with it.
+pub struct LoadedStage {
+    config: StageConfig,
+    route: StageRoute,
+    component: StageComponent,
+    change: Change,
 }
 
 /// The admin API asked for a stage that is not running.
@@ -499,160 +431,13 @@ impl Stages {
 #[error("no stage named {0:?}")]
 pub struct UnknownStage(pub String);
 
-/// Makes `component` the stage's. The same file from the same source is no change, unless
-/// `settings_changed` (limits or config edited): the component carries its settings.
-fn swap_in(
-    stage: &mut RunningStage,
-    component: StageComponent,
-    source: Source,
-    load: Duration,
-    settings_changed: bool,
-) -> SwapReport {
-    let name = stage.config.name.clone();
-    let new_digest = component.digest().to_owned();
-    let old_digest = stage.shared.current().digest().to_owned();
-    let unchanged = old_digest == new_digest && stage.source == source && !settings_changed;
-    let mut pause = Duration::ZERO;
-    if !unchanged {
-        let held = Instant::now();
-        stage.shared.swap(component);
-        pause = held.elapsed();
-        stage.source = source;
-        stage.loaded_at = SystemTime::now();
-        stage.swaps += 1;
-        tracing::info!(
-            stage = name,
-            old_digest,
-            new_digest,
-            load_ms = load.as_secs_f64() * 1e3,
-            pause_us = pause.as_secs_f64() * 1e6,
-            settings_changed,
-            "component swapped"
-        );
-    }
-    SwapReport {
-        stage: name,
-        old_digest,
-        new_digest,
-        unchanged,
-        load_ms: load.as_secs_f64() * 1e3,
-        pause_us: pause.as_secs_f64() * 1e6,
-    }
-}
-
-/// Stops `leaving`, each after the stages that feed it; returns their configurations.
-async fn stop_upstream_first(mut leaving: Vec<RunningStage>) -> Vec<StageConfig> {
-    let mut stopped: Vec<StageConfig> = Vec::new();
-    while !leaving.is_empty() {
-        // Next: a stage no other leaving stage feeds (or any, should the edit form a cycle).
-        let next = (0..leaving.len())
-            .find(|&i| {
-                !leaving
-                    .iter()
-                    .any(|other| other.config.output == leaving[i].config.input)
-            })
-            .unwrap_or(0);
-        let stage = leaving.swap_remove(next);
-        let producer_stopped = stopped.iter().any(|s| s.output == stage.config.input);
-        stopped.push(stage.config.clone());
-        if producer_stopped {
-            drain_and_stop(stage).await;
-        } else {
-            stop(stage).await;
-        }
-    }
-    stopped
-}
-
-/// Lets the stage read its input to the end (its producer has stopped), then stops it.
-async fn drain_and_stop(stage: RunningStage) {
-    tracing::info!(
-        stage = stage.config.name,
-        topic = stage.config.input,
-        "draining before the stage moves"
-    );
-    stage.signals.drain.cancel();
-    let name = stage.config.name.clone();
-    let task = stage.task;
-    tokio::pin!(task);
-    if tokio::time::timeout(DRAIN_LIMIT, &mut task).await.is_err() {
-        tracing::error!(
-            stage = name,
-            "not drained after {DRAIN_LIMIT:?}; stopping anyway, records left behind stay in the topic"
-        );
-        stage.signals.stop.cancel();
-        let _ = task.await;
-    }
-}
-
-async fn stop(stage: RunningStage) {
-    stage.signals.stop.cancel();
-    if let Err(err) = stage.task.await {
-        tracing::error!(stage = stage.config.name, "stage task failed: {err}");
-    }
-}
-
-fn info(stage: &RunningStage) -> StageInfo {
-    let stats = &stage.shared.stats;
-    let last_error = stats
-        .last_error
-        .lock()
-        .unwrap_or_else(std::sync::PoisonError::into_inner)
-        .clone()
-        .map(|e| ErrorInfo {
-            at: humantime::format_rfc3339_millis(e.at).to_string(),
-            kind: e.kind.to_owned(),
-            message: e.message,
-        });
-    StageInfo {
-        name: stage.config.name.clone(),
-        input: stage.config.input.clone(),
-        output: stage.config.output.clone(),
-        source: stage.source.clone(),
-        digest: stage.shared.current().digest().to_owned(),
-        loaded_at: humantime::format_rfc3339_millis(stage.loaded_at).to_string(),
-        swaps: stage.swaps,
-        processed: stats.processed.load(std::sync::atomic::Ordering::Relaxed),
-        dead_lettered: stats
-            .dead_lettered
-            .load(std::sync::atomic::Ordering::Relaxed),
-        last_error,
-        last_swap_error: stage.last_swap_error.clone(),
-        joined: stage.shared.group.joined(),
-        partitions: stage
-            .shared
-            .group
-            .partitions()
-            .into_iter()
-            .map(|(partition, lag)| PartitionInfo { partition, lag })
-            .collect(),
-    }
-}
-
-/// Runs a stage until `stop`, restarting it from its last committed offset if it fails.
-async fn supervise(
-    shared: Arc<StageShared>,
-    route: Route,
-    kafka: KafkaSettings,
-    signals: StopSignals,
-) {
-    let stop = &signals.stop;
-    loop {
-        let ran = match &route.transactional_id {
-            Some(id) => stage::exactly_once::run(&shared, &route, &kafka, &signals, id).await,
-            None => stage::run(&shared, &route, &kafka, &signals).await,
-        };
-        match ran {
-            Ok(()) if stop.is_cancelled() || signals.drain.is_cancelled() => {
-                tracing::info!(stage = route.name, "stage stopped and committed");
-                return;
-            }
-            Ok(()) => {}
-            Err(err) => tracing::error!(stage = route.name, "stage stopped: {err:#}; restarting"),
-        }
-        tokio::select! {
-            _ = stop.cancelled() => return,
-            _ = tokio::time::sleep(RESTART_BACKOFF) => {}
+impl ErrorInfo {
+    /// A failure of `kind` that happened now.
+    pub(crate) fn now(kind: &str, message: String) -> Self {
+        Self {
+            at: humantime::format_rfc3339_millis(SystemTime::now()).to_string(),
+            kind: kind.into(),
+            message,
         }
     }
 }

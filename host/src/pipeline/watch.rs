@@ -8,7 +8,6 @@
 
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context as _;
@@ -18,28 +17,18 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::{Overrides, Pipeline};
-use crate::pipeline::report::Reports;
-use crate::pipeline::stages::{Stages, same_file};
+use crate::pipeline::Running;
+use crate::pipeline::plan::{applied, restart_only_changes};
+use crate::pipeline::stages::same_file;
 
-/// What file changes act on.
-#[derive(Clone)]
-pub struct Running {
-    /// The stages.
-    pub stages: Arc<Stages>,
-    /// The reports.
-    pub reports: Arc<Reports>,
-}
-
-impl Running {
-    /// Every component file in use, with the stage or report that uses it.
-    async fn component_files(&self) -> Vec<(Kind, String, PathBuf)> {
-        let stages = self.stages.component_files().await.into_iter();
-        let reports = self.reports.component_files().await.into_iter();
-        stages
-            .map(|(name, file)| (Kind::Stage, name, file))
-            .chain(reports.map(|(name, file)| (Kind::Report, name, file)))
-            .collect()
-    }
+/// Every component file in use, with the stage or report that uses it.
+async fn component_files(running: &Running) -> Vec<(Kind, String, PathBuf)> {
+    let stages = running.stages.component_files().await.into_iter();
+    let reports = running.reports.component_files().await.into_iter();
+    stages
+        .map(|(name, file)| (Kind::Stage, name, file))
+        .chain(reports.map(|(name, file)| (Kind::Report, name, file)))
+        .collect()
 }
 
 #[derive(Clone, Copy)]
@@ -105,7 +94,7 @@ async fn watch_folders(
     running: &Running,
 ) {
     let mut folders = BTreeSet::from([parent(pipeline_path)]);
-    for (_, _, file) in running.component_files().await {
+    for (_, _, file) in component_files(running).await {
         folders.insert(parent(&std::path::absolute(&file).unwrap_or(file)));
     }
     for folder in folders.difference(watched) {
@@ -135,7 +124,7 @@ async fn changes(
     if changed.iter().any(|path| same_file(path, pipeline_path)) {
         *current = apply_pipeline_edit(pipeline_path, overrides, current.clone(), running).await;
     }
-    for (kind, name, file) in running.component_files().await {
+    for (kind, name, file) in component_files(running).await {
         if !changed.iter().any(|path| same_file(path, &file)) {
             continue;
         }
@@ -151,8 +140,9 @@ async fn changes(
     Ok(())
 }
 
-/// Applies an edited pipeline file; on any error the running pipeline stays as it was.
-/// Returns the pipeline that runs afterwards.
+/// Applies an edited pipeline file: its live settings (see [`applied`]); every other setting
+/// that differs is logged as needing a restart. On any error the running pipeline stays as it
+/// was. Returns the pipeline that runs afterwards.
 async fn apply_pipeline_edit(
     path: &Path,
     overrides: Overrides,
@@ -171,23 +161,22 @@ async fn apply_pipeline_edit(
     if edited == current {
         return current;
     }
-    let needs_restart = restart_only_settings(&current, &edited);
+    let needs_restart = restart_only_changes(&current, &edited);
     if !needs_restart.is_empty() {
         tracing::warn!(
+            settings = ?needs_restart,
             "pipeline edit changes {} — these apply at the next restart",
             needs_restart.join(", ")
         );
     }
-    // Reports are checked first and changed last, so a bad edit changes nothing at all.
-    let applied = match running.reports.plan(&edited).await {
-        Ok(plan) => stages.apply(&edited).await.map(|()| plan),
-        Err(err) => Err(err),
-    };
-    match applied {
-        Ok(plan) => {
-            running.reports.carry_out(plan).await;
+    let next = applied(&current, &edited);
+    if next == current {
+        return current;
+    }
+    match running.apply(&next).await {
+        Ok(_) => {
             tracing::info!(file = %path.display(), "pipeline edit applied");
-            edited
+            next
         }
         Err(err) => {
             tracing::error!("pipeline edit rejected, nothing changed: {err:#}");
@@ -195,23 +184,6 @@ async fn apply_pipeline_edit(
             current
         }
     }
-}
-
-/// The settings that differ between `a` and `b` and are only read at startup.
-fn restart_only_settings(a: &Pipeline, b: &Pipeline) -> Vec<&'static str> {
-    [
-        (a.kafka != b.kafka, "[kafka]"),
-        (a.http != b.http, "[http]"),
-        (a.admin != b.admin, "[admin]"),
-        (a.orders != b.orders, "[orders]"),
-        (a.topics != b.topics, "[topics]"),
-        (a.group_prefix != b.group_prefix, "group_prefix"),
-        (a.seed != b.seed, "seed"),
-        (a.joins != b.joins, "[[join]]"),
-    ]
-    .into_iter()
-    .filter_map(|(differs, setting)| differs.then_some(setting))
-    .collect()
 }
 
 fn parent(path: &Path) -> PathBuf {

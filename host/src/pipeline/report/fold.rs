@@ -24,6 +24,7 @@ use serde::{Deserialize, Serialize};
 use tokio_util::sync::CancellationToken;
 
 use crate::kafka::{self, ConsumerErrors, KafkaSettings};
+use crate::pipeline::plan::ReportRoute;
 use crate::pipeline::stage::LastError;
 use crate::runtime::{CallError, ReportComponent};
 
@@ -102,19 +103,6 @@ impl ReportShared {
     fn lock(&self) -> std::sync::MutexGuard<'_, Folded> {
         self.folded.lock().unwrap_or_else(PoisonError::into_inner)
     }
-}
-
-/// Where a report reads from and saves to.
-#[derive(Debug, Clone)]
-pub struct ReportRoute {
-    /// The report's name.
-    pub name: String,
-    /// The topic it folds.
-    pub input: String,
-    /// Its compacted changelog topic.
-    pub changelog: String,
-    /// This host's key on the changelog (its instance id).
-    pub key: String,
 }
 
 /// Runs the report until `stop`, then saves its state. An error (a save that failed) ends the

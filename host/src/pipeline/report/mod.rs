@@ -16,14 +16,17 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::config::{Pipeline, ReportConfig};
+use crate::config::ReportConfig;
 use crate::kafka::KafkaSettings;
-use crate::pipeline::stages::{ErrorInfo, RESTART_BACKOFF};
-use crate::runtime::{self, CallError, ReportComponent, Runtime};
+use crate::pipeline::plan::{Plan, ReportRoute};
+use crate::pipeline::reload::{self, Reread};
+use crate::pipeline::stages::ErrorInfo;
+use crate::pipeline::supervisor::supervise;
+use crate::runtime::{CallError, ReportComponent, Runtime};
 
 pub mod fold;
 
-use fold::{ReportRoute, ReportShared};
+use fold::ReportShared;
 
 /// One report as `GET /report` lists it.
 #[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
@@ -43,103 +46,78 @@ pub struct ReportInfo {
     pub failed: u64,
     /// The most recent event it could not fold.
     pub last_error: Option<ErrorInfo>,
+    /// The most recent rejected swap (its component file changed to something that does not
+    /// load), if any.
+    pub last_swap_error: Option<ErrorInfo>,
 }
 
 struct RunningReport {
     config: ReportConfig,
+    route: ReportRoute,
     shared: Arc<ReportShared>,
     /// Digest of the component file when last read, to tell a change from a touch.
     file_digest: String,
+    last_swap_error: Option<ErrorInfo>,
     stop: CancellationToken,
     task: JoinHandle<()>,
 }
 
-/// What [`Reports::plan`] found an edited pipeline needs: components already loaded and
-/// topics created, so [`Reports::carry_out`] cannot fail on bad input.
-pub struct ReportPlan {
-    reports: Vec<ReportConfig>,
-    loaded: BTreeMap<String, ReportComponent>,
-}
+/// The components of the reports a plan adds or changes, loaded and smoke-called by
+/// [`Reports::load_changed`], so [`Reports::apply`] cannot fail on bad input.
+pub struct LoadedReports(BTreeMap<String, ReportComponent>);
 
 /// The host's running reports.
 pub struct Reports {
     runtime: Runtime,
     kafka: KafkaSettings,
-    instance_id: String,
-    replication: i32,
-    partitions: i32,
     shutdown: CancellationToken,
     tasks: TaskTracker,
     running: Mutex<BTreeMap<String, RunningReport>>,
 }
 
 impl Reports {
-    /// No reports yet; [`Reports::plan`] and [`Reports::carry_out`] start them.
+    /// No reports yet; [`Reports::apply`] starts them.
     pub fn new(
         runtime: Runtime,
         kafka: KafkaSettings,
-        pipeline: &Pipeline,
         shutdown: CancellationToken,
         tasks: TaskTracker,
     ) -> Self {
         Self {
             runtime,
             kafka,
-            instance_id: pipeline.instance_id.clone(),
-            replication: pipeline.topics.replication_factor,
-            partitions: pipeline.topics.partitions,
             shutdown,
             tasks,
             running: Mutex::new(BTreeMap::new()),
         }
     }
 
-    /// Loads the components of the reports `pipeline` adds or changes and creates their
-    /// topics; nothing running changes. Fails on a component that does not load.
-    pub async fn plan(&self, pipeline: &Pipeline) -> anyhow::Result<ReportPlan> {
+    /// Loads the components of the reports `plan` adds or changes; nothing running changes.
+    /// Fails on a component that does not load.
+    pub async fn load_changed(&self, plan: &Plan) -> anyhow::Result<LoadedReports> {
         let running = self.running.lock().await;
         let mut loaded = BTreeMap::new();
-        for config in &pipeline.reports {
+        for (config, route) in &plan.reports {
             if running
                 .get(&config.name)
-                .is_some_and(|r| r.config == *config)
+                .is_some_and(|r| r.config == *config && r.route == *route)
             {
                 continue;
             }
             loaded.insert(config.name.clone(), self.load_file(config).await?);
-            let changelog = config.changelog_topic();
-            self.kafka
-                .ensure_topics(&[&config.input], self.partitions, self.replication, &[])
-                .await?;
-            // One partition: a report's saved states are few and small, and its history is
-            // read whole at every start.
-            self.kafka
-                .ensure_topics(
-                    &[changelog],
-                    1,
-                    self.replication,
-                    &[("cleanup.policy", "compact")],
-                )
-                .await?;
         }
-        Ok(ReportPlan {
-            reports: pipeline.reports.clone(),
-            loaded,
-        })
+        Ok(LoadedReports(loaded))
     }
 
-    /// Makes the running reports those of the plan: stops removed ones, swaps the component
-    /// of those whose component or limits changed (keeping their state), restarts those whose
-    /// topics changed, starts new ones.
-    pub async fn carry_out(&self, plan: ReportPlan) {
+    /// Makes the running reports those of `plan` (whose topics exist): stops removed ones,
+    /// swaps the component of those whose component or limits changed (keeping their state),
+    /// restarts those whose route changed, starts new ones.
+    pub async fn apply(&self, plan: &Plan, loaded: LoadedReports) {
         let mut running = self.running.lock().await;
-        let ReportPlan {
-            reports,
-            mut loaded,
-        } = plan;
+        let LoadedReports(mut loaded) = loaded;
         let removed: Vec<String> = running
             .keys()
-            .filter(|name| !reports.iter().any(|r| &r.name == *name))
+            .filter(|name| !plan.reports.iter().any(|(r, _)| &r.name == *name))
             .cloned()
             .collect();
         for name in removed {
@@ -147,15 +125,12 @@ impl Reports {
                 stop(report).await;
             }
         }
-        for config in reports {
+        for (config, route) in &plan.reports {
             let Some(component) = loaded.remove(&config.name) else {
                 continue; // unchanged
             };
             match running.get_mut(&config.name) {
-                Some(report)
-                    if report.config.input == config.input
-                        && report.config.changelog == config.changelog =>
-                {
+                Some(report) if report.route == *route => {
                     report.file_digest = component.digest().to_owned();
                     tracing::info!(
                         report = config.name,
@@ -163,7 +138,7 @@ impl Reports {
                         "report component swapped"
                     );
                     report.shared.swap(component);
-                    report.config = config;
+                    report.config = config.clone();
                 }
                 _ => {
                     if let Some(old) = running.remove(&config.name) {
@@ -173,10 +148,10 @@ impl Reports {
                         report = config.name,
                         component = %config.component.display(),
                         digest = component.digest(),
-                        input = config.input,
+                        input = route.input,
                         "report started"
                     );
-                    let report = self.spawn(config, component);
+                    let report = self.spawn(config.clone(), route.clone(), component);
                     running.insert(report.config.name.clone(), report);
                 }
             }
@@ -212,6 +187,7 @@ impl Reports {
                         kind: e.kind.to_owned(),
                         message: e.message,
                     }),
+                    last_swap_error: report.last_swap_error.clone(),
                 }
             })
             .collect()
@@ -228,75 +204,101 @@ impl Reports {
     }
 
     /// Reloads report `name` from its component file and swaps it in (the state stays); a
-    /// no-op if the file's content is unchanged. On error the old version keeps running.
+    /// no-op if the file's content is unchanged. On error the old version keeps running, and
+    /// the error is recorded on the report (`last_swap_error`).
     pub async fn reload_file(&self, name: &str) -> anyhow::Result<()> {
-        let Some(config) = self
-            .running
-            .lock()
-            .await
-            .get(name)
-            .map(|r| r.config.clone())
-        else {
-            return Ok(());
-        };
-        let bytes = tokio::fs::read(&config.component).await?;
-        let digest = runtime::digest(&bytes);
-        {
+        let (config, seen) = {
             let running = self.running.lock().await;
-            if running.get(name).is_some_and(|r| r.file_digest == digest) {
-                return Ok(());
+            let report = running
+                .get(name)
+                .ok_or_else(|| UnknownReport(name.to_owned()))?;
+            (report.config.clone(), report.file_digest.clone())
+        };
+        let loaded = match reload::reread(&config.component, &seen).await {
+            Ok(Reread::Unchanged(_)) => return Ok(()),
+            Ok(Reread::Changed { bytes, digest }) => {
+                if let Some(report) = self.running.lock().await.get_mut(name) {
+                    report.file_digest = digest;
+                }
+                let (runtime, settings) = (self.runtime.clone(), config.settings());
+                let report = name.to_owned();
+                reload::off_thread(move || runtime.load_report_bytes(&report, &bytes, &settings))
+                    .await
+            }
+            Err(err) => Err(err),
+        };
+        let mut running = self.running.lock().await;
+        let Some(report) = running.get_mut(name) else {
+            return Ok(()); // removed by an edit meanwhile
+        };
+        match loaded {
+            Ok(component) => {
+                tracing::info!(
+                    report = name,
+                    new_digest = component.digest(),
+                    "report component swapped"
+                );
+                report.shared.swap(component);
+                Ok(())
+            }
+            Err(err) => {
+                let err = err.context(format!(
+                    "report `{name}`: component {}",
+                    config.component.display()
+                ));
+                report.last_swap_error = Some(ErrorInfo::now("swap-rejected", format!("{err:#}")));
+                Err(err)
             }
         }
-        let component = self.load_file(&config).await?;
-        let mut running = self.running.lock().await;
-        if let Some(report) = running.get_mut(name) {
-            tracing::info!(
-                report = name,
-                old_digest = report.file_digest,
-                new_digest = component.digest(),
-                "report component swapped"
-            );
-            report.file_digest = component.digest().to_owned();
-            report.shared.swap(component);
-        }
-        Ok(())
     }
 
     async fn load_file(&self, config: &ReportConfig) -> anyhow::Result<ReportComponent> {
         let (runtime, config) = (self.runtime.clone(), config.clone());
-        // Loading runs the component: on a thread with stack to spare.
-        let loaded = tokio::task::spawn_blocking(move || {
-            runtime.load_report(&config.name, &config.component, &config.settings())
+        reload::off_thread(move || {
+            runtime
+                .load_report(&config.name, &config.component, &config.settings())
+                .map_err(anyhow::Error::from)
         })
-        .await??;
-        Ok(loaded)
+        .await
     }
 
-    fn spawn(&self, config: ReportConfig, component: ReportComponent) -> RunningReport {
-        let route = ReportRoute {
-            name: config.name.clone(),
-            input: config.input.clone(),
-            changelog: config.changelog_topic().to_owned(),
-            key: self.instance_id.clone(),
-        };
+    fn spawn(
+        &self,
+        config: ReportConfig,
+        route: ReportRoute,
+        component: ReportComponent,
+    ) -> RunningReport {
         let file_digest = component.digest().to_owned();
         let shared = Arc::new(ReportShared::new(component));
         let stop = self.shutdown.child_token();
-        let task = self.tasks.spawn(supervise(
-            shared.clone(),
-            route,
-            self.kafka.clone(),
-            stop.clone(),
-        ));
+        let task = self.tasks.spawn({
+            let (shared, route, kafka, stop) = (
+                shared.clone(),
+                route.clone(),
+                self.kafka.clone(),
+                stop.clone(),
+            );
+            async move {
+                let name = format!("report {}", route.name);
+                supervise(&name, &stop, || fold::run(&shared, &route, &kafka, &stop)).await;
+            }
+        });
         RunningReport {
             config,
+            route,
             shared,
             file_digest,
+            last_swap_error: None,
             stop,
             task,
         }
     }
 }
+
+/// A reload named a report that is not running.
+#[derive(Debug, thiserror::Error)]
+#[error("no report named {0:?}")]
+pub struct UnknownReport(pub String);
 
 async fn stop(report: RunningReport) {
     report.stop.cancel();
@@ -304,23 +306,4 @@ async fn stop(report: RunningReport) {
         tracing::error!(report = report.config.name, "report task failed: {err}");
     }
     tracing::info!(report = report.config.name, "report stopped and saved");
-}
-
-/// Runs a report until `stop`, starting it again from its saved state if a run fails.
-async fn supervise(
-    shared: Arc<ReportShared>,
-    route: ReportRoute,
-    kafka: KafkaSettings,
-    stop: CancellationToken,
-) {
-    loop {
-        match fold::run(&shared, &route, &kafka, &stop).await {
-            Ok(()) => return,
-            Err(err) => tracing::error!(report = route.name, "report stopped: {err:#}; restarting"),
-        }
-        tokio::select! {
-            _ = stop.cancelled() => return,
-            _ = tokio::time::sleep(RESTART_BACKOFF) => {}
-        }
-    }
 }

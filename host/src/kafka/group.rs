@@ -1,0 +1,205 @@
+//! A consumer's place in its group: whether it joined, which partitions it holds and how far
+//! behind it is (kept in a [`GroupState`] that outlives the consumer), and logging the errors
+//! a consumer hands out without repeating itself; taking the records a consumer already holds,
+//! and telling whether it has read its input to the end.
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
+
+use futures::FutureExt as _;
+use rdkafka::client::ClientContext;
+use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext, Rebalance, StreamConsumer};
+use rdkafka::message::BorrowedMessage;
+use rdkafka::statistics::Statistics;
+use rdkafka::{Offset, TopicPartitionList};
+
+/// How long a watermark or committed-offset query may take.
+const WATERMARK_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Logs the errors a consumer hands out, without repeating itself.
+///
+/// Consumer errors are librdkafka saying what it is retrying on its own (a broker went away, a
+/// rebalance failed), so they are logged and never waited on: waiting after each would leave
+/// the errors that pile up during an outage to be drained one per wait, long after the broker
+/// is back, with the records queued behind them. The same message is logged at most once per
+/// [`ConsumerErrors::EVERY`].
+#[derive(Debug, Default)]
+pub struct ConsumerErrors {
+    last: Option<(String, std::time::Instant)>,
+}
+
+impl ConsumerErrors {
+    /// How often one message is logged while it repeats.
+    pub const EVERY: Duration = Duration::from_secs(10);
+
+    /// Logs `err` (from the consumer of `what`) unless it was just logged.
+    pub fn log(&mut self, what: &str, err: &rdkafka::error::KafkaError) {
+        let message = err.to_string();
+        let repeated = matches!(&self.last, Some((last, at)) if *last == message && at.elapsed() < Self::EVERY);
+        if !repeated {
+            tracing::warn!("{what}: consumer error: {message}");
+            self.last = Some((message, std::time::Instant::now()));
+        }
+    }
+}
+
+/// A stage's consumer: it reports to a [`GroupState`].
+pub type GroupConsumer = StreamConsumer<GroupContext>;
+
+/// What a stage's consumer knows of its place in the group: whether it joined, which
+/// partitions it holds, and how far behind it is on each. Outlives the consumer (a restarted
+/// stage gets a new one), so the host's readiness and metrics always find it.
+#[derive(Debug, Default)]
+pub struct GroupState {
+    joined: AtomicBool,
+    /// Counts assignments and revocations, so a consumer's owner can tell that its partitions
+    /// changed hands (and any state it keeps per partition may be stale) since it last looked.
+    assignments: std::sync::atomic::AtomicU64,
+    /// Assigned partition → records not yet read (`None` until librdkafka reports it).
+    partitions: Mutex<BTreeMap<i32, Option<i64>>>,
+}
+
+impl GroupState {
+    /// True once the consumer has joined its group and received an assignment (possibly of
+    /// no partitions, when the group has more members than the topic has partitions).
+    pub fn joined(&self) -> bool {
+        self.joined.load(Ordering::Acquire)
+    }
+
+    /// How many times the consumer's partitions have changed (assigned or revoked) so far.
+    pub fn assignments(&self) -> u64 {
+        self.assignments.load(Ordering::Acquire)
+    }
+
+    /// The assigned partitions with their lag, when known.
+    pub fn partitions(&self) -> BTreeMap<i32, Option<i64>> {
+        self.lock().clone()
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, BTreeMap<i32, Option<i64>>> {
+        self.partitions
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+    }
+
+    pub(crate) fn reset(&self) {
+        self.joined.store(false, Ordering::Release);
+        self.lock().clear();
+    }
+}
+
+/// The librdkafka callbacks of a stage's consumer, kept in its [`GroupState`].
+pub struct GroupContext {
+    group: String,
+    state: Arc<GroupState>,
+}
+
+impl GroupContext {
+    /// The callbacks of a consumer in `group`, reporting to `state`.
+    pub fn new(group: &str, state: Arc<GroupState>) -> Self {
+        Self {
+            group: group.to_owned(),
+            state,
+        }
+    }
+}
+
+impl ClientContext for GroupContext {
+    fn stats(&self, statistics: Statistics) {
+        let mut partitions = self.state.lock();
+        for topic in statistics.topics.values() {
+            for (id, stats) in &topic.partitions {
+                let Some(lag) = partitions.get_mut(id) else {
+                    continue; // not ours (or librdkafka's internal partition -1)
+                };
+                // Records not yet read: from the position when there is one; right after an
+                // assignment, from the committed offset.
+                *lag = if stats.app_offset >= 0 && stats.ls_offset >= 0 {
+                    Some((stats.ls_offset - stats.app_offset).max(0))
+                } else if stats.consumer_lag >= 0 {
+                    Some(stats.consumer_lag)
+                } else {
+                    *lag
+                };
+            }
+        }
+    }
+}
+
+impl ConsumerContext for GroupContext {
+    fn post_rebalance(&self, _consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        match rebalance {
+            Rebalance::Assign(assigned) => {
+                let ids: Vec<i32> = assigned.elements().iter().map(|e| e.partition()).collect();
+                tracing::info!(group = self.group, partitions = ?ids, "partitions assigned");
+                *self.state.lock() = ids.into_iter().map(|id| (id, None)).collect();
+                self.state.joined.store(true, Ordering::Release);
+                self.state.assignments.fetch_add(1, Ordering::AcqRel);
+            }
+            Rebalance::Revoke(revoked) => {
+                let ids: Vec<i32> = revoked.elements().iter().map(|e| e.partition()).collect();
+                tracing::info!(group = self.group, partitions = ?ids, "partitions revoked");
+                self.state.lock().clear();
+                self.state.assignments.fetch_add(1, Ordering::AcqRel);
+            }
+            Rebalance::Error(err) => tracing::warn!(group = self.group, "rebalance failed: {err}"),
+        }
+    }
+}
+
+/// `first` and the records after it that the consumer already holds, up to `max` in all:
+/// a batch taken without waiting.
+pub(crate) fn take_ready<'c>(
+    consumer: &'c GroupConsumer,
+    first: BorrowedMessage<'c>,
+    max: usize,
+    errors: &mut ConsumerErrors,
+    worker: &str,
+) -> Vec<BorrowedMessage<'c>> {
+    let mut batch = vec![first];
+    while batch.len() < max {
+        // Polled once: a record not there yet is left for the next batch, none is lost.
+        match consumer.recv().now_or_never() {
+            Some(Ok(message)) => batch.push(message),
+            Some(Err(err)) => {
+                errors.log(worker, &err);
+                break;
+            }
+            None => break,
+        }
+    }
+    batch
+}
+
+/// True when this consumer has read every record of its assigned partitions of `topic`
+/// (as far as they reached when asked).
+pub(crate) fn consumed_to_end(consumer: &GroupConsumer, topic: &str) -> anyhow::Result<bool> {
+    let positions = consumer.position()?;
+    for element in positions.elements_for_topic(topic) {
+        let partition = element.partition();
+        let (low, high) = consumer.fetch_watermarks(topic, partition, WATERMARK_TIMEOUT)?;
+        let next = match element.offset() {
+            Offset::Offset(next) => next,
+            // Nothing read since the assignment: the committed offset says where it starts.
+            _ => {
+                let mut tpl = TopicPartitionList::new();
+                tpl.add_partition(topic, partition);
+                let committed = consumer.committed_offsets(tpl, WATERMARK_TIMEOUT)?;
+                match committed
+                    .find_partition(topic, partition)
+                    .map(|e| e.offset())
+                {
+                    Some(Offset::Offset(next)) => next,
+                    _ => low,
+                }
+            }
+        };
+        if next < high {
+            tracing::debug!(topic, partition, next, high, "not drained yet");
+            return Ok(false);
+        }
+    }
+    Ok(true)
+}

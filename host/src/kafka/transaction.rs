@@ -1,0 +1,279 @@
+//! Kafka transactions as the host drives them (rust-rdkafka's transactional example, KIP-447
+//! fencing), written once for every transactional worker: the stages under exactly-once and
+//! the joins.
+//!
+//! [`run`] takes records in batches (while they keep arriving, up to [`MAX_BATCH`] records or
+//! [`BATCH_WINDOW`]; a worker is handed those already at hand in chunks of up to [`CHUNK`]),
+//! and commits each batch's outputs together with its input offsets in one transaction, so
+//! `read_committed` readers downstream see every result exactly once. If anything in a batch
+//! fails, the transaction is aborted and the worker ends with the error; its supervisor starts
+//! it again from the last committed offsets. What a worker does with records is its
+//! [`TransactionalWork`].
+
+use std::future::Future;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use rdkafka::Offset;
+use rdkafka::TopicPartitionList;
+use rdkafka::consumer::Consumer;
+use rdkafka::message::{BorrowedMessage, Message, ToBytes};
+use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord, Producer};
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+use super::group::{ConsumerErrors, GroupConsumer, take_ready};
+
+/// Most records in one transaction.
+pub const MAX_BATCH: usize = 1_000;
+/// Most records handed to a worker at once (those the consumer already holds).
+pub const CHUNK: usize = 100;
+/// A batch ends when no further record arrives within this gap (a lone record is not held
+/// back waiting for company)...
+pub const IDLE_GAP: Duration = Duration::from_millis(2);
+/// ...or when it has been open this long (records keep coming).
+pub const BATCH_WINDOW: Duration = Duration::from_millis(100);
+/// How long a transaction call may take.
+pub const TXN_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// The open transaction: what was sent in it, which its commit waits for.
+pub struct Transaction<'p> {
+    producer: &'p FutureProducer,
+    sent: Vec<DeliveryFuture>,
+}
+
+impl<'p> Transaction<'p> {
+    /// The producer whose transaction this is.
+    pub fn producer(&self) -> &'p FutureProducer {
+        self.producer
+    }
+
+    /// Sends `record` in the transaction.
+    pub async fn send<K, P>(&mut self, record: FutureRecord<'_, K, P>) -> anyhow::Result<()>
+    where
+        K: ToBytes + ?Sized,
+        P: ToBytes + ?Sized,
+    {
+        self.sent.push(super::send(self.producer, record).await?);
+        Ok(())
+    }
+
+    /// Counts deliveries of records sent on the producer directly as part of the transaction.
+    pub fn include(&mut self, deliveries: impl IntoIterator<Item = DeliveryFuture>) {
+        self.sent.extend(deliveries);
+    }
+}
+
+/// What a worker wants when no record has arrived for a while.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Idle {
+    /// Keep waiting for records.
+    Wait,
+    /// Run a transaction with no input now (see [`TransactionalWork::finish`]).
+    Transact,
+    /// Stop: the worker is done (a drained stage).
+    Stop,
+}
+
+/// What a transactional worker does with its records.
+pub trait TransactionalWork {
+    /// A transaction begins.
+    fn begin(&mut self) {}
+
+    /// Processes `records` (in input order, inside the open transaction).
+    fn process(
+        &mut self,
+        txn: &mut Transaction<'_>,
+        records: &[BorrowedMessage<'_>],
+    ) -> impl Future<Output = anyhow::Result<()>> + Send;
+
+    /// Last work of a transaction before it commits (also the whole of a transaction that
+    /// [`Idle::Transact`] asked for).
+    fn finish(
+        &mut self,
+        txn: &mut Transaction<'_>,
+    ) -> impl Future<Output = anyhow::Result<()>> + Send;
+
+    /// No record arrived within the idle period: what now.
+    fn idle(&mut self, consumer: &GroupConsumer) -> anyhow::Result<Idle>;
+
+    /// The transaction was aborted: whatever the worker built inside it is void.
+    fn aborted(&mut self) {}
+}
+
+/// Runs `work` on `consumer`'s records in transactions of `producer` (whose transactions are
+/// initialised) until `stop` or until the work says [`Idle::Stop`]; asks the work what to do
+/// every `idle_every` without records. Stopping happens between transactions.
+pub async fn run<W: TransactionalWork>(
+    name: &str,
+    consumer: &GroupConsumer,
+    producer: &FutureProducer,
+    stop: &CancellationToken,
+    idle_every: Duration,
+    work: &mut W,
+) -> anyhow::Result<()> {
+    let mut idle = tokio::time::interval(idle_every);
+    idle.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut errors = ConsumerErrors::default();
+    loop {
+        // The first record opens a batch.
+        let first = tokio::select! {
+            biased;
+            _ = stop.cancelled() => return Ok(()),
+            received = consumer.recv() => match received {
+                Ok(message) => Some(message),
+                Err(err) => {
+                    errors.log(name, &err);
+                    continue;
+                }
+            },
+            _ = idle.tick() => match work.idle(consumer)? {
+                Idle::Wait => continue,
+                Idle::Stop => return Ok(()),
+                Idle::Transact => None,
+            },
+        };
+        let mut txn = Transaction {
+            producer,
+            sent: Vec::new(),
+        };
+        work.begin();
+        tokio::task::block_in_place(|| producer.begin_transaction())
+            .context("cannot begin a transaction")?;
+        let mut offsets = Offsets::default();
+        let filled = async {
+            if let Some(first) = first {
+                fill(
+                    name,
+                    consumer,
+                    first,
+                    work,
+                    &mut txn,
+                    &mut offsets,
+                    &mut errors,
+                )
+                .await?;
+            }
+            work.finish(&mut txn).await
+        }
+        .await;
+        let committed = filled.and_then(|()| {
+            let offsets = offsets.to_list()?;
+            tokio::task::block_in_place(|| {
+                if offsets.count() > 0 {
+                    let group = consumer
+                        .group_metadata()
+                        .context("the consumer has no group metadata")?;
+                    producer
+                        .send_offsets_to_transaction(&offsets, &group, TXN_TIMEOUT)
+                        .context("cannot add the offsets to the transaction")?;
+                }
+                commit_transaction(producer, txn.sent, TXN_TIMEOUT)
+            })
+        });
+        if let Err(err) = committed {
+            if let Err(abort) =
+                tokio::task::block_in_place(|| producer.abort_transaction(TXN_TIMEOUT))
+            {
+                tracing::warn!(worker = name, "abort failed too: {abort}");
+            }
+            work.aborted();
+            return Err(err.context("transaction aborted; the batch will be processed again"));
+        }
+    }
+}
+
+/// Fills the open transaction: `first`, and what follows while records keep arriving.
+async fn fill<'c, W: TransactionalWork>(
+    name: &str,
+    consumer: &'c GroupConsumer,
+    first: BorrowedMessage<'c>,
+    work: &mut W,
+    txn: &mut Transaction<'_>,
+    offsets: &mut Offsets,
+    errors: &mut ConsumerErrors,
+) -> anyhow::Result<()> {
+    let deadline = Instant::now() + BATCH_WINDOW;
+    let mut ready = take_ready(consumer, first, CHUNK, errors, name);
+    let mut taken = 0;
+    loop {
+        for message in &ready {
+            offsets.passed(message);
+        }
+        taken += ready.len();
+        work.process(txn, &ready).await?;
+        if taken >= MAX_BATCH {
+            return Ok(());
+        }
+        let until = deadline.min(Instant::now() + IDLE_GAP);
+        let Ok(received) = tokio::time::timeout_at(until, consumer.recv()).await else {
+            return Ok(());
+        };
+        let message = received.context("consumer error inside a transaction")?;
+        ready = take_ready(
+            consumer,
+            message,
+            (MAX_BATCH - taken).min(CHUNK),
+            errors,
+            name,
+        );
+    }
+}
+
+/// The next offset to read of each input partition a batch passed.
+#[derive(Default)]
+struct Offsets(Vec<(String, i32, i64)>);
+
+impl Offsets {
+    fn passed(&mut self, message: &BorrowedMessage<'_>) {
+        let (topic, partition) = (message.topic(), message.partition());
+        let next = message.offset() + 1;
+        match self
+            .0
+            .iter_mut()
+            .find(|(t, p, _)| *p == partition && t == topic)
+        {
+            Some(entry) => entry.2 = next,
+            None => self.0.push((topic.to_owned(), partition, next)),
+        }
+    }
+
+    fn to_list(&self) -> anyhow::Result<TopicPartitionList> {
+        let mut list = TopicPartitionList::new();
+        for (topic, partition, next) in &self.0 {
+            list.add_partition_offset(topic, *partition, Offset::Offset(*next))?;
+        }
+        Ok(list)
+    }
+}
+
+/// Blocking: commits `producer`'s open transaction once every record sent in it (`sent`) is
+/// acknowledged; fails, committing nothing, if one was not delivered.
+///
+/// rust-rdkafka's `commit_transaction` flushes first, and while anything is unacknowledged it
+/// waits in polls of 100 ms that run to their end: every commit took 100 ms, a tenth of a
+/// second per transactional hop. Here the acknowledgements are awaited, then the last
+/// bookkeeping (a message is counted out just after its acknowledgement) in polls of 1 ms, so
+/// the flush finds nothing left.
+pub fn commit_transaction(
+    producer: &FutureProducer,
+    sent: Vec<DeliveryFuture>,
+    timeout: Duration,
+) -> anyhow::Result<()> {
+    for delivery in sent {
+        match futures::executor::block_on(delivery) {
+            Ok(Ok(_)) => {}
+            Ok(Err((err, _))) => {
+                return Err(err).context("a record of the transaction was not delivered");
+            }
+            Err(_) => anyhow::bail!("the producer dropped a record of the transaction"),
+        }
+    }
+    let deadline = std::time::Instant::now() + timeout;
+    while producer.in_flight_count() > 0 && std::time::Instant::now() < deadline {
+        producer.poll(Duration::from_millis(1));
+    }
+    producer
+        .commit_transaction(timeout)
+        .context("cannot commit the transaction")
+}

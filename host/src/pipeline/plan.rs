@@ -1,0 +1,387 @@
+//! The planner: from a [`Pipeline`], everything that should run and every topic it needs —
+//! each stage's, report's and join's route (topics, group and transactional ids, dead-letter
+//! topic), and the topics the order view reads.
+//!
+//! It is the only place these are derived, and it is used both at startup and for every live
+//! edit, so the two cannot disagree: a stage an edit adds or moves has its dead-letter topic
+//! created and read by the order view exactly as if the host had started with it.
+//!
+//! Which settings an edit applies live is decided here too ([`LIVE_SETTINGS`], [`applied`]);
+//! every other setting is reported as needing a restart ([`restart_only_changes`]), found by
+//! comparing the two files' settings, so a setting added later is covered without a list to
+//! keep.
+
+use std::collections::BTreeSet;
+
+use crate::config::{Guarantee, JoinConfig, Pipeline, ReportConfig, StageConfig};
+use crate::kafka::KafkaSettings;
+
+/// Where a stage reads from and writes to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StageRoute {
+    /// The stage's name.
+    pub name: String,
+    /// Consumer group id.
+    pub group_id: String,
+    /// Under exactly-once, the stage's transactional id (stable per stage and host instance).
+    pub transactional_id: Option<String>,
+    /// Input topic.
+    pub input: String,
+    /// Output topic.
+    pub output: String,
+    /// Topic for records the stage could not process.
+    pub dead_letter: String,
+    /// Retries of a call whose error the stage marked retryable.
+    pub retries: u32,
+}
+
+/// Where a report reads from and saves to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReportRoute {
+    /// The report's name.
+    pub name: String,
+    /// The topic it folds.
+    pub input: String,
+    /// Its compacted changelog topic.
+    pub changelog: String,
+    /// This host's key on the changelog (its instance id).
+    pub key: String,
+}
+
+/// Where a join reads from and writes to.
+#[derive(Debug, Clone, PartialEq)]
+pub struct JoinRoute {
+    /// Its consumer group.
+    pub group: String,
+    /// Its transactional id (stable per join and host instance).
+    pub transactional_id: String,
+    /// The join as configured.
+    pub config: JoinConfig,
+    /// Where given-up and unreadable parts go.
+    pub dead_letter: String,
+}
+
+/// A topic the pipeline needs, as it is created when missing.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub struct TopicSpec {
+    /// The topic.
+    pub name: String,
+    /// Its partitions.
+    pub partitions: i32,
+    /// Compacted (a changelog: the latest record per key is what counts).
+    pub compacted: bool,
+}
+
+/// The topics the order view reads.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ViewTopics {
+    /// Order records.
+    pub orders: String,
+    /// Completed pizzas.
+    pub completed: String,
+    /// Every stage's and join's dead-letter topic, once each.
+    pub dead_letters: BTreeSet<String>,
+}
+
+/// Everything a pipeline runs, and the topics it needs.
+#[derive(Debug, Clone)]
+pub struct Plan {
+    /// The stages, each with its configuration and route.
+    pub stages: Vec<(StageConfig, StageRoute)>,
+    /// The reports, each with its configuration and route.
+    pub reports: Vec<(ReportConfig, ReportRoute)>,
+    /// The joins.
+    pub joins: Vec<JoinRoute>,
+    /// What the order view reads.
+    pub view: ViewTopics,
+    /// Every topic above, to create when missing.
+    pub topics: BTreeSet<TopicSpec>,
+    replication: i32,
+}
+
+impl Plan {
+    /// What `pipeline` runs.
+    pub fn of(pipeline: &Pipeline) -> Self {
+        let prefix = &pipeline.group_prefix;
+        let instance = &pipeline.instance_id;
+        let exactly_once = pipeline.guarantee == Guarantee::ExactlyOnce;
+        let stages: Vec<(StageConfig, StageRoute)> = pipeline
+            .stages
+            .iter()
+            .map(|config| {
+                let group_id = format!("{prefix}-{}", config.name);
+                let route = StageRoute {
+                    name: config.name.clone(),
+                    transactional_id: exactly_once.then(|| format!("{group_id}-{instance}")),
+                    group_id,
+                    input: config.input.clone(),
+                    output: config.output.clone(),
+                    dead_letter: config.dead_letter_topic(),
+                    retries: config.retries,
+                };
+                (config.clone(), route)
+            })
+            .collect();
+        let reports: Vec<(ReportConfig, ReportRoute)> = pipeline
+            .reports
+            .iter()
+            .map(|config| {
+                let route = ReportRoute {
+                    name: config.name.clone(),
+                    input: config.input.clone(),
+                    changelog: config.changelog_topic().to_owned(),
+                    key: instance.clone(),
+                };
+                (config.clone(), route)
+            })
+            .collect();
+        let joins: Vec<JoinRoute> = pipeline
+            .joins
+            .iter()
+            .map(|config| {
+                let group = format!("{prefix}-join-{}", config.name);
+                JoinRoute {
+                    transactional_id: format!("{group}-{instance}"),
+                    group,
+                    dead_letter: config.dead_letter_topic(),
+                    config: config.clone(),
+                }
+            })
+            .collect();
+        let view = ViewTopics {
+            orders: pipeline.orders.orders_topic.clone(),
+            completed: pipeline.orders.completed_topic.clone(),
+            dead_letters: stages
+                .iter()
+                .map(|(_, route)| route.dead_letter.clone())
+                .chain(joins.iter().map(|join| join.dead_letter.clone()))
+                .collect(),
+        };
+
+        let partitions = pipeline.topics.partitions;
+        let plain = |name: &str| TopicSpec {
+            name: name.to_owned(),
+            partitions,
+            compacted: false,
+        };
+        let mut topics = BTreeSet::new();
+        topics.insert(plain(&pipeline.orders.topic));
+        topics.insert(plain(&pipeline.orders.completed_topic));
+        // One record per order, keyed by its id: compaction keeps every order and nothing else.
+        topics.insert(TopicSpec {
+            compacted: true,
+            ..plain(&pipeline.orders.orders_topic)
+        });
+        for (_, route) in &stages {
+            for topic in [&route.input, &route.output, &route.dead_letter] {
+                topics.insert(plain(topic));
+            }
+        }
+        for (_, route) in &reports {
+            topics.insert(plain(&route.input));
+            // One partition: a report's saved states are few and small, and its history is
+            // read whole at every start.
+            topics.insert(TopicSpec {
+                name: route.changelog.clone(),
+                partitions: 1,
+                compacted: true,
+            });
+        }
+        for join in &joins {
+            for topic in join
+                .config
+                .inputs
+                .iter()
+                .chain([&join.config.output, &join.dead_letter])
+            {
+                topics.insert(plain(topic));
+            }
+            // Partitioned like the inputs: partition p holds what waits in input partition p.
+            topics.insert(TopicSpec {
+                compacted: true,
+                ..plain(join.config.changelog_topic())
+            });
+        }
+        // A topic named twice (a stage's output that is the completed topic) is created once,
+        // plain unless something needs it compacted.
+        let mut seen = BTreeSet::new();
+        let topics = topics
+            .into_iter()
+            .rev()
+            .filter(|spec| seen.insert(spec.name.clone()))
+            .collect();
+        Self {
+            stages,
+            reports,
+            joins,
+            view,
+            topics,
+            replication: pipeline.topics.replication_factor,
+        }
+    }
+
+    /// Creates every topic of the plan that does not exist yet; existing ones are left alone.
+    pub async fn ensure_topics(&self, kafka: &KafkaSettings) -> anyhow::Result<()> {
+        for spec in &self.topics {
+            let settings: &[(&str, &str)] = if spec.compacted {
+                &[("cleanup.policy", "compact")]
+            } else {
+                &[]
+            };
+            kafka
+                .ensure_topics(&[&spec.name], spec.partitions, self.replication, settings)
+                .await?;
+        }
+        Ok(())
+    }
+}
+
+/// The settings a live edit applies (top-level keys of `pipeline.toml`); every other setting
+/// is read at startup only.
+pub const LIVE_SETTINGS: &[&str] = &["stage", "report"];
+
+/// What runs after `edited` replaces `current`: the live settings from `edited`, everything
+/// else as it runs now (see [`LIVE_SETTINGS`]; a test keeps the two in step).
+pub fn applied(current: &Pipeline, edited: &Pipeline) -> Pipeline {
+    Pipeline {
+        stages: edited.stages.clone(),
+        reports: edited.reports.clone(),
+        ..current.clone()
+    }
+}
+
+/// The settings (as dotted keys, e.g. `orders.max_pizzas_in_memory`) that differ between
+/// `current` and `edited` and that an edit does not apply: they take effect at the next
+/// restart.
+pub fn restart_only_changes(current: &Pipeline, edited: &Pipeline) -> Vec<String> {
+    let (Ok(a), Ok(b)) = (serde_json::to_value(current), serde_json::to_value(edited)) else {
+        return vec!["(settings that cannot be compared)".into()];
+    };
+    let mut changed = Vec::new();
+    differing_keys("", &a, &b, &mut changed);
+    changed
+        .into_iter()
+        .filter(|key| {
+            let top = key.split(['.', '[']).next().unwrap_or_default();
+            !LIVE_SETTINGS.contains(&top)
+        })
+        .collect()
+}
+
+/// Collects the dotted paths under which `a` and `b` differ, down to the first level where
+/// one is not a table.
+fn differing_keys(at: &str, a: &serde_json::Value, b: &serde_json::Value, out: &mut Vec<String>) {
+    use serde_json::Value;
+    match (a, b) {
+        (Value::Object(a), Value::Object(b)) => {
+            let keys: BTreeSet<&String> = a.keys().chain(b.keys()).collect();
+            for key in keys {
+                let path = if at.is_empty() {
+                    key.clone()
+                } else {
+                    format!("{at}.{key}")
+                };
+                let missing = Value::Null;
+                differing_keys(
+                    &path,
+                    a.get(key).unwrap_or(&missing),
+                    b.get(key).unwrap_or(&missing),
+                    out,
+                );
+            }
+        }
+        (a, b) if a != b => out.push(at.to_owned()),
+        _ => {}
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    use super::*;
+
+    fn chain() -> Pipeline {
+        Pipeline::parse(include_str!("../../../pipeline.toml"), Path::new("/p")).expect("valid")
+    }
+
+    #[test]
+    fn the_plan_names_every_topic_and_dead_letter() {
+        let plan = Plan::of(&chain());
+        let names: BTreeSet<&str> = plan.topics.iter().map(|t| t.name.as_str()).collect();
+        for topic in [
+            "pizza",
+            "pizza-with-sauce",
+            "pizza.dlq",
+            "pizza-with-meats.dlq",
+            "pizza-orders",
+        ] {
+            assert!(names.contains(topic), "{topic} in {names:?}");
+        }
+        assert!(plan.view.dead_letters.contains("pizza-with-cheese.dlq"));
+        let orders = plan
+            .topics
+            .iter()
+            .find(|t| t.name == "pizza-orders")
+            .expect("orders");
+        assert!(orders.compacted);
+        let id = plan.stages[0]
+            .1
+            .transactional_id
+            .as_deref()
+            .unwrap_or_default();
+        assert!(id.starts_with("pizza-host-sauce-"), "{id}");
+    }
+
+    #[test]
+    fn a_moved_stage_moves_its_dead_letters_in_the_view() {
+        let mut edited = chain();
+        edited.stages[3].input = "pizza-with-oregano".into();
+        let plan = Plan::of(&edited);
+        assert!(plan.view.dead_letters.contains("pizza-with-oregano.dlq"));
+        assert!(
+            plan.topics
+                .iter()
+                .any(|t| t.name == "pizza-with-oregano.dlq")
+        );
+    }
+
+    /// Every setting an edit can change is either applied or reported, and `applied` takes
+    /// exactly the [`LIVE_SETTINGS`] from the edit.
+    #[test]
+    fn applied_and_reported_settings_come_from_one_list() {
+        let current = chain();
+        let mut edited = chain();
+        edited.guarantee = Guarantee::AtLeastOnce;
+        edited.instance_id = "other".into();
+        edited.compile_cache = Some("/elsewhere".into());
+        edited.orders.max_pizzas_in_memory = 7;
+        edited.stages[0].retries = 9;
+        edited.stages[1].dead_letter = Some("bad-cheese".into());
+        edited.reports.clear();
+        let changes = restart_only_changes(&current, &edited);
+        assert_eq!(
+            changes,
+            [
+                "compile_cache",
+                "guarantee",
+                "instance_id",
+                "orders.max_pizzas_in_memory"
+            ]
+        );
+        let after = applied(&current, &edited);
+        let (after, edited, current) = (
+            serde_json::to_value(&after).expect("json"),
+            serde_json::to_value(&edited).expect("json"),
+            serde_json::to_value(&current).expect("json"),
+        );
+        for (key, value) in after.as_object().expect("object") {
+            let from = if LIVE_SETTINGS.contains(&key.as_str()) {
+                &edited
+            } else {
+                &current
+            };
+            assert_eq!(value, &from[key], "{key}");
+        }
+    }
+}

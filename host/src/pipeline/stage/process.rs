@@ -1,0 +1,256 @@
+//! A batch of one stage: call the component on each record, in order, and send each outcome
+//! — the result to the output topic with the record's key and headers plus this stage's trail
+//! visit, or the original record to the dead-letter topic with headers saying why.
+
+use std::time::{Duration, SystemTime};
+
+use rdkafka::Message;
+use rdkafka::message::{BorrowedMessage, Header, Headers, OwnedHeaders};
+use rdkafka::producer::{FutureProducer, FutureRecord};
+
+use super::{Failure, Pending, StageShared};
+use crate::kafka::headers;
+use crate::pipeline::plan::StageRoute as Route;
+use crate::runtime::{CallError, StageComponent};
+use crate::telemetry::metrics::StageMetrics;
+use crate::telemetry::trace_context;
+
+/// Wait before the first retry of a retryable stage error; doubled for each further one.
+const RETRY_BACKOFF: Duration = Duration::from_millis(50);
+
+/// Calls the stage on each of `messages` (records taken from the input in order) and sends
+/// each outcome, in order: the result to the output topic, or the original record to the
+/// dead-letter topic.
+///
+/// The first call of every record happens in one hand-over of the worker thread
+/// ([`block_in_place`](tokio::task::block_in_place)), which costs more than a call on a reused
+/// instance; a record whose call failed with a retryable error is then retried before its
+/// result is sent, so results still leave in input order. A swap takes effect from the next
+/// batch.
+pub(crate) async fn batch(
+    stage: &StageShared,
+    route: &Route,
+    producer: &FutureProducer,
+    messages: &[BorrowedMessage<'_>],
+) -> anyhow::Result<Vec<Pending>> {
+    let component = stage.current();
+    let metrics = &stage.stats.metrics;
+    // A call is CPU-bound for up to its deadline: keep it off the async workers' budget.
+    let first_calls: Vec<Result<String, Failure>> = tokio::task::block_in_place(|| {
+        messages
+            .iter()
+            .map(|message| call_once(&component, metrics, message))
+            .collect()
+    });
+    let visit = trail_visit(&component);
+    let mut sent = Vec::with_capacity(messages.len());
+    for (message, outcome) in messages.iter().zip(first_calls) {
+        let outcome = match outcome {
+            Err(failure) if failure.retryable && route.retries > 0 => {
+                let event = message.payload().map(std::str::from_utf8);
+                let event = event.and_then(Result::ok).unwrap_or_default();
+                retry(&component, metrics, event, route.retries).await
+            }
+            outcome => outcome,
+        };
+        sent.push(
+            send_outcome(stage, route, producer, &component, &visit, message, outcome).await?,
+        );
+    }
+    Ok(sent)
+}
+
+/// The stage's first call on one record (a record with no UTF-8 value is not called).
+fn call_once(
+    component: &StageComponent,
+    metrics: &StageMetrics,
+    message: &BorrowedMessage<'_>,
+) -> Result<String, Failure> {
+    metrics.record_in();
+    let invalid = |message: String| Failure {
+        kind: "invalid-input",
+        message,
+        attempts: 0,
+        retryable: false,
+    };
+    match message.payload().map(std::str::from_utf8) {
+        None => Err(invalid("record has no value".into())),
+        Some(Err(err)) => Err(invalid(format!("value is not UTF-8: {err}"))),
+        Some(Ok(event)) => timed_call(component, metrics, event).map_err(Failure::from),
+    }
+}
+
+/// One call of the stage, counted in its metrics.
+fn timed_call(
+    component: &StageComponent,
+    metrics: &StageMetrics,
+    event: &str,
+) -> Result<String, CallError> {
+    let started = std::time::Instant::now();
+    let called = component.call(event);
+    metrics.call(
+        started.elapsed(),
+        called.as_ref().err().map(CallError::kind),
+    );
+    called
+}
+
+/// Calls the stage again after its first call failed with a retryable error, with
+/// exponential backoff, while it says its error may pass. The partition waits meanwhile:
+/// records of a partition stay in order.
+async fn retry(
+    component: &StageComponent,
+    metrics: &StageMetrics,
+    event: &str,
+    retries: u32,
+) -> Result<String, Failure> {
+    let mut attempt = 1;
+    loop {
+        tokio::time::sleep(RETRY_BACKOFF * 2u32.pow(attempt - 1)).await;
+        attempt += 1;
+        match tokio::task::block_in_place(|| timed_call(component, metrics, event)) {
+            Ok(output) => return Ok(output),
+            Err(CallError::Returned {
+                retryable: true, ..
+            }) if attempt <= retries => {}
+            Err(err) => {
+                return Err(Failure {
+                    attempts: attempt,
+                    ..Failure::from(err)
+                });
+            }
+        }
+    }
+}
+
+/// Sends one record's outcome: the result to the output topic, or the original record to the
+/// dead-letter topic with headers saying why.
+async fn send_outcome(
+    stage: &StageShared,
+    route: &Route,
+    producer: &FutureProducer,
+    component: &StageComponent,
+    visit: &str,
+    message: &BorrowedMessage<'_>,
+    outcome: Result<String, Failure>,
+) -> anyhow::Result<Pending> {
+    stage.stats.record(&outcome);
+    if let Ok(output) = &outcome {
+        stage.events.publish(|| {
+            serde_json::json!({
+                "type": "stage",
+                "stage": component.name(),
+                "pizza": serde_json::from_str::<serde_json::Value>(output).unwrap_or_default(),
+            })
+        });
+    }
+    let record = match &outcome {
+        Ok(output) => FutureRecord::to(&route.output)
+            .payload(output.as_bytes())
+            .headers(onward_headers(message, visit)),
+        Err(failure) => {
+            tracing::warn!(
+                stage = component.name(),
+                topic = route.input,
+                partition = message.partition(),
+                offset = message.offset(),
+                order_id = message.key().map(String::from_utf8_lossy).as_deref(),
+                trace_id = trace_id(message).as_deref(),
+                kind = failure.kind,
+                "record sent to {}: {}",
+                route.dead_letter,
+                failure.message
+            );
+            let why = dead_letter_headers(copy_headers(message), component, failure, message);
+            FutureRecord::to(&route.dead_letter)
+                .payload(message.payload().unwrap_or_default())
+                .headers(why)
+        }
+    };
+    let record = match message.key() {
+        Some(key) => record.key(key),
+        None => record,
+    };
+    let delivery = crate::kafka::send(producer, record).await?;
+    Ok(Pending {
+        partition: message.partition(),
+        offset: message.offset(),
+        delivery,
+    })
+}
+
+/// The input record's headers, as they were.
+fn copy_headers(message: &BorrowedMessage<'_>) -> OwnedHeaders {
+    let mut copy = OwnedHeaders::new();
+    for header in message.headers().into_iter().flat_map(|h| h.iter()) {
+        copy = copy.insert(header);
+    }
+    copy
+}
+
+/// This stage's entry in a result's trail (see [`headers::TRAIL`]), stamped now: made once per
+/// batch, whose records are processed within the same few milliseconds.
+fn trail_visit(component: &StageComponent) -> String {
+    serde_json::json!({
+        "stage": component.name(),
+        "digest": component.digest(),
+        "at": humantime::format_rfc3339_millis(SystemTime::now()).to_string(),
+    })
+    .to_string()
+}
+
+/// The headers of a result: the input's, with the trace context continued as a child span
+/// of this stage and `visit` added to the trail.
+fn onward_headers(message: &BorrowedMessage<'_>, visit: &str) -> OwnedHeaders {
+    let mut onward = OwnedHeaders::new();
+    for header in message.headers().into_iter().flat_map(|h| h.iter()) {
+        let child = (header.key == trace_context::HEADER)
+            .then(|| trace_context::child_of(std::str::from_utf8(header.value?).ok()?))
+            .flatten();
+        onward = onward.insert(Header {
+            key: header.key,
+            value: child.as_deref().map(str::as_bytes).or(header.value),
+        });
+    }
+    onward.insert(Header {
+        key: headers::TRAIL,
+        value: Some(visit.as_bytes()),
+    })
+}
+
+/// The trace id of a record's trace context, for logs.
+fn trace_id(message: &BorrowedMessage<'_>) -> Option<String> {
+    let header = message
+        .headers()?
+        .iter()
+        .find(|h| h.key == trace_context::HEADER)?;
+    let traceparent = std::str::from_utf8(header.value?).ok()?;
+    trace_context::trace_id(traceparent).map(str::to_owned)
+}
+
+/// The headers that tell an operator where a dead-lettered record came from and why.
+fn dead_letter_headers(
+    input_headers: OwnedHeaders,
+    component: &StageComponent,
+    failure: &Failure,
+    message: &BorrowedMessage<'_>,
+) -> OwnedHeaders {
+    let (partition, offset) = (
+        message.partition().to_string(),
+        message.offset().to_string(),
+    );
+    let attempts = failure.attempts.to_string();
+    headers::append(
+        input_headers,
+        &[
+            (headers::STAGE, component.name()),
+            (headers::DIGEST, component.digest()),
+            (headers::ERROR_KIND, failure.kind),
+            (headers::ERROR, &failure.message),
+            (headers::TOPIC, message.topic()),
+            (headers::PARTITION, &partition),
+            (headers::OFFSET, &offset),
+            (headers::ATTEMPTS, &attempts),
+        ],
+    )
+}

@@ -1,0 +1,221 @@
+//! One running stage as the registry ([`super::super::stages`]) holds it: started under the
+//! supervisor, its component swapped, stopped (upstream first, draining a stage whose input's
+//! producer stopped), and shown in the stage table.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
+
+use tokio::task::JoinHandle;
+use tokio_util::task::TaskTracker;
+
+use super::{StageShared, StopSignals, at_least_once, exactly_once};
+use crate::config::StageConfig;
+use crate::kafka::KafkaSettings;
+use crate::pipeline::plan::StageRoute;
+use crate::pipeline::stages::{ErrorInfo, PartitionInfo, Source, StageInfo, SwapReport};
+use crate::pipeline::supervisor::supervise;
+use crate::runtime::StageComponent;
+
+/// How long a pipeline edit waits for a stage to read its old input to the end.
+const DRAIN_LIMIT: Duration = Duration::from_secs(30);
+
+/// A stage that runs: its configuration and route, its shared state, and its task.
+pub(crate) struct RunningStage {
+    pub config: StageConfig,
+    pub route: StageRoute,
+    pub shared: Arc<StageShared>,
+    pub source: Source,
+    pub loaded_at: SystemTime,
+    pub swaps: u64,
+    /// Digest of the component file's content when last read, to tell a change from a touch.
+    pub file_digest: String,
+    pub last_swap_error: Option<ErrorInfo>,
+    pub signals: StopSignals,
+    pub task: JoinHandle<()>,
+}
+
+impl RunningStage {
+    /// Starts the stage's loop for `route` under the supervisor, on `tasks`.
+    pub fn start(
+        config: StageConfig,
+        route: StageRoute,
+        shared: Arc<StageShared>,
+        kafka: KafkaSettings,
+        signals: StopSignals,
+        tasks: &TaskTracker,
+    ) -> Self {
+        let file_digest = shared.current().digest().to_owned();
+        let task = tasks.spawn(run_supervised(
+            shared.clone(),
+            route.clone(),
+            kafka,
+            signals.clone(),
+        ));
+        Self {
+            source: Source::File(config.component.clone()),
+            config,
+            route,
+            shared,
+            loaded_at: SystemTime::now(),
+            swaps: 0,
+            file_digest,
+            last_swap_error: None,
+            signals,
+            task,
+        }
+    }
+
+    /// The stage as the stage table shows it.
+    pub fn info(&self) -> StageInfo {
+        info(self)
+    }
+}
+
+/// Runs a stage until `stop` (or drained), restarting it from its last committed offset when
+/// it fails.
+async fn run_supervised(
+    shared: Arc<StageShared>,
+    route: StageRoute,
+    kafka: KafkaSettings,
+    signals: StopSignals,
+) {
+    let name = format!("stage {}", route.name);
+    supervise(&name, &signals.stop, || async {
+        match &route.transactional_id {
+            Some(id) => exactly_once::run(&shared, &route, &kafka, &signals, id).await,
+            None => at_least_once::run(&shared, &route, &kafka, &signals).await,
+        }
+    })
+    .await;
+    tracing::info!(stage = route.name, "stage stopped and committed");
+}
+
+/// Makes `component` the stage's. The same file from the same source is no change, unless
+/// `settings_changed` (limits or config edited): the component carries its settings.
+pub(crate) fn swap_in(
+    stage: &mut RunningStage,
+    component: StageComponent,
+    source: Source,
+    load: Duration,
+    settings_changed: bool,
+) -> SwapReport {
+    let name = stage.config.name.clone();
+    let new_digest = component.digest().to_owned();
+    let old_digest = stage.shared.current().digest().to_owned();
+    let unchanged = old_digest == new_digest && stage.source == source && !settings_changed;
+    let mut pause = Duration::ZERO;
+    if !unchanged {
+        let held = Instant::now();
+        stage.shared.swap(component);
+        pause = held.elapsed();
+        stage.source = source;
+        stage.loaded_at = SystemTime::now();
+        stage.swaps += 1;
+        tracing::info!(
+            stage = name,
+            old_digest,
+            new_digest,
+            load_ms = load.as_secs_f64() * 1e3,
+            pause_us = pause.as_secs_f64() * 1e6,
+            settings_changed,
+            "component swapped"
+        );
+    }
+    SwapReport {
+        stage: name,
+        old_digest,
+        new_digest,
+        unchanged,
+        load_ms: load.as_secs_f64() * 1e3,
+        pause_us: pause.as_secs_f64() * 1e6,
+    }
+}
+
+/// Stops `leaving`, each after the stages that feed it; returns their routes.
+pub(crate) async fn stop_upstream_first(mut leaving: Vec<RunningStage>) -> Vec<StageRoute> {
+    let mut stopped: Vec<StageRoute> = Vec::new();
+    while !leaving.is_empty() {
+        // Next: a stage no other leaving stage feeds (or any, should the edit form a cycle).
+        let next = (0..leaving.len())
+            .find(|&i| {
+                !leaving
+                    .iter()
+                    .any(|other| other.route.output == leaving[i].route.input)
+            })
+            .unwrap_or(0);
+        let stage = leaving.swap_remove(next);
+        let producer_stopped = stopped.iter().any(|s| s.output == stage.route.input);
+        stopped.push(stage.route.clone());
+        if producer_stopped {
+            drain_and_stop(stage).await;
+        } else {
+            stop(stage).await;
+        }
+    }
+    stopped
+}
+
+/// Lets the stage read its input to the end (its producer has stopped), then stops it.
+async fn drain_and_stop(stage: RunningStage) {
+    tracing::info!(
+        stage = stage.config.name,
+        topic = stage.config.input,
+        "draining before the stage moves"
+    );
+    stage.signals.drain.cancel();
+    let name = stage.config.name.clone();
+    let task = stage.task;
+    tokio::pin!(task);
+    if tokio::time::timeout(DRAIN_LIMIT, &mut task).await.is_err() {
+        tracing::error!(
+            stage = name,
+            "not drained after {DRAIN_LIMIT:?}; stopping anyway, records left behind stay in the topic"
+        );
+        stage.signals.stop.cancel();
+        let _ = task.await;
+    }
+}
+
+async fn stop(stage: RunningStage) {
+    stage.signals.stop.cancel();
+    if let Err(err) = stage.task.await {
+        tracing::error!(stage = stage.config.name, "stage task failed: {err}");
+    }
+}
+
+fn info(stage: &RunningStage) -> StageInfo {
+    let stats = &stage.shared.stats;
+    let last_error = stats
+        .last_error
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+        .clone()
+        .map(|e| ErrorInfo {
+            at: humantime::format_rfc3339_millis(e.at).to_string(),
+            kind: e.kind.to_owned(),
+            message: e.message,
+        });
+    StageInfo {
+        name: stage.config.name.clone(),
+        input: stage.config.input.clone(),
+        output: stage.config.output.clone(),
+        source: stage.source.clone(),
+        digest: stage.shared.current().digest().to_owned(),
+        loaded_at: humantime::format_rfc3339_millis(stage.loaded_at).to_string(),
+        swaps: stage.swaps,
+        processed: stats.processed.load(std::sync::atomic::Ordering::Relaxed),
+        dead_lettered: stats
+            .dead_lettered
+            .load(std::sync::atomic::Ordering::Relaxed),
+        last_error,
+        last_swap_error: stage.last_swap_error.clone(),
+        joined: stage.shared.group.joined(),
+        partitions: stage
+            .shared
+            .group
+            .partitions()
+            .into_iter()
+            .map(|(partition, lag)| PartitionInfo { partition, lag })
+            .collect(),
+    }
+}
