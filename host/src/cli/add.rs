@@ -39,6 +39,20 @@ pub struct Added {
     pub output: String,
 }
 
+/// `add`: adds `stage` to the pipeline file at `path` and says what it rewired.
+pub fn run(path: &Path, stage: &NewStage) -> anyhow::Result<()> {
+    let added = add_stage(path, stage)?;
+    println!(
+        "{}: stage `{}` reads {} and writes {}, which `{}` now reads",
+        path.display(),
+        stage.name,
+        added.input,
+        added.output,
+        stage.before
+    );
+    Ok(())
+}
+
 /// Adds `stage` to the pipeline file at `path`, ahead of `stage.before`.
 pub fn add_stage(path: &Path, stage: &NewStage) -> anyhow::Result<Added> {
     let text =
