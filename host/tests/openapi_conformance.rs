@@ -130,14 +130,8 @@ async fn every_route_answers_with_the_body_its_openapi_schema_describes() {
     let toml = with_cheese_report(&hostile_pipeline(&topics, 3_000), &topics);
     let host = TestHost::start_toml(&toml).await;
     let client = reqwest::Client::new();
-    let document: Value = client
-        .get(format!("{}/openapi.json", host.url))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let served = reqwest::get(format!("{}/openapi.json", host.url)).await;
+    let document: Value = served.unwrap().json().await.unwrap();
     wait_for(Duration::from_secs(60), "the host to be ready", || async {
         let response = reqwest::get(format!("{}/readyz", host.url)).await.ok()?;
         (response.status() == 200).then_some(())
