@@ -96,7 +96,7 @@ pub async fn start(
     .await?;
     tasks.spawn(view);
 
-    let app = crate::api::public::router(crate::api::public::AppState {
+    let app = crate::api::router(crate::api::AppState {
         book,
         publisher: match pipeline.guarantee {
             Guarantee::ExactlyOnce => crate::orders::publisher::Publisher::transactional(
@@ -119,7 +119,7 @@ pub async fn start(
         shutdown: shutdown.clone(),
     });
     let servers_stop = CancellationToken::new();
-    let http_addr = serve(
+    let http_addr = crate::api::serve(
         "HTTP API",
         pipeline.http.listen,
         app,
@@ -131,7 +131,7 @@ pub async fn start(
         Some(token) => {
             let app = crate::api::admin::router(stages.clone(), token);
             Some(
-                serve(
+                crate::api::serve(
                     "admin API",
                     pipeline.admin.listen,
                     app,
@@ -172,30 +172,4 @@ async fn stop_servers_after(
     shutdown.cancelled().await;
     tasks.wait().await;
     servers_stop.cancel();
-}
-
-/// Serves `app` on `addr` until `shutdown`; returns the bound address.
-async fn serve(
-    what: &str,
-    addr: SocketAddr,
-    app: axum::Router,
-    tasks: &TaskTracker,
-    shutdown: &CancellationToken,
-) -> anyhow::Result<SocketAddr> {
-    let listener = tokio::net::TcpListener::bind(addr)
-        .await
-        .with_context(|| format!("{what}: cannot listen on {addr}"))?;
-    let bound = listener.local_addr()?;
-    let stop = shutdown.clone().cancelled_owned();
-    let what = what.to_owned();
-    tracing::info!("{what} listening on http://{bound}");
-    tasks.spawn(async move {
-        if let Err(err) = axum::serve(listener, app)
-            .with_graceful_shutdown(stop)
-            .await
-        {
-            tracing::error!("{what} failed: {err}");
-        }
-    });
-    Ok(bound)
 }

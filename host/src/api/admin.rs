@@ -15,8 +15,8 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
 
-use crate::api::public::error;
-use crate::pipeline::stages::{Stages, UnknownStage};
+use crate::api::types::{ApiError, StageInfo};
+use crate::pipeline::stages::{Stages, SwapReport, UnknownStage};
 
 /// Largest component upload accepted.
 pub const MAX_UPLOAD_BYTES: usize = 64 << 20;
@@ -36,7 +36,7 @@ pub fn router(stages: Arc<Stages>, token: String) -> Router {
     Router::new()
         .route("/admin/stages", get(list))
         .route("/admin/stages/{name}", axum::routing::put(deploy))
-        .fallback(|| async { error(StatusCode::NOT_FOUND, "no such route".into()) })
+        .fallback(|| async { ApiError::new(StatusCode::NOT_FOUND, "no such route") })
         .layer(DefaultBodyLimit::max(MAX_UPLOAD_BYTES))
         .layer(middleware::from_fn_with_state(state.clone(), authorize))
         .with_state(state)
@@ -52,31 +52,30 @@ async fn authorize(State(state): State<AdminState>, request: Request, next: Next
     if constant_time_eq::constant_time_eq(presented.as_bytes(), state.token.as_bytes()) {
         next.run(request).await
     } else {
-        error(
-            StatusCode::UNAUTHORIZED,
-            "missing or wrong admin token".into(),
-        )
+        ApiError::new(StatusCode::UNAUTHORIZED, "missing or wrong admin token").into_response()
     }
 }
 
-async fn list(State(state): State<AdminState>) -> Response {
-    Json(state.stages.list().await).into_response()
+async fn list(State(state): State<AdminState>) -> Json<Vec<StageInfo>> {
+    Json(state.stages.list().await)
 }
 
 async fn deploy(
     State(state): State<AdminState>,
     Path(name): Path<String>,
     body: Bytes,
-) -> Response {
+) -> Result<Json<SwapReport>, ApiError> {
     match state.stages.deploy(&name, body.to_vec()).await {
-        Ok(report) => Json(report).into_response(),
-        Err(err) if err.is::<UnknownStage>() => error(StatusCode::NOT_FOUND, err.to_string()),
+        Ok(report) => Ok(Json(report)),
+        Err(err) if err.is::<UnknownStage>() => {
+            Err(ApiError::new(StatusCode::NOT_FOUND, err.to_string()))
+        }
         Err(err) => {
             tracing::error!(
                 stage = name,
                 "deploy rejected, old version keeps running: {err:#}"
             );
-            error(StatusCode::BAD_REQUEST, format!("{err:#}"))
+            Err(ApiError::new(StatusCode::BAD_REQUEST, format!("{err:#}")))
         }
     }
 }

@@ -16,7 +16,7 @@ use futures::Stream;
 use serde_json::{Map, Value, json};
 use tokio::sync::broadcast::error::RecvError;
 
-use crate::api::public::AppState;
+use crate::api::AppState;
 
 /// How often the stream carries a snapshot of the stages and reports.
 const SNAPSHOT_EVERY: Duration = Duration::from_secs(1);

@@ -1,5 +1,205 @@
-//! The command line's work, one module per concern of a subcommand.
+//! The `pizza-host` command line: the arguments ([`Cli`], [`Command`]) and [`dispatch`],
+//! which hands each subcommand to its own module. A subcommand's module does its work and all
+//! of its printing.
 
-pub mod pipeline_edit;
-pub mod scaffold;
-pub mod tools;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use anyhow::Context as _;
+use clap::{Parser, Subcommand};
+
+use crate::cli::new::Lang;
+
+pub mod add;
+pub mod check;
+pub mod deploy;
+pub mod invoke;
+pub mod new;
+pub mod run;
+pub mod status;
+
+/// Runs WebAssembly stage components between Kafka topics.
+#[derive(Parser)]
+#[command(version, about)]
+pub struct Cli {
+    /// How log lines are written to stderr: for people, or one JSON object per line.
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text, env = "PIZZA_HOST_LOG_FORMAT")]
+    pub log_format: LogFormat,
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// How log lines are written.
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+#[allow(missing_docs)] // a `///` here would change `--help`; `--log-format` says what they are
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+// The subcommands; each is carried out by the module of its name. No `///` here: clap would
+// make it the program's `about` in `--help`.
+#[allow(missing_docs)]
+#[derive(Subcommand)]
+pub enum Command {
+    /// Runs the pipeline described by a pipeline.toml until Ctrl-C or SIGTERM.
+    Run {
+        /// The pipeline file.
+        pipeline: PathBuf,
+        /// Listen on this address instead of the file's `http.listen`.
+        #[arg(long)]
+        listen: Option<SocketAddr>,
+        /// Do not watch the pipeline and component files for changes.
+        #[arg(long)]
+        no_watch: bool,
+        /// Makes every stage's randomness and every order id reproducible (for tests and
+        /// demos): the same seed and the same orders give the same pizzas.
+        #[arg(long, env = "PIZZA_HOST_SEED")]
+        seed: Option<u64>,
+    },
+    /// Says whether a file is a component that fits a stage, and what it imports and exports.
+    Check {
+        /// The component file (.wasm).
+        component: PathBuf,
+    },
+    /// Runs a stage on JSON events without Kafka and prints the results.
+    Invoke {
+        /// The component file (.wasm).
+        component: PathBuf,
+        /// A file holding one JSON document, or `-` for one document per line of standard
+        /// input. Without it, a sample pizza.
+        #[arg(long)]
+        input: Option<PathBuf>,
+        /// The stage's name, for its log lines and (with --seed) its randomness: with the
+        /// name and seed of a run, a stage gives what it gave in that run.
+        #[arg(long, default_value = "invoke")]
+        stage: String,
+        /// Makes the stage's randomness reproducible.
+        #[arg(long)]
+        seed: Option<u64>,
+        /// A setting the stage reads through its `config` import (repeatable).
+        #[arg(long = "config", value_name = "KEY=VALUE", value_parser = config_pair)]
+        config: Vec<(String, String)>,
+    },
+    /// Creates a stage project in functions/<name> that builds as it is, and says how to
+    /// build, try and add it.
+    New {
+        /// The stage's name (lowercase letters, digits, dashes); also the field it sets.
+        name: String,
+        /// The language to write it in.
+        #[arg(long, value_enum, default_value_t = Lang::Rust)]
+        lang: Lang,
+    },
+    /// Puts a new stage into a pipeline file ahead of an existing stage; a host watching the
+    /// file starts it live. The component is checked first.
+    Add {
+        /// The new stage's name.
+        name: String,
+        /// Its component file (.wasm).
+        component: PathBuf,
+        /// The stage it goes ahead of: it reads that stage's input, which then reads its output.
+        #[arg(long)]
+        before: String,
+        /// Its output topic (default pizza-with-<name>).
+        #[arg(long)]
+        output: Option<String>,
+        /// A setting for its `config` table (repeatable).
+        #[arg(long = "config", value_name = "KEY=VALUE", value_parser = config_pair)]
+        config: Vec<(String, String)>,
+        /// The pipeline file.
+        #[arg(long, default_value = "pipeline.toml")]
+        pipeline: PathBuf,
+    },
+    /// Swaps a stage of a running host to a component file, through the admin API.
+    ///
+    /// The token is read from the PIZZA_HOST_ADMIN_TOKEN environment variable.
+    Deploy {
+        /// The stage to swap.
+        stage: String,
+        /// The component file (.wasm).
+        component: PathBuf,
+        /// The host's admin API.
+        #[arg(long, default_value = "http://127.0.0.1:5001")]
+        host: String,
+    },
+    /// Prints the stage table of a running host and whether it is ready; exits non-zero
+    /// when it is not.
+    Status {
+        /// The host's HTTP API.
+        #[arg(long, default_value = "http://127.0.0.1:5000")]
+        host: String,
+    },
+}
+
+/// Carries out `command`.
+pub fn dispatch(command: Command) -> anyhow::Result<()> {
+    match command {
+        Command::Run {
+            pipeline,
+            listen,
+            no_watch,
+            seed,
+        } => async_runtime()?.block_on(run::run(run::RunOptions {
+            pipeline,
+            listen,
+            watch: !no_watch,
+            seed,
+        })),
+        Command::Check { component } => check::run(&component),
+        Command::Invoke {
+            component,
+            input,
+            stage,
+            seed,
+            config,
+        } => {
+            let how = invoke::Invocation {
+                input,
+                stage,
+                seed,
+                config: config.into_iter().collect(),
+            };
+            invoke::run(&component, &how)
+        }
+        Command::New { name, lang } => new::run(&name, lang),
+        Command::Add {
+            name,
+            component,
+            before,
+            output,
+            config,
+            pipeline,
+        } => {
+            let stage = add::NewStage {
+                name,
+                component,
+                before,
+                output,
+                config: config.into_iter().collect(),
+            };
+            add::run(&pipeline, &stage)
+        }
+        Command::Deploy {
+            stage,
+            component,
+            host,
+        } => async_runtime()?.block_on(deploy::run(&stage, &component, &host)),
+        Command::Status { host } => async_runtime()?.block_on(status::run(&host)),
+    }
+}
+
+fn async_runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")
+}
+
+/// Parses a `--config key=value` argument.
+pub fn config_pair(arg: &str) -> Result<(String, String), String> {
+    match arg.split_once('=') {
+        Some((key, value)) if !key.is_empty() => Ok((key.to_owned(), value.to_owned())),
+        _ => Err(format!("expected key=value, got {arg:?}")),
+    }
+}

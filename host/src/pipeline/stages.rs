@@ -30,7 +30,7 @@ use crate::telemetry::events::Events;
 use crate::telemetry::metrics::Metrics;
 
 /// Where a stage's current component came from.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, serde::Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Source {
     /// The file named in `pipeline.toml`.
@@ -40,7 +40,7 @@ pub enum Source {
 }
 
 /// One stage as the admin API shows it.
-#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+#[derive(Debug, Clone, Serialize, serde::Deserialize, utoipa::ToSchema)]
 pub struct StageInfo {
     /// The stage's name.
     pub name: String,
@@ -72,7 +72,7 @@ pub struct StageInfo {
 }
 
 /// One input partition of a stage on this host.
-#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+#[derive(Debug, Clone, Serialize, serde::Deserialize, utoipa::ToSchema)]
 pub struct PartitionInfo {
     /// The partition.
     pub partition: i32,
@@ -81,7 +81,7 @@ pub struct PartitionInfo {
 }
 
 /// A failure as the admin API shows it.
-#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+#[derive(Debug, Clone, Serialize, serde::Deserialize, utoipa::ToSchema)]
 pub struct ErrorInfo {
     /// When (RFC 3339).
     pub at: String,
@@ -92,7 +92,7 @@ pub struct ErrorInfo {
 }
 
 /// What a swap did.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, serde::Deserialize)]
 pub struct SwapReport {
     /// The stage.
     pub stage: String,

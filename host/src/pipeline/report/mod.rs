@@ -29,7 +29,7 @@ pub mod fold;
 use fold::ReportShared;
 
 /// One report as `GET /report` lists it.
-#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+#[derive(Debug, Clone, Serialize, serde::Deserialize, utoipa::ToSchema)]
 pub struct ReportInfo {
     /// Its name; it is served at `/report/{name}`.
     pub name: String,

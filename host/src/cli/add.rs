@@ -39,6 +39,20 @@ pub struct Added {
     pub output: String,
 }
 
+/// `add`: adds `stage` to the pipeline file at `path` and says what it rewired.
+pub fn run(path: &Path, stage: &NewStage) -> anyhow::Result<()> {
+    let added = add_stage(path, stage)?;
+    println!(
+        "{}: stage `{}` reads {} and writes {}, which `{}` now reads",
+        path.display(),
+        stage.name,
+        added.input,
+        added.output,
+        stage.before
+    );
+    Ok(())
+}
+
 /// Adds `stage` to the pipeline file at `path`, ahead of `stage.before`.
 pub fn add_stage(path: &Path, stage: &NewStage) -> anyhow::Result<Added> {
     let text =
@@ -148,6 +162,19 @@ fn relative_to(path: &Path, folder: &Path) -> anyhow::Result<PathBuf> {
         .unwrap_or(path))
 }
 
+/// Writes `bytes` beside `path` and renames it over `path`: a host watching the file never
+/// reads half of it.
+fn replace_file(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    let folder = match path.parent() {
+        Some(dir) if !dir.as_os_str().is_empty() => dir,
+        _ => Path::new("."),
+    };
+    let mut temporary = tempfile::NamedTempFile::new_in(folder)?;
+    std::io::Write::write_all(&mut temporary, bytes)?;
+    temporary.persist(path).map_err(|err| err.error)?;
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -169,17 +196,4 @@ mod tests {
             assert_eq!(document["x"].as_str(), Some(text));
         }
     }
-}
-
-/// Writes `bytes` beside `path` and renames it over `path`: a host watching the file never
-/// reads half of it.
-fn replace_file(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
-    let folder = match path.parent() {
-        Some(dir) if !dir.as_os_str().is_empty() => dir,
-        _ => Path::new("."),
-    };
-    let mut temporary = tempfile::NamedTempFile::new_in(folder)?;
-    std::io::Write::write_all(&mut temporary, bytes)?;
-    temporary.persist(path).map_err(|err| err.error)?;
-    Ok(())
 }

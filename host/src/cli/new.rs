@@ -1,7 +1,7 @@
 //! `pizza-host new`: a new stage project in `functions/<name>`, in Rust, Python or JavaScript,
 //! that builds with its language's documented command and passes `check` and `invoke` as it is.
 //!
-//! The templates are files next to this module, with `{{name}}`, `{{field}}`, `{{wit}}` and
+//! The templates are files in `new/` beside this module, with `{{name}}`, `{{field}}`, `{{wit}}` and
 //! `{{workspace}}` to fill in. Inside a pizza-host checkout a project uses the checkout's
 //! `wit/` folder (one contract, no copies to drift); anywhere else it gets its own copy.
 
@@ -22,10 +22,10 @@ pub enum Lang {
 
 /// The WIT package, for projects outside a checkout.
 const WIT_FILES: [(&str, &str); 2] = [
-    ("stage.wit", include_str!("../../../../wit/stage.wit")),
+    ("stage.wit", include_str!("../../../wit/stage.wit")),
     (
         "deps/random/random.wit",
-        include_str!("../../../../wit/deps/random/random.wit"),
+        include_str!("../../../wit/deps/random/random.wit"),
     ),
 ];
 
@@ -37,14 +37,37 @@ const OWN_WIT: &str = "stage-wit";
 type Template = (&'static str, &'static str);
 
 const RUST: &[Template] = &[
-    ("Cargo.toml", include_str!("rust/Cargo.toml.tmpl")),
-    ("src/lib.rs", include_str!("rust/lib.rs.tmpl")),
+    ("Cargo.toml", include_str!("new/rust/Cargo.toml.tmpl")),
+    ("src/lib.rs", include_str!("new/rust/lib.rs.tmpl")),
 ];
-const PYTHON: &[Template] = &[("app.py", include_str!("python/app.py.tmpl"))];
+const PYTHON: &[Template] = &[("app.py", include_str!("new/python/app.py.tmpl"))];
 const JS: &[Template] = &[
-    ("app.js", include_str!("js/app.js.tmpl")),
-    ("package.json", include_str!("js/package.json.tmpl")),
+    ("app.js", include_str!("new/js/app.js.tmpl")),
+    ("package.json", include_str!("new/js/package.json.tmpl")),
 ];
+
+/// `new`: scaffolds the project in the working directory and prints the next steps.
+pub fn run(name: &str, lang: Lang) -> anyhow::Result<()> {
+    let created = new_stage(Path::new(""), name, lang)?;
+    let dir = created.dir.display();
+    let component = created.component.display();
+    println!("created {dir}");
+    println!();
+    println!("build it:   (cd {dir} && {})", created.build);
+    println!("check it:   pizza-host check {component}");
+    println!("try it:     pizza-host invoke {component}");
+    println!("add it:     pizza-host add {name} {component} --before veggies");
+    println!();
+    println!("or by hand: this in pipeline.toml, and the next stage's input set to its output");
+    println!();
+    println!("[[stage]]");
+    println!("name = \"{name}\"");
+    println!("component = \"{component}\"");
+    println!("input = \"pizza-with-meats\"");
+    println!("output = \"pizza-with-{name}\"");
+    println!("# config = {{ choices = \"light,regular,extra\" }}");
+    Ok(())
+}
 
 /// What was created, and how to go on.
 #[derive(Debug)]

@@ -1,0 +1,122 @@
+//! The host's HTTP APIs as Rust calls, for the command line: [`Client`] for the public API and
+//! [`AdminClient`] for the admin API. They read the very types the handlers answer with
+//! ([`crate::api::types`]), so a renamed field breaks the build, not a command's output.
+
+use anyhow::Context as _;
+use reqwest::Response;
+use serde::de::DeserializeOwned;
+
+use crate::api::types::{ErrorBody, Readiness, StageInfo};
+use crate::pipeline::stages::SwapReport;
+
+/// The public API of the host at a base URL.
+#[derive(Debug, Clone)]
+pub struct Client {
+    http: reqwest::Client,
+    base: String,
+}
+
+impl Client {
+    /// A client of the host at `base_url` (e.g. `http://127.0.0.1:5000`).
+    pub fn new(base_url: &str) -> Self {
+        Self {
+            http: reqwest::Client::new(),
+            base: base_url.trim_end_matches('/').to_owned(),
+        }
+    }
+
+    /// `GET /readyz`: the stage table and whether the host is ready. A host that is not ready
+    /// answers 503 with the same body, so that is no error here.
+    pub async fn readiness(&self) -> anyhow::Result<Readiness> {
+        let url = format!("{}/readyz", self.base);
+        let response = self
+            .http
+            .get(&url)
+            .send()
+            .await
+            .with_context(|| format!("cannot reach {url}"))?;
+        response
+            .json()
+            .await
+            .with_context(|| format!("{url} did not answer with JSON"))
+    }
+}
+
+/// The admin API of the host at a base URL; every call carries the admin token.
+#[derive(Debug, Clone)]
+pub struct AdminClient {
+    http: reqwest::Client,
+    base: String,
+}
+
+impl AdminClient {
+    /// A client of the admin API at `base_url` (e.g. `http://127.0.0.1:5001`).
+    pub fn new(base_url: &str) -> Self {
+        Self {
+            http: reqwest::Client::new(),
+            base: base_url.trim_end_matches('/').to_owned(),
+        }
+    }
+
+    /// `PUT /admin/stages/{stage}`: swaps the stage to the component `bytes`. A rejected
+    /// component (or a wrong token, or no such stage) is an error with the host's reason.
+    pub async fn deploy(
+        &self,
+        stage: &str,
+        bytes: Vec<u8>,
+        token: &str,
+    ) -> anyhow::Result<SwapReport> {
+        let url = format!("{}/admin/stages/{stage}", self.base);
+        let response = self
+            .http
+            .put(&url)
+            .bearer_auth(token)
+            .body(bytes)
+            .send()
+            .await
+            .with_context(|| format!("cannot reach {url}"))?;
+        read(&url, response).await
+    }
+
+    /// `GET /admin/stages`: the stage table.
+    pub async fn stages(&self, token: &str) -> anyhow::Result<Vec<StageInfo>> {
+        let url = format!("{}/admin/stages", self.base);
+        let response = self
+            .http
+            .get(&url)
+            .bearer_auth(token)
+            .send()
+            .await
+            .with_context(|| format!("cannot reach {url}"))?;
+        read(&url, response).await
+    }
+}
+
+/// The body of a successful answer as `T`; an error status as an error carrying the host's
+/// `{"error": …}` message.
+async fn read<T: DeserializeOwned>(url: &str, response: Response) -> anyhow::Result<T> {
+    let status = response.status();
+    if status.is_success() {
+        return response
+            .json()
+            .await
+            .with_context(|| format!("{url} answered {status} without JSON"));
+    }
+    let message = response
+        .json::<ErrorBody>()
+        .await
+        .map(|body| body.error)
+        .with_context(|| format!("{url} answered {status} without JSON"))?;
+    anyhow::bail!("{url} answered {status}: {message}")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn base_urls_lose_their_trailing_slash() {
+        assert_eq!(Client::new("http://h:1/").base, "http://h:1");
+        assert_eq!(AdminClient::new("http://h:1//").base, "http://h:1");
+    }
+}

@@ -1,0 +1,52 @@
+//! `pizza-host status`: prints the stage table of a running host and whether it is ready
+//! ([`crate::api::client::Client::readiness`]); not ready is an error, so the exit code says it.
+
+use crate::api::client::Client;
+use crate::api::types::{PartitionInfo, StageInfo};
+
+/// Prints the table and the readiness of the host at `host`.
+pub async fn run(host: &str) -> anyhow::Result<()> {
+    let readiness = Client::new(host).readiness().await?;
+    println!(
+        "{:<12} {:<40} {:<14} {:>10} {:>6}  partitions (lag)",
+        "stage", "input -> output", "digest", "processed", "dead"
+    );
+    for stage in &readiness.stages {
+        println!("{}", row(stage));
+    }
+    if readiness.ready {
+        println!("ready");
+        Ok(())
+    } else {
+        for reason in &readiness.waiting_for {
+            println!("not ready: {reason}");
+        }
+        anyhow::bail!("the host at {host} is not ready")
+    }
+}
+
+/// One stage's line of the table.
+fn row(stage: &StageInfo) -> String {
+    let partitions: Vec<String> = stage.partitions.iter().map(partition).collect();
+    format!(
+        "{:<12} {:<40} {:<14} {:>10} {:>6}  {}",
+        stage.name,
+        format!("{} -> {}", stage.input, stage.output),
+        stage.digest.get(..14).unwrap_or(&stage.digest),
+        stage.processed,
+        stage.dead_lettered,
+        if partitions.is_empty() {
+            "none".to_owned()
+        } else {
+            partitions.join(", ")
+        },
+    )
+}
+
+/// A partition and its lag, `?` until librdkafka has reported it.
+fn partition(p: &PartitionInfo) -> String {
+    match p.lag {
+        Some(lag) => format!("{} ({lag})", p.partition),
+        None => format!("{} (?)", p.partition),
+    }
+}
