@@ -6,7 +6,8 @@ use std::path::Path;
 use anyhow::Context as _;
 
 use crate::config::default_compile_cache;
-use crate::runtime::{Runtime, Settings};
+use crate::config::default_stage_settings;
+use crate::runtime::Runtime;
 
 /// What the sandbox gives a stage through an interface it imports.
 pub fn grant(import: &str) -> &'static str {
@@ -51,7 +52,9 @@ pub fn run(path: &Path) -> anyhow::Result<()> {
     for import in &imports {
         println!("    {import}: {}", grant(import));
     }
-    let as_stage = runtime.load_bytes("check", &bytes, &Settings::default());
+    // Tried as `pipeline.toml` would run it with only defaults written.
+    let settings = default_stage_settings(Default::default());
+    let as_stage = runtime.load_bytes("check", &bytes, &settings);
     let err = match as_stage {
         Ok(stage) => {
             println!(
@@ -64,7 +67,7 @@ pub fn run(path: &Path) -> anyhow::Result<()> {
     };
     // Not a stage: maybe a report.
     if exports.iter().any(|e| e == "update" || e == "render") {
-        let report = runtime.load_report_bytes("check", &bytes, &Settings::default());
+        let report = runtime.load_report_bytes("check", &bytes, &settings);
         return match report {
             Ok(report) => {
                 println!(
