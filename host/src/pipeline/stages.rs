@@ -48,6 +48,10 @@ pub struct StageInfo {
     pub input: String,
     /// Output topic.
     pub output: String,
+    /// Where records it cannot process go.
+    pub dead_letter: String,
+    /// Retries of a call whose error the stage marked retryable.
+    pub retries: u32,
     /// Where the running component came from: `{"file": "<path>"}` or `"upload"`.
     #[schema(value_type = Object)]
     pub source: Source,

@@ -315,6 +315,8 @@ mod tests {
             name: "sauce".into(),
             input: "pizza".into(),
             output: "pizza-with-sauce".into(),
+            dead_letter: "pizza.dlq".into(),
+            retries: 3,
             source: crate::pipeline::stages::Source::Upload,
             digest: "sha256:ab".into(),
             loaded_at: String::new(),

@@ -119,25 +119,6 @@ impl StageStats {
     }
 }
 
-/// Where a stage reads from and writes to.
-#[derive(Debug, Clone)]
-pub struct Route {
-    /// The stage's name.
-    pub name: String,
-    /// Consumer group id.
-    pub group_id: String,
-    /// Under exactly-once, the stage's transactional id (stable per stage and host instance).
-    pub transactional_id: Option<String>,
-    /// Input topic.
-    pub input: String,
-    /// Output topic.
-    pub output: String,
-    /// Topic for records the stage could not process.
-    pub dead_letter: String,
-    /// Retries of a call whose error the stage marked retryable.
-    pub retries: u32,
-}
-
 /// Why a record went to the dead-letter topic instead of the output.
 pub(crate) struct Failure {
     pub kind: &'static str,

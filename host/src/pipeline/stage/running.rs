@@ -199,6 +199,8 @@ fn info(stage: &RunningStage) -> StageInfo {
         name: stage.config.name.clone(),
         input: stage.config.input.clone(),
         output: stage.config.output.clone(),
+        dead_letter: stage.route.dead_letter.clone(),
+        retries: stage.route.retries,
         source: stage.source.clone(),
         digest: stage.shared.current().digest().to_owned(),
         loaded_at: humantime::format_rfc3339_millis(stage.loaded_at).to_string(),
