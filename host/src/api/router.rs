@@ -145,7 +145,12 @@ async fn count_request(
     request: Request,
     next: Next,
 ) -> Response {
-    let method = request.method().to_string();
+    // Methods a client makes up would each make a new series: they count as `other`.
+    let method = match request.method().as_str() {
+        known @ ("GET" | "HEAD" | "POST" | "PUT" | "DELETE" | "PATCH" | "OPTIONS") => known,
+        _ => "other",
+    }
+    .to_owned();
     let route = route.map_or("unmatched".to_owned(), |r| r.as_str().to_owned());
     let response = next.run(request).await;
     metrics

@@ -67,6 +67,7 @@ pub fn default_stage_settings(config: BTreeMap<String, String>) -> crate::runtim
         memory_mib: default_memory_mib(),
         retries: default_retries(),
         dead_letter: None,
+        max_output_bytes: None,
         config,
         reuse_instances: true,
         sample: None,
@@ -275,6 +276,10 @@ pub struct StageConfig {
     pub retries: u32,
     /// Where records the stage cannot process go (default `<input>.dlq`).
     pub dead_letter: Option<String>,
+    /// The largest output record (value, key and headers) the stage may send; a larger result
+    /// goes to the dead-letter topic as `too-large` (default, and upper bound: what the
+    /// producer may send, `[kafka] message.max.bytes`, 1,000,000 unless set).
+    pub max_output_bytes: Option<usize>,
     /// Settings the component reads through the `pizza:stage/config` import; an edit is
     /// applied live, like a swap.
     #[serde(default, deserialize_with = "component_config")]

@@ -33,7 +33,13 @@ pub struct StageRoute {
     pub dead_letter: String,
     /// Retries of a call whose error the stage marked retryable.
     pub retries: u32,
+    /// The largest output record the stage sends; a larger one is dead-lettered as
+    /// `too-large` (a send the producer refuses for its size would stall the partition).
+    pub max_output_bytes: usize,
 }
+
+/// What librdkafka's producers send at most unless `message.max.bytes` says otherwise.
+const PRODUCER_MAX_BYTES: usize = 1_000_000;
 
 /// Where a report reads from and saves to.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -105,6 +111,11 @@ impl Plan {
         let prefix = &pipeline.group_prefix;
         let instance = &pipeline.instance_id;
         let exactly_once = pipeline.guarantee == Guarantee::ExactlyOnce;
+        let producer_max = pipeline
+            .kafka_properties()
+            .ok()
+            .and_then(|props| props.get("message.max.bytes")?.parse().ok())
+            .unwrap_or(PRODUCER_MAX_BYTES);
         let stages: Vec<(StageConfig, StageRoute)> = pipeline
             .stages
             .iter()
@@ -118,6 +129,9 @@ impl Plan {
                     output: config.output.clone(),
                     dead_letter: config.dead_letter_topic(),
                     retries: config.retries,
+                    max_output_bytes: config
+                        .max_output_bytes
+                        .map_or(producer_max, |max| max.min(producer_max)),
                 };
                 (config.clone(), route)
             })

@@ -15,6 +15,12 @@ use crate::runtime::{CallError, StageComponent};
 use crate::telemetry::metrics::StageMetrics;
 use crate::telemetry::trace_context;
 
+/// What a record costs beyond its key, value and headers in librdkafka's size check (its
+/// framing), with room to spare.
+const RECORD_OVERHEAD: usize = 512;
+/// What the dead-letter headers add, besides the error message.
+const DEAD_LETTER_HEADERS: usize = 512;
+
 /// Wait before the first retry of a retryable stage error; doubled for each further one.
 const RETRY_BACKOFF: Duration = Duration::from_millis(50);
 
@@ -134,6 +140,27 @@ async fn send_outcome(
     message: &BorrowedMessage<'_>,
     outcome: Result<String, Failure>,
 ) -> anyhow::Result<Pending> {
+    let key_bytes = message.key().map_or(0, <[u8]>::len);
+    let outcome = match outcome {
+        Ok(output) => {
+            let size = output.len() + key_bytes + headers_size(message) + visit.len();
+            if size + RECORD_OVERHEAD > route.max_output_bytes {
+                Err(Failure {
+                    kind: "too-large",
+                    message: format!(
+                        "the output record would be {size} bytes, over the stage's limit of {} \
+                         (max_output_bytes, or what the producer may send)",
+                        route.max_output_bytes
+                    ),
+                    attempts: 1,
+                    retryable: false,
+                })
+            } else {
+                Ok(output)
+            }
+        }
+        failed => failed,
+    };
     stage.stats.record(&outcome);
     if let Ok(output) = &outcome {
         stage.events.publish(|| {
@@ -162,8 +189,18 @@ async fn send_outcome(
                 failure.message
             );
             let why = dead_letter_headers(copy_headers(message), component, failure, message);
+            let payload = message.payload().unwrap_or_default();
+            let size = payload.len() + key_bytes + headers_size(message) + DEAD_LETTER_HEADERS;
+            // An input near the limit, with the headers that say why, may not fit: the dead
+            // letter then goes without the value, its headers naming where the record is.
+            let payload = if size + failure.message.len() + RECORD_OVERHEAD > route.max_output_bytes
+            {
+                &[][..]
+            } else {
+                payload
+            };
             FutureRecord::to(&route.dead_letter)
-                .payload(message.payload().unwrap_or_default())
+                .payload(payload)
                 .headers(why)
         }
     };
@@ -176,6 +213,16 @@ async fn send_outcome(
         partition: message.partition(),
         offset: message.offset(),
         delivery,
+    })
+}
+
+/// Bytes of `message`'s headers (names and values).
+fn headers_size(message: &BorrowedMessage<'_>) -> usize {
+    message.headers().map_or(0, |headers| {
+        headers
+            .iter()
+            .map(|h| h.key.len() + h.value.map_or(0, <[u8]>::len))
+            .sum()
     })
 }
 

@@ -3,7 +3,9 @@
 //! `error` (returns a stage error), `retryable` (returns one marked retryable), `count`
 //! (returns `{"order_id":…,"calls":n}`, n counting the calls this instance has served, to show
 //! whether instances are reused), `leak` (as `count`, and keeps 1 MiB more each call),
-//! `fail-when-reused` (as `count` in a fresh instance, a panic in one that served before).
+//! `fail-when-reused` (as `count` in a fresh instance, a panic in one that served before),
+//! `big` (returns the event's `order_id` with 1.5 MB of filler: over the broker's default
+//! record size).
 //! With no `act` it behaves: the event passes unchanged.
 #![allow(unsafe_code, missing_docs)]
 
@@ -36,6 +38,13 @@ impl Guest for Hostile {
                     std::hint::black_box(&hoard);
                 }
             }
+            Some("big") => {
+                let order_id = text_field(&event, "order_id").unwrap_or_default();
+                let filler = "x".repeat(1_500_000);
+                Ok(format!(
+                    "{{\"order_id\":\"{order_id}\",\"filler\":\"{filler}\"}}"
+                ))
+            }
             Some("non-json") => Ok("this is not json".into()),
             Some("drop-order-id") => Ok("{}".into()),
             Some("error") => Err(StageError {
@@ -54,7 +63,13 @@ impl Guest for Hostile {
 
 /// The value of `"act":"…"` in the event, found without a JSON parser to keep this tiny.
 fn serde_json_free_act(event: &str) -> Option<String> {
-    let start = event.find("\"act\":\"")? + 7;
+    text_field(event, "act")
+}
+
+/// The value of the text field `name` (`"name":"…"`, no spaces, no escapes) in the event.
+fn text_field(event: &str, name: &str) -> Option<String> {
+    let pattern = format!("\"{name}\":\"");
+    let start = event.find(&pattern)? + pattern.len();
     let end = event[start..].find('"')? + start;
     Some(event[start..end].to_owned())
 }

@@ -1,0 +1,93 @@
+//! The edges a real deployment reaches, against the real broker and real (hostile)
+//! components: records too large to send, and what a client may put in a request.
+
+#![allow(clippy::unwrap_used)] // a test fails loudly on any unexpected error
+
+mod support;
+
+use std::time::Duration;
+
+use serde_json::json;
+use support::*;
+
+const WITHIN: Duration = Duration::from_secs(90);
+
+/// A stage whose output is over what the producer may send dead-letters that record as
+/// `too-large` and moves on; a near-limit input that fits passes. Under both guarantees.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_oversized_output_is_dead_lettered_and_the_partition_moves_on() {
+    for guarantee in ["exactly-once", "at-least-once"] {
+        let topics = Topics::unique(&format!("big-{guarantee}"));
+        let toml = format!(
+            "guarantee = \"{guarantee}\"\n{}",
+            hostile_pipeline(&topics, 2_000)
+        );
+        let host = TestHost::start_toml(&toml).await;
+        let (big, near_limit) = (7, 13);
+        for n in 0..20 {
+            let key = format!("big-{n}");
+            let mut record = json!({"order_id": key, "pizza_id": format!("{key}-0"),
+                "sauce": "", "cheese": "", "meats": "", "veggies": ""});
+            if n == big {
+                record["act"] = "big".into();
+            }
+            if n == near_limit {
+                record["filler"] = "y".repeat(990_000).into();
+            }
+            produce(topics.orders(), Some(&key), record.to_string().as_bytes()).await;
+        }
+        // Every record but the oversized one comes out of the stage, in the same partition
+        // as the oversized one or not: nothing stalls behind it.
+        let out = read_records(&topics.chain[1], 19, WITHIN);
+        assert_eq!(out.len(), 19, "{guarantee}");
+        assert!(out.iter().all(|r| r.key.as_deref() != Some("big-7")));
+        assert!(out.iter().any(|r| r.key.as_deref() == Some("big-13")));
+        let dead = read_records(&format!("{}.dlq", topics.orders()), 1, WITHIN);
+        assert_eq!(dead.len(), 1, "{guarantee}");
+        assert_eq!(dead[0].key.as_deref(), Some("big-7"));
+        assert_eq!(dead[0].headers["pizza-host.error-kind"], "too-large");
+        assert!(
+            dead[0].value.len() < 1_000,
+            "the original input is dead-lettered, not the oversized output"
+        );
+        let chaos = host.stage("chaos").await.unwrap();
+        assert_eq!(chaos.dead_lettered, 1, "{guarantee}");
+        host.stop(Duration::from_secs(30)).await;
+    }
+}
+
+/// Request methods a client makes up do not make metric series: any number of them counts
+/// under one `other` method.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn made_up_request_methods_do_not_make_new_metric_series() {
+    let topics = Topics::unique("methods");
+    let host = TestHost::start(&topics).await;
+    let client = reqwest::Client::new();
+    for n in 0..100 {
+        let method = reqwest::Method::from_bytes(format!("FOO{n}").as_bytes()).unwrap();
+        let response = client
+            .request(method, format!("{}/healthz", host.url))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 405);
+    }
+    let metrics = reqwest::get(format!("{}/metrics", host.url))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let series: Vec<&str> = metrics
+        .lines()
+        .filter(|line| line.starts_with("pizza_host_http_requests_total{"))
+        .collect();
+    assert!(series.len() <= 5, "{series:#?}");
+    assert!(
+        series
+            .iter()
+            .any(|s| s.contains("method=\"other\"") && s.ends_with(" 100")),
+        "{series:#?}"
+    );
+    assert!(!metrics.contains("FOO"), "no made-up method is a label");
+}
