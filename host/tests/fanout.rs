@@ -189,3 +189,54 @@ async fn a_part_whose_siblings_never_come_expires_to_the_dead_letter_topic_even_
         "the lonely pizza never completes"
     );
 }
+
+/// Expiry counts from when a part arrived, by the host's clock: parts whose producer's clock
+/// is an hour behind still wait for their siblings and are assembled.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn parts_stamped_by_a_skewed_clock_are_not_expired_early() {
+    use rdkafka::producer::FutureRecord;
+    let topics = Fanout::unique("fanout-skew");
+    let _host = TestHost::start_toml(&topics.toml(60_000)).await;
+    let hour_ago = now_ms() - 3_600_000;
+    let producer = producer();
+    let send_part = |topic: &str, field: &str| {
+        let mut part = json!({"order_id": "skewed", "pizza_id": "skewed-0",
+            "sauce": "", "cheese": "", "meats": "", "veggies": ""});
+        part[field] = "chosen".into();
+        let producer = producer.clone();
+        let (topic, payload) = (topic.to_owned(), part.to_string());
+        async move {
+            let record = FutureRecord::to(&topic)
+                .key("skewed")
+                .payload(&payload)
+                .timestamp(hour_ago);
+            producer
+                .send(record, Duration::from_secs(10))
+                .await
+                .map_err(|(e, _)| e)
+                .unwrap();
+        }
+    };
+    // The first part alone first: it must be kept waiting, not given up on.
+    send_part(&topics.parts[0], "sauce").await;
+    let changelog = format!("test-{}-join-assemble", topics.suffix);
+    wait_for(WITHIN, "the first part taken", || async {
+        (record_count(&changelog) >= 1).then_some(())
+    })
+    .await;
+    for (topic, field) in topics.parts[1..].iter().zip(["cheese", "meats", "veggies"]) {
+        send_part(topic, field).await;
+    }
+    let completed = read_records(&topics.completed, 1, WITHIN);
+    assert_eq!(completed.len(), 1, "the pizza is assembled");
+    let pizza: Value = serde_json::from_slice(&completed[0].value).unwrap();
+    assert_complete_pizza(&pizza);
+    assert_eq!(record_count(&format!("{}.dlq", topics.completed)), 0);
+}
+
+fn now_ms() -> i64 {
+    let since = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap();
+    i64::try_from(since.as_millis()).unwrap()
+}

@@ -44,7 +44,8 @@ const EXPIRY_CHECK: Duration = Duration::from_secs(1);
 /// The parts of one pizza that have arrived, as kept in memory and on the changelog.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 struct Waiting {
-    /// When the first part was made (its record's timestamp, ms since the epoch).
+    /// When the first part arrived here (this host's clock, ms since the epoch): the
+    /// producer's timestamp would make a skewed clock expire every pizza, or none.
     first_ms: i64,
     /// The parts' record key (the order id).
     key: Option<String>,
@@ -193,10 +194,10 @@ impl Assembly<'_> {
                 .dead_letter(txn, key.as_deref(), &payload, "invalid-input", &why)
                 .await;
         };
-        let timestamp = message.timestamp().to_millis().unwrap_or_else(now_ms);
+        let arrived = now_ms();
         let waiting = self.waiting.entry(partition).or_default();
         let entry = waiting.entry(id.clone()).or_insert_with(|| Waiting {
-            first_ms: timestamp,
+            first_ms: arrived,
             key: key.clone(),
             parts: BTreeMap::new(),
         });
