@@ -353,3 +353,34 @@ fn an_instance_whose_memory_keeps_growing_is_retired_before_it_runs_out() {
     let restarts = calls.windows(2).filter(|w| w[1] < w[0]).count();
     assert!(restarts >= 2, "instances were replaced: {calls:?}");
 }
+
+/// The compile cache's entries are loaded as native code: a folder owned by another user, or
+/// writable by others, is refused; a new one is created for this user alone.
+#[test]
+fn a_compile_cache_someone_else_could_write_is_refused() {
+    use std::os::unix::fs::PermissionsExt as _;
+    let fresh = temp_dir("cache-new").join("nested").join("cache");
+    Runtime::new(Some(fresh.clone())).expect("a new folder is created");
+    let mode = std::fs::metadata(&fresh).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o700);
+
+    let shared = temp_dir("cache-shared");
+    std::fs::set_permissions(&shared, std::fs::Permissions::from_mode(0o777)).unwrap();
+    let err = Runtime::new(Some(shared))
+        .err()
+        .expect("refused")
+        .to_string();
+    assert!(err.contains("writable by its group or by others"), "{err}");
+
+    // Another user's folder (the suite runs as root in CI; elsewhere chown needs it).
+    let theirs = temp_dir("cache-theirs");
+    if std::os::unix::fs::chown(&theirs, Some(65534), Some(65534)).is_ok() {
+        let err = Runtime::new(Some(theirs))
+            .err()
+            .expect("refused")
+            .to_string();
+        assert!(err.contains("belongs to user 65534"), "{err}");
+    } else {
+        eprintln!("not root: the other user's folder is not tried");
+    }
+}

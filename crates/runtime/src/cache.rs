@@ -4,6 +4,11 @@
 //! Entries are keyed by the component's SHA-256 and, on disk, by the engine's compatibility
 //! hash too, so a host built with another wasmtime or other settings never loads an entry it
 //! cannot use. A cache entry that fails to load is recompiled and rewritten.
+//!
+//! Entries are loaded as native code without being verified, so whoever can write the folder
+//! can run code in the host: the folder must belong to this user and be writable by nobody
+//! else. A new folder is created so (0700); one owned by another user, or writable by a group
+//! or by others, is refused with an error saying so.
 
 use std::collections::HashMap;
 use std::hash::{DefaultHasher, Hash as _, Hasher as _};
@@ -36,15 +41,19 @@ pub struct CompileCache {
 }
 
 impl CompileCache {
-    /// A cache for `engine`, persisting under `dir` if given.
-    pub fn new(engine: &Engine, dir: Option<PathBuf>) -> Self {
+    /// A cache for `engine`, persisting under `dir` if given; fails if `dir` cannot be created
+    /// or is not safe to load code from (see the module docs).
+    pub fn new(engine: &Engine, dir: Option<PathBuf>) -> anyhow::Result<Self> {
+        if let Some(dir) = &dir {
+            prepare(dir)?;
+        }
         let mut hasher = DefaultHasher::new();
         engine.precompile_compatibility_hash().hash(&mut hasher);
         let dir = dir.map(|dir| dir.join(format!("{:016x}", hasher.finish())));
-        Self {
+        Ok(Self {
             memory: Mutex::default(),
             dir,
-        }
+        })
     }
 
     /// The compiled form of `bytes`, whose digest is `digest`, from the cache or from `compile`.
@@ -94,6 +103,38 @@ impl CompileCache {
     }
 }
 
+/// Creates `dir` (0700) if missing, and checks that it belongs to this user and that no one
+/// else may write to it.
+fn prepare(dir: &std::path::Path) -> anyhow::Result<()> {
+    use std::os::unix::fs::{DirBuilderExt as _, MetadataExt as _};
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
+        .with_context(|| format!("cannot create the compile cache {}", dir.display()))?;
+    let metadata = std::fs::metadata(dir)
+        .with_context(|| format!("cannot read the compile cache {}", dir.display()))?;
+    let me = rustix::process::getuid().as_raw();
+    if metadata.uid() != me {
+        anyhow::bail!(
+            "the compile cache {} belongs to user {}, not to this user ({me}): its entries are \
+             loaded as native code, so another user could run code in the host; use a folder of \
+             your own (compile_cache in pipeline.toml)",
+            dir.display(),
+            metadata.uid()
+        );
+    }
+    if metadata.mode() & 0o022 != 0 {
+        anyhow::bail!(
+            "the compile cache {} is writable by its group or by others (mode {:o}): its entries \
+             are loaded as native code; make it writable only by its owner (chmod 700)",
+            dir.display(),
+            metadata.mode() & 0o777
+        );
+    }
+    Ok(())
+}
+
 #[allow(unsafe_code)]
 fn deserialize(engine: &Engine, file: &std::path::Path) -> anyhow::Result<Component> {
     // Read into memory rather than mapped: a mapped file that someone truncates later would
@@ -110,11 +151,6 @@ fn deserialize(engine: &Engine, file: &std::path::Path) -> anyhow::Result<Compon
 fn persist(component: &Component, file: &std::path::Path) -> anyhow::Result<()> {
     let dir = file.parent().context("cache file without a folder")?;
     std::fs::create_dir_all(dir)?;
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::PermissionsExt as _;
-        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))?;
-    }
     let bytes = component.serialize().map_err(anyhow::Error::from)?;
     // Written beside and renamed over: another host sharing the cache never reads half.
     let mut temporary = tempfile::NamedTempFile::new_in(dir)?;

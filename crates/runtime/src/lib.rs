@@ -199,7 +199,7 @@ impl Runtime {
         bindings::pizza::stage::log::add_to_linker::<_, HasSelf<_>>(&mut linker, |s| s)?;
         spawn_epoch_ticker(&engine)?;
         Ok(Self {
-            cache: Arc::new(CompileCache::new(&engine, cache_dir)),
+            cache: Arc::new(CompileCache::new(&engine, cache_dir)?),
             engine,
             linker: Arc::new(linker),
             seed: None,

@@ -46,9 +46,24 @@ pub enum ConfigError {
 }
 
 /// Where compiled components are cached unless `compile_cache` says otherwise: shared by
-/// `run`, `check`, `invoke` and `add`, so a component is compiled once per machine.
+/// `run`, `check`, `invoke` and `add`, so a component is compiled once per user. A per-user
+/// folder (`$XDG_CACHE_HOME/pizza-host`, else `~/.cache/pizza-host`), never a shared one: the
+/// cache's entries are loaded as native code.
 pub fn default_compile_cache() -> PathBuf {
-    std::env::temp_dir().join("pizza-host-cache")
+    let from_env = |name: &str| {
+        std::env::var_os(name)
+            .filter(|v| !v.is_empty())
+            .map(PathBuf::from)
+    };
+    from_env("XDG_CACHE_HOME")
+        .or_else(|| from_env("HOME").map(|home| home.join(".cache")))
+        .unwrap_or_else(|| std::env::temp_dir().join(format!("pizza-host-{}", whoami())))
+        .join("pizza-host")
+}
+
+/// Something that tells this user apart, for a cache folder when there is no home.
+fn whoami() -> String {
+    std::env::var("USER").unwrap_or_else(|_| "user".into())
 }
 
 /// The event a stage or report is smoke-called on unless its `sample` names another: a pizza
@@ -116,7 +131,8 @@ pub struct Pipeline {
     #[serde(default = "default_instance_id")]
     pub instance_id: String,
     /// Folder where compiled components are cached, so a restart does not recompile them
-    /// (relative to this file; default: `pizza-host-cache` in the system's temporary folder).
+    /// (relative to this file; default: `~/.cache/pizza-host`, see [`default_compile_cache`]).
+    /// It must belong to this user and be writable by no one else: entries are native code.
     #[serde(default)]
     pub compile_cache: Option<PathBuf>,
     /// Makes every stage's randomness and every new order id reproducible: the same seed and
