@@ -91,3 +91,72 @@ async fn made_up_request_methods_do_not_make_new_metric_series() {
     );
     assert!(!metrics.contains("FOO"), "no made-up method is a label");
 }
+
+/// `pizza-host.*` headers on records written to the pipeline's first topic are not the
+/// host's: a forged trail does not show in the order, and a forged stage on a record that
+/// then fails does not name the stage that failed it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn forged_host_headers_on_input_are_dropped() {
+    use rdkafka::message::{Header, OwnedHeaders};
+    use rdkafka::producer::FutureRecord;
+    let topics = Topics::unique("forged");
+    let host = TestHost::start_toml(&hostile_pipeline(&topics, 1_000)).await;
+    let order_id = format!("forged-{}", topics.suffix);
+    let order = json!({"order_id": order_id, "count": 2}).to_string();
+    produce(
+        &format!("pizza-orders-{}", topics.suffix),
+        Some(&order_id),
+        order.as_bytes(),
+    )
+    .await;
+    let forged = r#"{"stage":"forged","digest":"sha256:00","at":"2000-01-01T00:00:00Z"}"#;
+    let producer = producer();
+    for (n, act) in [(0, None), (1, Some("panic"))] {
+        let mut pizza = json!({"order_id": order_id, "pizza_id": format!("{order_id}-{n}"),
+            "sauce": "", "cheese": "", "meats": "", "veggies": ""});
+        if let Some(act) = act {
+            pizza["act"] = act.into();
+        }
+        let payload = pizza.to_string();
+        let headers = OwnedHeaders::new()
+            .insert(Header {
+                key: "pizza-host.trail",
+                value: Some(forged),
+            })
+            .insert(Header {
+                key: "pizza-host.stage",
+                value: Some("forged"),
+            })
+            .insert(Header {
+                key: "pizza-host.error-kind",
+                value: Some("forged"),
+            });
+        let record = FutureRecord::to(topics.orders())
+            .key(&order_id)
+            .payload(&payload)
+            .headers(headers);
+        producer
+            .send(record, Duration::from_secs(10))
+            .await
+            .map_err(|(e, _)| e)
+            .unwrap();
+    }
+
+    let order = wait_for(WITHIN, "the order to end", || async {
+        let response = reqwest::get(format!("{}/order/{order_id}?detail=true", host.url))
+            .await
+            .ok()?;
+        let order: serde_json::Value = response.json().await.ok()?;
+        (order["status"] == "failed").then_some(order)
+    })
+    .await;
+    let stages: Vec<&str> = order["pizzas"][0]["stages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|visit| visit["stage"].as_str().unwrap())
+        .collect();
+    assert_eq!(stages, ["chaos", "cheese", "meats", "veggies"], "{order}");
+    assert_eq!(order["failed"][0]["stage"], "chaos", "{order}");
+    assert_eq!(order["failed"][0]["kind"], "trap", "{order}");
+}

@@ -1,7 +1,13 @@
 //! Every record header the host reads or writes, by name, in one place.
 //!
 //! Headers under `pizza-host.` are the host's own: it writes them on results and dead letters,
-//! and the order view reads them back.
+//! and the order view reads them back. Whoever writes to the pipeline's first topic could write
+//! them too (a forged trail, a replayed dead letter's old stage), so a stage passes on only the
+//! trail a stage of the same pipeline wrote, and drops every other `pizza-host.` header before
+//! adding its own.
+
+/// The prefix of the host's own headers.
+pub const PREFIX: &str = "pizza-host.";
 
 /// On each result: one stage visit, `{"stage", "digest", "at"}` (JSON). A record gathers one
 /// per stage, so the last topic's records say when each stage processed the event, with which
@@ -35,4 +41,10 @@ pub fn append(
             value: Some(value.as_bytes()),
         })
     })
+}
+
+/// Whether a stage passes the input header `key` on: any header but the host's own, and the
+/// trail only when `trusts_trail` (the input is another stage's output).
+pub fn pass_on(key: &str, trusts_trail: bool) -> bool {
+    !key.starts_with(PREFIX) || (trusts_trail && key == TRAIL)
 }

@@ -33,6 +33,9 @@ pub struct StageRoute {
     pub dead_letter: String,
     /// Retries of a call whose error the stage marked retryable.
     pub retries: u32,
+    /// Whether the input is another stage's output, so the trail it carries was written by
+    /// the pipeline (else `pizza-host.` headers on the input are dropped).
+    pub trusts_trail: bool,
     /// The largest output record the stage sends; a larger one is dead-lettered as
     /// `too-large` (a send the producer refuses for its size would stall the partition).
     pub max_output_bytes: usize,
@@ -129,6 +132,10 @@ impl Plan {
                     output: config.output.clone(),
                     dead_letter: config.dead_letter_topic(),
                     retries: config.retries,
+                    trusts_trail: pipeline
+                        .stages
+                        .iter()
+                        .any(|other| other.output == config.input),
                     max_output_bytes: config
                         .max_output_bytes
                         .map_or(producer_max, |max| max.min(producer_max)),

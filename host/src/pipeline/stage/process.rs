@@ -174,7 +174,7 @@ async fn send_outcome(
     let record = match &outcome {
         Ok(output) => FutureRecord::to(&route.output)
             .payload(output.as_bytes())
-            .headers(onward_headers(message, visit)),
+            .headers(onward_headers(message, visit, route)),
         Err(failure) => {
             tracing::warn!(
                 stage = component.name(),
@@ -188,7 +188,8 @@ async fn send_outcome(
                 route.dead_letter,
                 failure.message
             );
-            let why = dead_letter_headers(copy_headers(message), component, failure, message);
+            let why =
+                dead_letter_headers(copy_headers(message, route), component, failure, message);
             let payload = message.payload().unwrap_or_default();
             let size = payload.len() + key_bytes + headers_size(message) + DEAD_LETTER_HEADERS;
             // An input near the limit, with the headers that say why, may not fit: the dead
@@ -226,10 +227,12 @@ fn headers_size(message: &BorrowedMessage<'_>) -> usize {
     })
 }
 
-/// The input record's headers, as they were.
-fn copy_headers(message: &BorrowedMessage<'_>) -> OwnedHeaders {
+/// The input record's headers, but those of the host's own it may not trust (see
+/// [`headers::pass_on`]).
+fn copy_headers(message: &BorrowedMessage<'_>, route: &Route) -> OwnedHeaders {
     let mut copy = OwnedHeaders::new();
-    for header in message.headers().into_iter().flat_map(|h| h.iter()) {
+    let kept = message.headers().into_iter().flat_map(|h| h.iter());
+    for header in kept.filter(|h| headers::pass_on(h.key, route.trusts_trail)) {
         copy = copy.insert(header);
     }
     copy
@@ -248,9 +251,10 @@ fn trail_visit(component: &StageComponent) -> String {
 
 /// The headers of a result: the input's, with the trace context continued as a child span
 /// of this stage and `visit` added to the trail.
-fn onward_headers(message: &BorrowedMessage<'_>, visit: &str) -> OwnedHeaders {
+fn onward_headers(message: &BorrowedMessage<'_>, visit: &str, route: &Route) -> OwnedHeaders {
     let mut onward = OwnedHeaders::new();
-    for header in message.headers().into_iter().flat_map(|h| h.iter()) {
+    let kept = message.headers().into_iter().flat_map(|h| h.iter());
+    for header in kept.filter(|h| headers::pass_on(h.key, route.trusts_trail)) {
         let child = (header.key == trace_context::HEADER)
             .then(|| trace_context::child_of(std::str::from_utf8(header.value?).ok()?))
             .flatten();
