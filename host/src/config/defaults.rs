@@ -1,0 +1,88 @@
+//! The defaults of `pipeline.toml`: the original demo's topics and ports, and limits that suit
+//! a small stage.
+
+use std::net::SocketAddr;
+
+use super::{HttpConfig, OrdersConfig, TopicsConfig};
+
+pub(super) fn default_group_prefix() -> String {
+    "pizza-host".into()
+}
+pub(super) fn default_instance_id() -> String {
+    std::env::var("HOSTNAME")
+        .ok()
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "pizza-host".into())
+}
+pub(super) fn default_timeout_ms() -> u64 {
+    1_000
+}
+pub(super) fn default_max_pizzas_in_memory() -> usize {
+    100_000
+}
+
+pub(super) fn default_keep_fields() -> Vec<String> {
+    vec!["order_id".into()]
+}
+
+pub(super) fn default_true() -> bool {
+    true
+}
+
+pub(super) fn default_retries() -> u32 {
+    3
+}
+pub(super) fn default_memory_mib() -> usize {
+    64
+}
+pub(super) fn default_listen() -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], 5000))
+}
+pub(super) fn default_admin_listen() -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], 5001))
+}
+pub(super) fn default_max_order_count() -> u32 {
+    100
+}
+pub(super) fn default_partitions() -> i32 {
+    3
+}
+pub(super) fn default_replication() -> i32 {
+    1
+}
+pub(super) fn default_order_topic() -> String {
+    "pizza".into()
+}
+pub(super) fn default_orders_topic() -> String {
+    "pizza-orders".into()
+}
+pub(super) fn default_completed_topic() -> String {
+    "pizza-with-veggies".into()
+}
+
+impl Default for HttpConfig {
+    fn default() -> Self {
+        Self {
+            listen: default_listen(),
+            max_order_count: default_max_order_count(),
+        }
+    }
+}
+impl Default for TopicsConfig {
+    fn default() -> Self {
+        Self {
+            partitions: default_partitions(),
+            replication_factor: default_replication(),
+        }
+    }
+}
+impl Default for OrdersConfig {
+    fn default() -> Self {
+        Self {
+            topic: default_order_topic(),
+            completed_topic: default_completed_topic(),
+            orders_topic: default_orders_topic(),
+            max_pizzas_in_memory: default_max_pizzas_in_memory(),
+        }
+    }
+}
