@@ -160,3 +160,48 @@ async fn forged_host_headers_on_input_are_dropped() {
     assert_eq!(order["failed"][0]["stage"], "chaos", "{order}");
     assert_eq!(order["failed"][0]["kind"], "trap", "{order}");
 }
+
+/// Live streams are capped: beyond the cap a client is answered 503 at once, the host keeps
+/// answering everything else, and a closed stream frees its place.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn live_streams_beyond_the_cap_are_refused_and_the_host_keeps_answering() {
+    use pizza_host::telemetry::events::MAX_SUBSCRIBERS;
+    let topics = Topics::unique("streams");
+    let host = TestHost::start(&topics).await;
+    let client = reqwest::Client::new();
+    let mut open = Vec::new();
+    let mut refused = 0;
+    for _ in 0..300 {
+        let response = client
+            .get(format!("{}/events", host.url))
+            .send()
+            .await
+            .unwrap();
+        match response.status().as_u16() {
+            200 => open.push(response),
+            503 => refused += 1,
+            other => panic!("/events answered {other}"),
+        }
+    }
+    assert_eq!(open.len(), MAX_SUBSCRIBERS);
+    assert_eq!(refused, 300 - MAX_SUBSCRIBERS);
+    let health = tokio::time::timeout(
+        Duration::from_secs(2),
+        client.get(format!("{}/healthz", host.url)).send(),
+    )
+    .await
+    .expect("/healthz answers while the streams are open")
+    .unwrap();
+    assert_eq!(health.status(), 200);
+
+    open.pop();
+    wait_for(WITHIN, "the closed stream's place to be free", || async {
+        let response = client
+            .get(format!("{}/events", host.url))
+            .send()
+            .await
+            .ok()?;
+        (response.status() == 200).then_some(())
+    })
+    .await;
+}

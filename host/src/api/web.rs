@@ -10,6 +10,7 @@ use std::convert::Infallible;
 use std::time::Duration;
 
 use axum::extract::State;
+use axum::http::StatusCode;
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{Html, IntoResponse, Response};
 use futures::Stream;
@@ -17,6 +18,8 @@ use serde_json::{Map, Value, json};
 use tokio::sync::broadcast::error::RecvError;
 
 use crate::api::AppState;
+use crate::api::types::{ApiError, ErrorBody};
+use crate::telemetry::events::MAX_SUBSCRIBERS;
 
 /// How often the stream carries a snapshot of the stages and reports.
 const SNAPSHOT_EVERY: Duration = Duration::from_secs(1);
@@ -30,19 +33,29 @@ pub async fn page() -> Response {
 
 /// The live stream of pizzas at each stage, completed and failed pizzas, and snapshots.
 #[utoipa::path(get, path = "/events", tag = "web",
-    responses((status = 200, description = "Server-sent events, one JSON object each", content_type = "text/event-stream", body = String)))]
+    responses(
+        (status = 200, description = "Server-sent events, one JSON object each", content_type = "text/event-stream", body = String),
+        (status = 503, description = "As many streams are open as the host serves at once", body = ErrorBody),
+    ))]
 pub async fn events(
     State(state): State<AppState>,
-) -> Sse<impl Stream<Item = Result<Event, Infallible>>> {
-    let receiver = state.events.subscribe();
+) -> Result<Sse<impl Stream<Item = Result<Event, Infallible>>>, ApiError> {
+    let Some(subscription) = state.events.subscribe() else {
+        return Err(ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!(
+                "{MAX_SUBSCRIBERS} live streams are open, the most this host serves; try again later"
+            ),
+        ));
+    };
     let mut snapshots = tokio::time::interval(SNAPSHOT_EVERY);
     snapshots.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let stream = futures::stream::unfold(
-        (receiver, snapshots, state),
-        |(mut receiver, mut snapshots, state)| async move {
+        (subscription, snapshots, state),
+        |(mut subscription, mut snapshots, state)| async move {
             let data = tokio::select! {
                 _ = state.shutdown.cancelled() => return None,
-                received = receiver.recv() => match received {
+                received = subscription.receiver.recv() => match received {
                     Ok(event) => event.to_string(),
                     Err(RecvError::Lagged(missed)) => json!({"type": "lagged", "missed": missed}).to_string(),
                     Err(RecvError::Closed) => return None,
@@ -51,11 +64,11 @@ pub async fn events(
             };
             Some((
                 Ok(Event::default().data(data)),
-                (receiver, snapshots, state),
+                (subscription, snapshots, state),
             ))
         },
     );
-    Sse::new(stream).keep_alive(KeepAlive::default())
+    Ok(Sse::new(stream).keep_alive(KeepAlive::default()))
 }
 
 /// The stages and the rendered reports, as the page shows them.

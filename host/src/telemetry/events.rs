@@ -4,28 +4,41 @@
 //!
 //! Publishing costs nothing while nobody listens: the event is only built when a subscriber
 //! is there. A subscriber that falls behind loses the oldest events (it is told how many),
-//! never slows a stage down.
+//! never slows a stage down. At most [`MAX_SUBSCRIBERS`] listen at once.
 
 use std::sync::Arc;
 
 use serde_json::Value;
-use tokio::sync::broadcast;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, broadcast};
 
 /// Events kept for a subscriber that is behind.
 const BACKLOG: usize = 4_096;
+/// Most subscribers at once: each holds a connection and is sent a snapshot every second, so
+/// any client could otherwise open them without bound.
+pub const MAX_SUBSCRIBERS: usize = 100;
 
 /// Where live events are published; cheap to clone.
 #[derive(Clone)]
 pub struct Events {
     sender: broadcast::Sender<Arc<str>>,
+    subscribers: Arc<Semaphore>,
 }
 
 impl Default for Events {
     fn default() -> Self {
         Self {
             sender: broadcast::channel(BACKLOG).0,
+            subscribers: Arc::new(Semaphore::new(MAX_SUBSCRIBERS)),
         }
     }
+}
+
+/// A subscriber's receiver, and its place among the [`MAX_SUBSCRIBERS`] (given back when
+/// dropped).
+pub struct Subscription {
+    /// The events from the moment of subscribing on.
+    pub receiver: broadcast::Receiver<Arc<str>>,
+    _place: OwnedSemaphorePermit,
 }
 
 impl Events {
@@ -37,8 +50,13 @@ impl Events {
         }
     }
 
-    /// A new subscriber, seeing events from now on.
-    pub fn subscribe(&self) -> broadcast::Receiver<Arc<str>> {
-        self.sender.subscribe()
+    /// A new subscriber, seeing events from now on; `None` while [`MAX_SUBSCRIBERS`] are
+    /// subscribed.
+    pub fn subscribe(&self) -> Option<Subscription> {
+        let place = self.subscribers.clone().try_acquire_owned().ok()?;
+        Some(Subscription {
+            receiver: self.sender.subscribe(),
+            _place: place,
+        })
     }
 }
