@@ -361,11 +361,15 @@ fn a_compile_cache_someone_else_could_write_is_refused() {
     use std::os::unix::fs::PermissionsExt as _;
     let fresh = temp_dir("cache-new").join("nested").join("cache");
     Runtime::new(Some(fresh.clone())).expect("a new folder is created");
-    let mode = std::fs::metadata(&fresh).unwrap().permissions().mode() & 0o777;
+    let mode = std::fs::metadata(&fresh)
+        .expect("created")
+        .permissions()
+        .mode()
+        & 0o777;
     assert_eq!(mode, 0o700);
 
     let shared = temp_dir("cache-shared");
-    std::fs::set_permissions(&shared, std::fs::Permissions::from_mode(0o777)).unwrap();
+    std::fs::set_permissions(&shared, std::fs::Permissions::from_mode(0o777)).expect("chmod");
     let err = Runtime::new(Some(shared))
         .err()
         .expect("refused")

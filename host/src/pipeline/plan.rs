@@ -242,15 +242,24 @@ impl Plan {
     }
 
     /// Creates every topic of the plan that does not exist yet; existing ones are left alone.
+    /// One admin request per kind of topic (partitions, compaction), not one per topic: this
+    /// runs at startup and on every edit.
     pub async fn ensure_topics(&self, kafka: &KafkaSettings) -> anyhow::Result<()> {
+        let mut kinds: std::collections::BTreeMap<(i32, bool), Vec<&str>> = Default::default();
         for spec in &self.topics {
-            let settings: &[(&str, &str)] = if spec.compacted {
+            kinds
+                .entry((spec.partitions, spec.compacted))
+                .or_default()
+                .push(&spec.name);
+        }
+        for ((partitions, compacted), names) in kinds {
+            let settings: &[(&str, &str)] = if compacted {
                 &[("cleanup.policy", "compact")]
             } else {
                 &[]
             };
             kafka
-                .ensure_topics(&[&spec.name], spec.partitions, self.replication, settings)
+                .ensure_topics(&names, partitions, self.replication, settings)
                 .await?;
         }
         Ok(())

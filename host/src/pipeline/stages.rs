@@ -435,6 +435,16 @@ pub struct LoadedStage {
 #[error("no stage named {0:?}")]
 pub struct UnknownStage(pub String);
 
+impl From<crate::pipeline::stage::LastError> for ErrorInfo {
+    fn from(error: crate::pipeline::stage::LastError) -> Self {
+        Self {
+            at: humantime::format_rfc3339_millis(error.at).to_string(),
+            kind: error.kind.to_owned(),
+            message: error.message,
+        }
+    }
+}
+
 impl ErrorInfo {
     /// A failure of `kind` that happened now.
     pub(crate) fn now(kind: &str, message: String) -> Self {

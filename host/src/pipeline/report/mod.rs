@@ -182,11 +182,7 @@ impl Reports {
                     digest: report.shared.current().digest().to_owned(),
                     events,
                     failed,
-                    last_error: report.shared.last_error().map(|e| ErrorInfo {
-                        at: humantime::format_rfc3339_millis(e.at).to_string(),
-                        kind: e.kind.to_owned(),
-                        message: e.message,
-                    }),
+                    last_error: report.shared.last_error().map(ErrorInfo::from),
                     last_swap_error: report.last_swap_error.clone(),
                 }
             })

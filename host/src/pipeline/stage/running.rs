@@ -190,11 +190,7 @@ fn info(stage: &RunningStage) -> StageInfo {
         .lock()
         .unwrap_or_else(std::sync::PoisonError::into_inner)
         .clone()
-        .map(|e| ErrorInfo {
-            at: humantime::format_rfc3339_millis(e.at).to_string(),
-            kind: e.kind.to_owned(),
-            message: e.message,
-        });
+        .map(ErrorInfo::from);
     StageInfo {
         name: stage.config.name.clone(),
         input: stage.config.input.clone(),
