@@ -16,6 +16,8 @@
 //!   `pizza-host.*` header names, and whether the cluster answers.
 //! - [`pipeline`]: what should run and keeping it running: the planner, the supervisor, the
 //!   stage, report and join workers, live edits and file watching.
+//! - [`fleet`]: the hosts that run one pipeline together: each host's presence, and the
+//!   rule that two live hosts never share an `instance_id`.
 //! - [`orders`]: the order book, the view that fills it from Kafka, and placing orders.
 //! - [`api`]: the public HTTP API, its response types and OpenAPI document, the web page, the
 //!   admin API, and the typed client the CLI uses.
@@ -28,6 +30,7 @@ pub mod api;
 pub mod app;
 pub mod cli;
 pub mod config;
+pub mod fleet;
 pub mod kafka;
 pub mod orders;
 pub mod pipeline;

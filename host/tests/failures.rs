@@ -206,6 +206,85 @@ async fn killing_the_host_mid_run_three_times_loses_and_doubles_nothing() {
     assert_every_pizza_exactly_once(&bootstrap(), &topics, 10_000);
 }
 
+/// The demo pipeline in a fresh folder, for hosts run as processes, with orders of up to
+/// 1,000 and the default consumer session timeout (45 s): what a crashed member holds up is
+/// what these tests measure.
+fn default_session_pipeline(test: &str, topics: &Topics) -> std::path::PathBuf {
+    let pipeline = temp_dir(test).join("pipeline.toml");
+    let toml = pipeline_toml(topics).replace("[http]\n", "[http]\nmax_order_count = 1000\n");
+    std::fs::write(&pipeline, toml).unwrap();
+    pipeline
+}
+
+/// Static group membership: a crashed host that comes back under its name takes its
+/// partitions back at once instead of after the dead members' 45-second sessions.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_host_killed_under_load_and_restarted_under_its_name_resumes_within_seconds() {
+    let topics = Topics::unique("resume");
+    let pipeline = default_session_pipeline("resume", &topics);
+    let host = HostProcess::start_named(&pipeline, "resume").await;
+    let mut orders = Vec::new();
+    for _ in 0..4 {
+        orders.push(host.order(1_000).await);
+    }
+    let watched = &orders[3];
+    wait_for(WITHIN, "progress before the kill", || async {
+        (host.pizzas(watched).await > 0).then_some(())
+    })
+    .await;
+    host.kill();
+
+    let restarted = std::time::Instant::now();
+    let host = HostProcess::start_named(&pipeline, "resume").await;
+    let first = host.order(3).await;
+    let limit = Duration::from_secs(15);
+    host.wait_complete(&[first.clone()], 3, limit.saturating_sub(restarted.elapsed()))
+        .await;
+    eprintln!("restart to first order complete: {:?}", restarted.elapsed());
+    orders.push(first);
+    host.wait_complete(&orders[..4], 1_000, WITHIN).await;
+    assert_every_pizza_exactly_once(&bootstrap(), &topics, 4_003);
+}
+
+/// Two live hosts with one `instance_id` would fence each other's transactions in turn: the
+/// second is refused, with an error that says how to fix it, and the first is unharmed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_second_live_host_with_the_same_instance_id_refuses_to_start() {
+    let topics = Topics::unique("twin");
+    let pipeline = default_session_pipeline("twin", &topics);
+    let first = HostProcess::start_named(&pipeline, "twin").await;
+    let log = pipeline.with_extension("second.log");
+    let mut second = std::process::Command::new(env!("CARGO_BIN_EXE_pizza-host"))
+        .env("HOSTNAME", "twin")
+        .args(["run", "--no-watch", "--listen", &format!("127.0.0.1:{}", free_port())])
+        .arg(&pipeline)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + WITHIN;
+    let status = loop {
+        if let Some(status) = second.try_wait().unwrap() {
+            break status;
+        }
+        if std::time::Instant::now() > deadline {
+            second.kill().unwrap();
+            panic!("the second host named twin did not exit within {WITHIN:?}");
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let stderr = std::fs::read_to_string(&log).unwrap();
+    assert!(!status.success(), "{stderr}");
+    assert!(
+        stderr.contains("another live host runs this pipeline as instance_id \"twin\""),
+        "{stderr}"
+    );
+    assert!(stderr.contains("Give each host its own instance_id"), "{stderr}");
+
+    let order = first.order(3).await;
+    first.wait_complete(&[order], 3, WITHIN).await;
+}
+
 /// Peak resident memory of process `pid`, in MiB (Linux's VmHWM).
 fn peak_rss_mib(pid: u32) -> u64 {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();

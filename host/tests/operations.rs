@@ -303,6 +303,46 @@ async fn sigterm_under_load_exits_cleanly_leaving_the_groups_and_nothing_is_lost
     assert_every_pizza_exactly_once(&bootstrap(), &topics, 5_000);
 }
 
+/// Hosts are static group members (a crashed host comes back to its partitions at once), but
+/// one stopped on purpose leaves its groups: the others take its partitions now, not after
+/// its 45-second sessions time out.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_host_stopped_for_good_hands_its_partitions_to_the_others_at_once() {
+    let topics = Topics::unique("handover");
+    let pipeline = temp_dir("handover").join("pipeline.toml");
+    std::fs::write(&pipeline, pipeline_toml(&topics)).unwrap();
+    let staying = HostProcess::start_named(&pipeline, "handover-a").await;
+    let leaving = HostProcess::start_named(&pipeline, "handover-b").await;
+    // Both hold partitions before one leaves: each stage's group has rebalanced.
+    wait_for(WITHIN, "the second host to get partitions", || async {
+        let ready: Value = reqwest::get(format!("{}/readyz", leaving.url))
+            .await
+            .ok()?
+            .json()
+            .await
+            .ok()?;
+        let stages = ready["stages"].as_array()?;
+        let holding = stages
+            .iter()
+            .filter(|s| s["partitions"].as_array().is_some_and(|p| !p.is_empty()))
+            .count();
+        (stages.len() == 4 && holding == 4).then_some(())
+    })
+    .await;
+    assert_eq!(leaving.terminate(Duration::from_secs(60)), Some(0));
+
+    let stopped = Instant::now();
+    // Ten orders: their keys spread over every partition, the leaver's included.
+    let mut orders = Vec::new();
+    for _ in 0..10 {
+        orders.push(staying.order(1).await);
+    }
+    staying
+        .wait_complete(&orders, 1, Duration::from_secs(15))
+        .await;
+    eprintln!("orders complete {:?} after the stop", stopped.elapsed());
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn three_hosts_share_the_work_and_when_one_is_killed_every_order_completes_exactly_once() {
     let topics = Topics::unique("scale");

@@ -203,3 +203,31 @@ pub(crate) fn consumed_to_end(consumer: &GroupConsumer, topic: &str) -> anyhow::
     }
     Ok(true)
 }
+
+/// How long a stopping consumer waits for its group to let it go.
+const LEAVE_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Leaves `consumer`'s group (its state is `state`), so its partitions go to the other
+/// members now. A static member (see [`super::KafkaSettings::with_instance_id`]) does not
+/// leave when it is closed, which is what lets a crashed host come back to its partitions; a
+/// consumer that stops on purpose calls this instead: it unsubscribes and serves the
+/// revocation, after which librdkafka sends the leave (once closing has begun it no longer
+/// would).
+pub async fn leave(consumer: &GroupConsumer, state: &GroupState) {
+    if !state.joined() {
+        return;
+    }
+    let before = state.assignments();
+    consumer.unsubscribe();
+    let deadline = tokio::time::Instant::now() + LEAVE_TIMEOUT;
+    while state.assignments() == before {
+        match tokio::time::timeout_at(deadline, consumer.recv()).await {
+            Err(_) => {
+                tracing::warn!("the group did not take back this consumer's partitions in {LEAVE_TIMEOUT:?}; they move once its session times out");
+                return;
+            }
+            // Records after unsubscribing are not ours to process; errors are the group's.
+            Ok(_) => {}
+        }
+    }
+}

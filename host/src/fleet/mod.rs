@@ -1,0 +1,5 @@
+//! The hosts that run one pipeline together: each announces itself on the pipeline's hosts
+//! topic ([`presence`]), so a host can tell whether another live host already uses its
+//! `instance_id` before it takes that identity's partitions and transactions.
+
+pub mod presence;
