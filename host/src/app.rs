@@ -49,7 +49,8 @@ pub async fn start(
     let runtime = Runtime::new(pipeline.compile_cache.clone())
         .context("cannot start the WebAssembly runtime")?
         .with_seed(pipeline.seed);
-    let kafka = KafkaSettings::new(pipeline.kafka_properties().map_err(anyhow::Error::msg)?);
+    let kafka = KafkaSettings::new(pipeline.kafka_properties().map_err(anyhow::Error::msg)?)
+        .with_instance_id(&pipeline.instance_id);
     let admin_token = pipeline.admin.token()?;
     // Stages, the order view and file watching run on `tasks`; the HTTP and admin servers
     // on `servers`, which stop only once `tasks` are done (see `stop_servers_after`).
@@ -74,6 +75,17 @@ pub async fn start(
         metrics.clone(),
         events.clone(),
     ));
+    // Before any consumer joins a group as this instance, or any producer takes its
+    // transactional ids: another live host with the same name would be fenced by them.
+    crate::fleet::presence::claim(
+        &kafka,
+        &crate::fleet::presence::topic(&pipeline.group_prefix),
+        pipeline.topics.replication_factor,
+        &pipeline.instance_id,
+        &tasks,
+        shutdown.clone(),
+    )
+    .await?;
     let running = Running::new(stages.clone(), reports.clone(), kafka.clone());
     let plan = running.apply(&pipeline).await?;
     crate::pipeline::join::start(&plan.joins, &kafka, &tasks, &shutdown);
@@ -96,7 +108,7 @@ pub async fn start(
     .await?;
     tasks.spawn(view);
 
-    let app = crate::api::router(crate::api::AppState {
+    let state = crate::api::AppState {
         book,
         publisher: match pipeline.guarantee {
             Guarantee::ExactlyOnce => crate::orders::publisher::Publisher::transactional(
@@ -117,7 +129,9 @@ pub async fn start(
         metrics,
         events,
         shutdown: shutdown.clone(),
-    });
+    };
+    servers.spawn(crate::api::web::publish_snapshots(state.clone()));
+    let app = crate::api::router(state);
     let servers_stop = CancellationToken::new();
     let http_addr = crate::api::serve(
         "HTTP API",

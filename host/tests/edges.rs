@@ -56,6 +56,65 @@ async fn an_oversized_output_is_dead_lettered_and_the_partition_moves_on() {
     }
 }
 
+/// An exactly-once batch commits before the broker's transaction timeout however slow its
+/// records are: calls that run to their deadline and records that need retries close the
+/// batch early instead of keeping its transaction open until the broker aborts it (after which
+/// the same batch would be redone forever).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_slow_batch_under_exactly_once_commits_before_the_transaction_timeout() {
+    let topics = Topics::unique("slow-batch");
+    // 2 s, checked by the broker every 10 s: the 15 slow records alone (0.7 s each, or twice
+    // that when a reused instance's failure is tried again fresh), in one batch, would keep a
+    // transaction open for 10 to 20 s.
+    let toml = hostile_pipeline(&topics, 700).replacen(
+        "[kafka]\n",
+        "[kafka]\n\"transaction.timeout.ms\" = 2000\n",
+        1,
+    );
+    let host = TestHost::start_toml(&toml).await;
+    let act = |n: usize| match n % 3 {
+        0 => Some("loop"),
+        1 if n < 30 => Some("retryable"),
+        _ => None,
+    };
+    let records = 45;
+    let producer = producer();
+    let mut sends = Vec::new();
+    for n in 0..records {
+        let key = format!("slow-{n}");
+        let mut record = json!({"order_id": key, "pizza_id": format!("{key}-0"),
+            "sauce": "", "cheese": "", "meats": "", "veggies": ""});
+        if let Some(act) = act(n) {
+            record["act"] = act.into();
+        }
+        let payload = record.to_string();
+        let record = rdkafka::producer::FutureRecord::to(topics.orders())
+            .key(&key)
+            .payload(&payload);
+        sends.push(producer.send_result(record).map_err(|(err, _)| err));
+    }
+    for send in sends {
+        send.unwrap().await.unwrap().unwrap();
+    }
+    let keys = |records: Vec<Record>| -> std::collections::BTreeSet<String> {
+        records.into_iter().filter_map(|r| r.key).collect()
+    };
+    let passed: usize = (0..records).filter(|n| act(*n).is_none()).count();
+    let out = keys(read_records(&topics.chain[1], passed, WITHIN));
+    let dead = keys(read_records(
+        &format!("{}.dlq", topics.orders()),
+        records - passed,
+        WITHIN,
+    ));
+    assert_eq!(out.len(), passed, "every good record passed once: {out:?}");
+    assert_eq!(
+        dead.len(),
+        records - passed,
+        "every slow or failing record dead-lettered once: {dead:?}"
+    );
+    host.stop(Duration::from_secs(30)).await;
+}
+
 /// Request methods a client makes up do not make metric series: any number of them counts
 /// under one `other` method.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

@@ -387,6 +387,16 @@ impl StageComponent {
         &self.digest
     }
 
+    /// The longest one [`call`](Self::call) can take: its timeout, twice when a call that
+    /// failed in a reused instance is tried again in a fresh one.
+    pub fn longest_call(&self) -> Duration {
+        if self.callee.reuse {
+            self.callee.limits.timeout * 2
+        } else {
+            self.callee.limits.timeout
+        }
+    }
+
     /// Calls the stage with one event: in an instance that served earlier calls without
     /// failing, when instances are reused and one is idle; else in a fresh one. An instance
     /// that trapped, ran out of time or memory, or wrote to stderr is never used again, and

@@ -33,6 +33,9 @@ pub const ADMIN_TIMEOUT: Duration = Duration::from_secs(30);
 /// six consumers behind a burst, that alone is most of the host's memory). 8 MiB still keeps a
 /// stage busy between fetches.
 const CONSUMER_QUEUE_KIB: &str = "4096";
+/// How long a transaction may stay open unless `[kafka]` says otherwise: a crashed owner's
+/// open transaction blocks `read_committed` readers until then, so it is kept short.
+const DEFAULT_TRANSACTION_TIMEOUT: Duration = Duration::from_secs(10);
 /// How much a producer may hold unsent, in KiB (librdkafka's default is 1 GiB); a full queue
 /// makes a stage wait (see [`send::send`]), which is the back-pressure wanted.
 const PRODUCER_QUEUE_KIB: &str = "8192";
@@ -41,12 +44,25 @@ const PRODUCER_QUEUE_KIB: &str = "8192";
 #[derive(Debug, Clone)]
 pub struct KafkaSettings {
     properties: BTreeMap<String, String>,
+    instance_id: Option<String>,
 }
 
 impl KafkaSettings {
     /// Settings from the `[kafka]` table (already expanded).
     pub fn new(properties: BTreeMap<String, String>) -> Self {
-        Self { properties }
+        Self {
+            properties,
+            instance_id: None,
+        }
+    }
+
+    /// Makes every group consumer a static member (`group.instance.id`) named `instance_id`:
+    /// a crashed host restarted under the same name gets its partitions back at once, where a
+    /// dynamic member's partitions would wait for the dead member's session to time out. A
+    /// consumer that stops on purpose leaves its group all the same ([`group::leave`]).
+    pub fn with_instance_id(mut self, instance_id: &str) -> Self {
+        self.instance_id = Some(instance_id.to_owned());
+        self
     }
 
     pub(crate) fn base(&self) -> ClientConfig {
@@ -108,6 +124,9 @@ impl KafkaSettings {
             .set("enable.auto.commit", commits_itself.to_string())
             .set("enable.auto.offset.store", "false")
             .set_if_absent("queued.max.messages.kbytes", CONSUMER_QUEUE_KIB);
+        if let Some(instance_id) = &self.instance_id {
+            config.set_if_absent("group.instance.id", instance_id);
+        }
         if !commits_itself {
             // Exactly-once downstream of a transactional stage needs committed reads only.
             config.set("isolation.level", "read_committed");
@@ -123,13 +142,27 @@ impl KafkaSettings {
         let mut config = self.producer_config();
         config
             .set("transactional.id", transactional_id)
-            .set_if_absent("transaction.timeout.ms", "10000")
+            .set_if_absent(
+                "transaction.timeout.ms",
+                &DEFAULT_TRANSACTION_TIMEOUT.as_millis().to_string(),
+            )
             // A transaction that begins right after a commit is answered "concurrent
             // transactions" until the commit markers are written; retry soon, not in 100 ms.
             .set_if_absent("retry.backoff.ms", "5");
         config
             .create()
             .with_context(|| format!("cannot create the transactional producer {transactional_id}"))
+    }
+
+    /// How long the broker lets a transaction of [`transactional_producer`]'s stay open
+    /// (`transaction.timeout.ms`).
+    ///
+    /// [`transactional_producer`]: Self::transactional_producer
+    pub fn transaction_timeout(&self) -> Duration {
+        self.properties
+            .get("transaction.timeout.ms")
+            .and_then(|ms| ms.parse().ok())
+            .map_or(DEFAULT_TRANSACTION_TIMEOUT, Duration::from_millis)
     }
 
     /// A consumer with no group (`StreamConsumer` or `BaseConsumer`), for reading partitions
@@ -183,7 +216,7 @@ impl KafkaSettings {
     }
 }
 
-pub use group::{ConsumerErrors, GroupConsumer, GroupContext, GroupState};
+pub use group::{ConsumerErrors, GroupConsumer, GroupContext, GroupState, leave};
 pub use send::send;
 pub use topics::{partitions, watermarks};
 pub use transaction::commit_transaction;

@@ -9,6 +9,13 @@
 //! fails, the transaction is aborted and the worker ends with the error; its supervisor starts
 //! it again from the last committed offsets. What a worker does with records is its
 //! [`TransactionalWork`].
+//!
+//! # Bounded in time
+//! The broker aborts a transaction left open longer than the producer's
+//! `transaction.timeout.ms`; a batch that always takes longer would be redone forever. So a
+//! batch has a deadline, [`BUDGET_SHARE`] of that timeout after it began (the rest is for the
+//! commit), and a worker hands back the records it could not finish by then: they open the
+//! next batch.
 
 use std::future::Future;
 use std::time::Duration;
@@ -35,6 +42,9 @@ pub const IDLE_GAP: Duration = Duration::from_millis(2);
 pub const BATCH_WINDOW: Duration = Duration::from_millis(100);
 /// How long a transaction call may take.
 pub const TXN_TIMEOUT: Duration = Duration::from_secs(30);
+/// The share of the transaction timeout a batch may fill; the rest covers its commit
+/// (acknowledgements, offsets, commit markers) on a slow broker.
+pub const BUDGET_SHARE: f64 = 0.5;
 
 /// The open transaction: what was sent in it, which its commit waits for.
 pub struct Transaction<'p> {
@@ -62,6 +72,12 @@ impl<'p> Transaction<'p> {
     pub fn include(&mut self, deliveries: impl IntoIterator<Item = DeliveryFuture>) {
         self.sent.extend(deliveries);
     }
+
+    /// True while nothing has been sent in the transaction: the broker has not started its
+    /// clock on it yet (it does at the first record), so waiting costs it nothing.
+    pub fn is_empty(&self) -> bool {
+        self.sent.is_empty()
+    }
 }
 
 /// What a worker wants when no record has arrived for a while.
@@ -80,12 +96,16 @@ pub trait TransactionalWork {
     /// A transaction begins.
     fn begin(&mut self) {}
 
-    /// Processes `records` (in input order, inside the open transaction).
+    /// Processes `records` (in input order, inside the open transaction) and says how many it
+    /// handled: all of them, or as many as it could before `deadline` (at least the first
+    /// while the transaction [is empty](Transaction::is_empty)). The rest open the next
+    /// transaction.
     fn process(
         &mut self,
         txn: &mut Transaction<'_>,
         records: &[BorrowedMessage<'_>],
-    ) -> impl Future<Output = anyhow::Result<()>> + Send;
+        deadline: Instant,
+    ) -> impl Future<Output = anyhow::Result<usize>> + Send;
 
     /// Last work of a transaction before it commits (also the whole of a transaction that
     /// [`Idle::Transact`] asked for).
@@ -102,22 +122,30 @@ pub trait TransactionalWork {
 }
 
 /// Runs `work` on `consumer`'s records in transactions of `producer` (whose transactions are
-/// initialised) until `stop` or until the work says [`Idle::Stop`]; asks the work what to do
-/// every `idle_every` without records. Stopping happens between transactions.
+/// initialised, with `transaction_timeout`) until `stop` or until the work says
+/// [`Idle::Stop`]; asks the work what to do every `idle_every` without records. Stopping
+/// happens between transactions.
 pub async fn run<W: TransactionalWork>(
     name: &str,
     consumer: &GroupConsumer,
     producer: &FutureProducer,
+    transaction_timeout: Duration,
     stop: &CancellationToken,
     idle_every: Duration,
     work: &mut W,
 ) -> anyhow::Result<()> {
+    let budget = transaction_timeout.mul_f64(BUDGET_SHARE);
     let mut idle = tokio::time::interval(idle_every);
     idle.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut errors = ConsumerErrors::default();
+    // Records taken from the consumer that the last batch had no time for: they open the next.
+    let mut carried: Vec<BorrowedMessage<'_>> = Vec::new();
     loop {
         // The first record opens a batch.
-        let first = tokio::select! {
+        let first = if !carried.is_empty() {
+            None
+        } else {
+            tokio::select! {
             biased;
             _ = stop.cancelled() => return Ok(()),
             received = consumer.recv() => match received {
@@ -132,6 +160,7 @@ pub async fn run<W: TransactionalWork>(
                 Idle::Stop => return Ok(()),
                 Idle::Transact => None,
             },
+            }
         };
         let mut txn = Transaction {
             producer,
@@ -140,19 +169,21 @@ pub async fn run<W: TransactionalWork>(
         work.begin();
         tokio::task::block_in_place(|| producer.begin_transaction())
             .context("cannot begin a transaction")?;
+        let deadline = Instant::now() + budget;
         let mut offsets = Offsets::default();
         let filled = async {
-            if let Some(first) = first {
-                fill(
-                    name,
+            let ready = match first {
+                Some(first) => take_ready(consumer, first, CHUNK, &mut errors, name),
+                None => std::mem::take(&mut carried),
+            };
+            if !ready.is_empty() {
+                let batch = Batch {
                     consumer,
-                    first,
-                    work,
-                    &mut txn,
-                    &mut offsets,
-                    &mut errors,
-                )
-                .await?;
+                    deadline,
+                    offsets: &mut offsets,
+                    errors: &mut errors,
+                };
+                carried = batch.fill(name, ready, work, &mut txn).await?;
             }
             work.finish(&mut txn).await
         }
@@ -183,40 +214,53 @@ pub async fn run<W: TransactionalWork>(
     }
 }
 
-/// Fills the open transaction: `first`, and what follows while records keep arriving.
-async fn fill<'c, W: TransactionalWork>(
-    name: &str,
+/// The batch of the open transaction, while it is being filled.
+struct Batch<'b, 'c> {
     consumer: &'c GroupConsumer,
-    first: BorrowedMessage<'c>,
-    work: &mut W,
-    txn: &mut Transaction<'_>,
-    offsets: &mut Offsets,
-    errors: &mut ConsumerErrors,
-) -> anyhow::Result<()> {
-    let deadline = Instant::now() + BATCH_WINDOW;
-    let mut ready = take_ready(consumer, first, CHUNK, errors, name);
-    let mut taken = 0;
-    loop {
-        for message in &ready {
-            offsets.passed(message);
+    /// When the batch must close, for its transaction to commit in time.
+    deadline: Instant,
+    offsets: &'b mut Offsets,
+    errors: &'b mut ConsumerErrors,
+}
+
+impl<'c> Batch<'_, 'c> {
+    /// Fills the open transaction: `ready`, and what follows while records keep arriving and
+    /// time is left. Returns the records taken that there was no time for, in order.
+    async fn fill<W: TransactionalWork>(
+        self,
+        name: &str,
+        mut ready: Vec<BorrowedMessage<'c>>,
+        work: &mut W,
+        txn: &mut Transaction<'_>,
+    ) -> anyhow::Result<Vec<BorrowedMessage<'c>>> {
+        let consumer = self.consumer;
+        let window = Instant::now() + BATCH_WINDOW;
+        let mut taken = 0;
+        loop {
+            let handled = work.process(txn, &ready, self.deadline).await?;
+            for message in &ready[..handled] {
+                self.offsets.passed(message);
+            }
+            taken += handled;
+            if handled < ready.len() {
+                return Ok(ready.split_off(handled));
+            }
+            if taken >= MAX_BATCH || Instant::now() >= self.deadline {
+                return Ok(Vec::new());
+            }
+            let until = window.min(Instant::now() + IDLE_GAP);
+            let Ok(received) = tokio::time::timeout_at(until, consumer.recv()).await else {
+                return Ok(Vec::new());
+            };
+            let message = received.context("consumer error inside a transaction")?;
+            ready = take_ready(
+                consumer,
+                message,
+                (MAX_BATCH - taken).min(CHUNK),
+                self.errors,
+                name,
+            );
         }
-        taken += ready.len();
-        work.process(txn, &ready).await?;
-        if taken >= MAX_BATCH {
-            return Ok(());
-        }
-        let until = deadline.min(Instant::now() + IDLE_GAP);
-        let Ok(received) = tokio::time::timeout_at(until, consumer.recv()).await else {
-            return Ok(());
-        };
-        let message = received.context("consumer error inside a transaction")?;
-        ready = take_ready(
-            consumer,
-            message,
-            (MAX_BATCH - taken).min(CHUNK),
-            errors,
-            name,
-        );
     }
 }
 

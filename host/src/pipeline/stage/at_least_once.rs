@@ -67,7 +67,7 @@ pub async fn run(
             received = consumer.recv() => match received {
                 Ok(first) => {
                     let batch = take_ready(&consumer, first, CALL_BATCH, &mut errors, &name);
-                    let pending = process::batch(stage, route, &producer, &batch).await?;
+                    let pending = process::batch(stage, route, &producer, &batch, None).await?;
                     // If the acker ended, its result says why on the next turn.
                     let _ = pending_tx.send(pending).await;
                 }
@@ -98,11 +98,15 @@ pub async fn run(
     }
     stopped?;
     match consumer.commit_consumer_state(CommitMode::Sync) {
-        Ok(()) | Err(KafkaError::ConsumerCommit(RDKafkaErrorCode::NoOffset)) => Ok(()),
-        Err(err) => Err(err).context(
-            "final offset commit failed (records since the last commit will be redelivered)",
-        ),
+        Ok(()) | Err(KafkaError::ConsumerCommit(RDKafkaErrorCode::NoOffset)) => {}
+        Err(err) => {
+            return Err(err).context(
+                "final offset commit failed (records since the last commit will be redelivered)",
+            );
+        }
     }
+    crate::kafka::leave(&consumer, &stage.group).await;
+    Ok(())
 }
 
 /// Awaits acknowledgements in send order and, once a batch's results are all safely in

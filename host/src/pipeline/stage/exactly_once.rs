@@ -8,8 +8,10 @@ use anyhow::Context as _;
 use rdkafka::consumer::Consumer;
 use rdkafka::message::BorrowedMessage;
 use rdkafka::producer::Producer;
+use tokio::time::Instant;
 
-use super::{DRAIN_CHECK, StageShared, StopSignals, process};
+use super::process::{self, Bound};
+use super::{DRAIN_CHECK, StageShared, StopSignals};
 use crate::kafka::group::consumed_to_end;
 use crate::kafka::transaction::{self, Idle, TXN_TIMEOUT, Transaction, TransactionalWork};
 use crate::kafka::{GroupConsumer, KafkaSettings};
@@ -40,11 +42,14 @@ pub async fn run(
         &name,
         &consumer,
         &producer,
+        kafka.transaction_timeout(),
         &signals.stop,
         DRAIN_CHECK,
         &mut work,
     )
-    .await
+    .await?;
+    crate::kafka::leave(&consumer, &stage.group).await;
+    Ok(())
 }
 
 /// The stage's batch, as transactional work.
@@ -59,10 +64,17 @@ impl TransactionalWork for StageWork<'_> {
         &mut self,
         txn: &mut Transaction<'_>,
         records: &[BorrowedMessage<'_>],
-    ) -> anyhow::Result<()> {
-        let pending = process::batch(self.stage, self.route, txn.producer(), records).await?;
+        deadline: Instant,
+    ) -> anyhow::Result<usize> {
+        let bound = Bound {
+            deadline,
+            fresh: txn.is_empty(),
+        };
+        let pending =
+            process::batch(self.stage, self.route, txn.producer(), records, Some(bound)).await?;
+        let handled = pending.len();
         txn.include(pending.into_iter().map(|pending| pending.delivery));
-        Ok(())
+        Ok(handled)
     }
 
     async fn finish(&mut self, _txn: &mut Transaction<'_>) -> anyhow::Result<()> {

@@ -4,6 +4,8 @@
 
 use std::time::{Duration, SystemTime};
 
+use tokio::time::Instant;
+
 use rdkafka::Message;
 use rdkafka::message::{BorrowedMessage, Header, Headers, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord};
@@ -26,7 +28,8 @@ const RETRY_BACKOFF: Duration = Duration::from_millis(50);
 
 /// Calls the stage on each of `messages` (records taken from the input in order) and sends
 /// each outcome, in order: the result to the output topic, or the original record to the
-/// dead-letter topic.
+/// dead-letter topic. Returns one pending send per record handled: all of them, or under a
+/// [`Bound`] the first ones, those that fit in it.
 ///
 /// The first call of every record happens in one hand-over of the worker thread
 /// ([`block_in_place`](tokio::task::block_in_place)), which costs more than a call on a reused
@@ -38,21 +41,33 @@ pub(crate) async fn batch(
     route: &Route,
     producer: &FutureProducer,
     messages: &[BorrowedMessage<'_>],
+    bound: Option<Bound>,
 ) -> anyhow::Result<Vec<Pending>> {
     let component = stage.current();
     let metrics = &stage.stats.metrics;
     // A call is CPU-bound for up to its deadline: keep it off the async workers' budget.
     let first_calls: Vec<Result<String, Failure>> = tokio::task::block_in_place(|| {
-        messages
-            .iter()
-            .map(|message| call_once(&component, metrics, message))
-            .collect()
+        let mut calls = Vec::with_capacity(messages.len());
+        for message in messages {
+            if let Some(bound) = bound
+                && !bound.may_start(calls.is_empty(), component.longest_call())
+            {
+                break;
+            }
+            calls.push(call_once(&component, metrics, message));
+        }
+        calls
     });
     let visit = trail_visit(&component);
-    let mut sent = Vec::with_capacity(messages.len());
+    let mut sent = Vec::with_capacity(first_calls.len());
     for (message, outcome) in messages.iter().zip(first_calls) {
         let outcome = match outcome {
             Err(failure) if failure.retryable && route.retries > 0 => {
+                // Its retries may take long: under a bound, only before anything is sent
+                // (they then open the next transaction, whose clock has not started).
+                if bound.is_some_and(|bound| !(bound.fresh && sent.is_empty())) {
+                    break;
+                }
                 let event = message.payload().map(std::str::from_utf8);
                 let event = event.and_then(Result::ok).unwrap_or_default();
                 retry(&component, metrics, event, route.retries).await
@@ -64,6 +79,24 @@ pub(crate) async fn batch(
         );
     }
     Ok(sent)
+}
+
+/// How long a batch may take, when it is part of a transaction that must commit before the
+/// broker's transaction timeout (see [`crate::kafka::transaction`]).
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Bound {
+    /// When the batch must be done.
+    pub deadline: Instant,
+    /// Whether nothing was sent in the transaction before this batch.
+    pub fresh: bool,
+}
+
+impl Bound {
+    /// Whether a call that may take up to `longest` can start now (`first` of the batch).
+    /// The first record of a fresh transaction always can: a batch must make progress.
+    fn may_start(self, first: bool, longest: Duration) -> bool {
+        (first && self.fresh) || Instant::now() + longest <= self.deadline
+    }
 }
 
 /// The stage's first call on one record (a record with no UTF-8 value is not called).
@@ -162,8 +195,10 @@ async fn send_outcome(
         failed => failed,
     };
     stage.stats.record(&outcome);
-    if let Ok(output) = &outcome {
-        stage.events.publish(|| {
+    // An order's records are keyed by its id.
+    let order_id = message.key().and_then(|key| std::str::from_utf8(key).ok());
+    if let (Ok(output), Some(order_id)) = (&outcome, order_id) {
+        stage.events.publish_for_order(order_id, || {
             serde_json::json!({
                 "type": "stage",
                 "stage": component.name(),
