@@ -1,6 +1,7 @@
 //! The web page and its live stream, against the real broker and the real components: the
-//! stream shows each pizza at each stage in order, and a person ordering three pizzas in a
-//! real (headless) browser sees them complete and counted in the cheese chart.
+//! stream shows each pizza of the order it names at each stage in order and nothing of other
+//! orders, and a person ordering three pizzas in a real (headless) browser sees them complete
+//! and counted in the cheese chart.
 
 #![allow(clippy::unwrap_used)] // a test fails loudly on any unexpected error
 
@@ -14,19 +15,31 @@ use support::*;
 
 const WITHIN: Duration = Duration::from_secs(90);
 
+/// A stream that names an order shows each of its pizzas at each stage, in order, and the
+/// snapshots; no stream carries another order's id, and one that names none carries only the
+/// snapshots.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn the_live_stream_shows_each_pizza_at_each_stage_in_order() {
+async fn the_live_stream_shows_each_pizza_of_its_order_at_each_stage_in_order() {
     let topics = Topics::unique("stream");
     let host = TestHost::start(&topics).await;
-    let mut stream = reqwest::get(format!("{}/events", host.url)).await.unwrap();
-    assert_eq!(stream.status(), 200);
-    assert_eq!(stream.headers()["content-type"], "text/event-stream");
-    let id = host.order(2).await;
+    // The order is written the way the host's publisher writes one, so the stream can name it
+    // before any of its pizzas moves.
+    let id = format!("stream-{}", topics.suffix);
+    let mut watching = SseStream::open(&format!("{}/events?order={id}", host.url)).await;
+    let mut anonymous = SseStream::open(&format!("{}/events", host.url)).await;
+    let order = serde_json::json!({"order_id": id, "count": 2}).to_string();
+    produce(&format!("pizza-orders-{}", topics.suffix), Some(&id), order.as_bytes()).await;
+    for n in 0..2 {
+        let pizza = serde_json::json!({"order_id": id, "pizza_id": format!("{id}-{n}"),
+            "sauce": "", "cheese": "", "meats": "", "veggies": ""});
+        produce(topics.orders(), Some(&id), pizza.to_string().as_bytes()).await;
+    }
+    // Another customer's order, at the same time.
+    let other = host.order(2).await;
 
     // Per pizza of the order: what the stream said happened to it, in order.
     let mut seen: HashMap<String, Vec<String>> = HashMap::new();
     let mut snapshot = None;
-    let mut buffer = String::new();
     let deadline = Instant::now() + WITHIN;
     while seen
         .values()
@@ -36,30 +49,23 @@ async fn the_live_stream_shows_each_pizza_at_each_stage_in_order() {
         || snapshot.is_none()
     {
         assert!(Instant::now() < deadline, "stream so far: {seen:?}");
-        let chunk = tokio::time::timeout(WITHIN, stream.chunk())
-            .await
-            .unwrap()
-            .unwrap()
-            .unwrap();
-        buffer.push_str(&String::from_utf8_lossy(&chunk));
-        while let Some(end) = buffer.find("\n\n") {
-            let message: String = buffer.drain(..end + 2).collect();
-            let Some(data) = message.lines().find_map(|l| l.strip_prefix("data: ")) else {
-                continue; // a keep-alive comment
-            };
-            let event: Value = serde_json::from_str(data).unwrap();
-            match event["type"].as_str().unwrap() {
-                "snapshot" => snapshot = Some(event),
-                kind @ ("stage" | "complete") if event["pizza"]["order_id"] == id.as_str() => {
-                    let pizza = event["pizza"]["pizza_id"].as_str().unwrap().to_owned();
-                    let step = match kind {
-                        "stage" => event["stage"].as_str().unwrap().to_owned(),
-                        _ => "complete".to_owned(),
-                    };
-                    seen.entry(pizza).or_default().push(step);
-                }
-                _ => {}
+        let event = watching.next().await;
+        assert!(
+            !event.to_string().contains(&other),
+            "another order's event: {event}"
+        );
+        match event["type"].as_str().unwrap() {
+            "snapshot" => snapshot = Some(event),
+            kind @ ("stage" | "complete") => {
+                assert_eq!(event["pizza"]["order_id"], id.as_str(), "{event}");
+                let pizza = event["pizza"]["pizza_id"].as_str().unwrap().to_owned();
+                let step = match kind {
+                    "stage" => event["stage"].as_str().unwrap().to_owned(),
+                    _ => "complete".to_owned(),
+                };
+                seen.entry(pizza).or_default().push(step);
             }
+            other => panic!("unexpected event {other}"),
         }
     }
     for (pizza, steps) in &seen {
@@ -71,6 +77,50 @@ async fn the_live_stream_shows_each_pizza_at_each_stage_in_order() {
     }
     let stages = snapshot.unwrap()["stages"].as_array().unwrap().len();
     assert_eq!(stages, 4);
+    // Both orders are complete by now; the anonymous stream had only snapshots meanwhile.
+    host.wait_complete(&other, 2, WITHIN).await;
+    for _ in 0..2 {
+        let event = anonymous.next().await;
+        assert_eq!(event["type"], "snapshot", "{event}");
+        let text = event.to_string();
+        assert!(!text.contains(&id) && !text.contains(&other), "{text}");
+    }
+}
+
+/// A server-sent event stream, read one JSON event at a time.
+struct SseStream {
+    response: reqwest::Response,
+    buffer: String,
+}
+
+impl SseStream {
+    async fn open(url: &str) -> Self {
+        let response = reqwest::get(url).await.unwrap();
+        assert_eq!(response.status(), 200);
+        assert_eq!(response.headers()["content-type"], "text/event-stream");
+        Self {
+            response,
+            buffer: String::new(),
+        }
+    }
+
+    /// The next event (keep-alive comments skipped).
+    async fn next(&mut self) -> Value {
+        loop {
+            while let Some(end) = self.buffer.find("\n\n") {
+                let message: String = self.buffer.drain(..end + 2).collect();
+                if let Some(data) = message.lines().find_map(|l| l.strip_prefix("data: ")) {
+                    return serde_json::from_str(data).unwrap();
+                }
+            }
+            let chunk = tokio::time::timeout(WITHIN, self.response.chunk())
+                .await
+                .unwrap()
+                .unwrap()
+                .unwrap();
+            self.buffer.push_str(&String::from_utf8_lossy(&chunk));
+        }
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

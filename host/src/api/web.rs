@@ -1,15 +1,16 @@
 //! The web page at `/` (one HTML file built into the binary: no build step, nothing to
 //! install) and the live stream it listens to, `GET /events` (server-sent events).
 //!
-//! The stream carries every event of [`crate::telemetry::events`] (`stage`: a pizza as a stage made it;
-//! `complete` and `failed`: as the order view learned it) and, every second, a `snapshot` of
-//! the stages (topics, digest, counts, lag) and the rendered reports. It ends when the host
-//! shuts down, so an open page never holds up a shutdown.
+//! The stream carries, every second, a `snapshot` of the stages (topics, digest, counts, lag)
+//! and the rendered reports, and for the order it names (`?order=<id>`) the events of
+//! [`crate::telemetry::events`] (`stage`: a pizza as a stage made it; `complete` and `failed`:
+//! as the order view learned it). It ends when the host shuts down, so an open page never
+//! holds up a shutdown.
 
 use std::convert::Infallible;
 use std::time::Duration;
 
-use axum::extract::State;
+use axum::extract::{Query, State};
 use axum::http::StatusCode;
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{Html, IntoResponse, Response};
@@ -31,16 +32,27 @@ pub async fn page() -> Response {
     Html(include_str!("web/index.html")).into_response()
 }
 
-/// The live stream of pizzas at each stage, completed and failed pizzas, and snapshots.
-#[utoipa::path(get, path = "/events", tag = "web",
+/// Which live events a stream carries.
+#[derive(Debug, serde::Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct EventsQuery {
+    /// An order whose pizzas to follow (its id, as `POST /order` answered it). Without it the
+    /// stream carries only the snapshots: an order's events go only to who knows its id.
+    order: Option<String>,
+}
+
+/// The live stream: snapshots of the stages and reports, and the pizzas of one order at each
+/// stage, completed and failed.
+#[utoipa::path(get, path = "/events", tag = "web", params(EventsQuery),
     responses(
         (status = 200, description = "Server-sent events, one JSON object each", content_type = "text/event-stream", body = String),
         (status = 503, description = "As many streams are open as the host serves at once", body = ErrorBody),
     ))]
 pub async fn events(
     State(state): State<AppState>,
+    Query(query): Query<EventsQuery>,
 ) -> Result<Sse<impl Stream<Item = Result<Event, Infallible>>>, ApiError> {
-    let Some(subscription) = state.events.subscribe() else {
+    let Some(subscription) = state.events.subscribe(query.order.as_deref()) else {
         return Err(ApiError::new(
             StatusCode::SERVICE_UNAVAILABLE,
             format!(
@@ -48,27 +60,37 @@ pub async fn events(
             ),
         ));
     };
-    let mut snapshots = tokio::time::interval(SNAPSHOT_EVERY);
-    snapshots.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let stream = futures::stream::unfold(
-        (subscription, snapshots, state),
-        |(mut subscription, mut snapshots, state)| async move {
+        (subscription, state.shutdown.clone()),
+        |(mut subscription, shutdown)| async move {
             let data = tokio::select! {
-                _ = state.shutdown.cancelled() => return None,
-                received = subscription.receiver.recv() => match received {
+                _ = shutdown.cancelled() => return None,
+                received = subscription.next() => match received {
                     Ok(event) => event.to_string(),
                     Err(RecvError::Lagged(missed)) => json!({"type": "lagged", "missed": missed}).to_string(),
                     Err(RecvError::Closed) => return None,
                 },
-                _ = snapshots.tick() => snapshot(&state).await.to_string(),
             };
-            Some((
-                Ok(Event::default().data(data)),
-                (subscription, snapshots, state),
-            ))
+            Some((Ok(Event::default().data(data)), (subscription, shutdown)))
         },
     );
     Ok(Sse::new(stream).keep_alive(KeepAlive::default()))
+}
+
+/// Publishes a snapshot every [`SNAPSHOT_EVERY`] while anyone listens: rendered once for all
+/// streams, however many are open. Runs until the host shuts down.
+pub async fn publish_snapshots(state: AppState) {
+    let mut ticks = tokio::time::interval(SNAPSHOT_EVERY);
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = state.shutdown.cancelled() => return,
+            _ = ticks.tick() => {}
+        }
+        if state.events.has_subscribers() {
+            state.events.publish_to_all(&snapshot(&state).await);
+        }
+    }
 }
 
 /// The stages and the rendered reports, as the page shows them.

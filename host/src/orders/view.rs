@@ -171,7 +171,9 @@ fn apply(book: &OrderBook, topics: &ViewTopics, events: &Events, message: &Borro
             no_order_id(message);
             return;
         };
-        events.publish(|| json!({"type": "complete", "pizza": pizza.to_value()}));
+        events.publish_for_order(&order_id, || {
+            json!({"type": "complete", "pizza": pizza.to_value()})
+        });
         book.record(&order_id, Outcome::Completed(pizza));
         return;
     }
@@ -211,7 +213,9 @@ fn apply(book: &OrderBook, topics: &ViewTopics, events: &Events, message: &Borro
             kind: header(headers::ERROR_KIND),
             error: header(headers::ERROR),
         };
-        events.publish(|| json!({"type": "failed", "order_id": order_id, "failure": failed}));
+        events.publish_for_order(&order_id, || {
+            json!({"type": "failed", "order_id": order_id, "failure": failed})
+        });
         book.record(&order_id, Outcome::Failed(failed));
     }
 }
