@@ -5,6 +5,7 @@
 
 mod support;
 
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use pizza_host::cli::add::{NewStage, add_stage};
@@ -124,4 +125,79 @@ async fn dead_letter_and_retries_edits_apply_live() {
     // The first dead letter is where it was, and nothing more went there.
     let old = read_records(&first_dead_letters, 2, Duration::from_secs(3));
     assert_eq!(old.len(), 1, "{old:?}");
+}
+
+/// An edit that drains a stage (it moves off a topic whose producer the edit removes, and
+/// first reads that topic to its end) does that outside the running set's lock: `/readyz`
+/// answers at once throughout, and no record of the drained topic is stranded.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_status_endpoints_answer_during_an_edit_that_drains() {
+    let topics = Topics::unique("drain-edit");
+    // veggies is the hostile component: a `loop` record takes it a whole call timeout.
+    let toml = pipeline_toml(&topics).replacen(
+        &format!("component = \"{}\"", component("veggies").display()),
+        &format!("component = \"{}\"", test_component("hostile").display()),
+        1,
+    );
+    let path = temp_dir("drain-edit").join("pipeline.toml");
+    std::fs::write(&path, &toml).unwrap();
+    let host = TestHost::start_watching(&path).await;
+    wait_for(WITHIN, "veggies to join its group", || async {
+        host.stage("veggies").await?.joined.then_some(())
+    })
+    .await;
+
+    // A backlog of slow records before veggies, then an edit that removes meats: veggies
+    // must drain meats' topic before it moves to cheese's.
+    let backlog = 8;
+    for n in 0..backlog {
+        let key = format!("drain-{n}");
+        let record = json!({"order_id": key, "act": "loop"}).to_string();
+        produce(&topics.chain[3], Some(&key), record.as_bytes()).await;
+    }
+    let meats = format!(
+        "[[stage]]\nname = \"meats\"\ncomponent = \"{}\"\ninput = \"{}\"\noutput = \"{}\"\n",
+        component("meats").display(),
+        topics.chain[2],
+        topics.chain[3],
+    );
+    assert!(toml.contains(&meats));
+    let edited = toml.replacen(&meats, "", 1).replacen(
+        &format!("input = \"{}\"", topics.chain[3]),
+        &format!("input = \"{}\"", topics.chain[2]),
+        1,
+    );
+    replace_file(&path, edited.as_bytes());
+
+    let answered_mid_edit = AtomicUsize::new(0);
+    let client = reqwest::Client::new();
+    wait_for(WITHIN, "veggies to read cheese's output", || async {
+        let ready = tokio::time::timeout(
+            Duration::from_secs(2),
+            client.get(format!("{}/readyz", host.url)).send(),
+        )
+        .await
+        .expect("/readyz answers within 2 s during the edit")
+        .unwrap();
+        let ready: serde_json::Value = ready.json().await.unwrap();
+        let names: Vec<&str> = ready["stages"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter_map(|s| s["name"].as_str())
+            .collect();
+        if !names.contains(&"veggies") {
+            // veggies is out of the running set: draining.
+            answered_mid_edit.fetch_add(1, Ordering::Relaxed);
+        }
+        let veggies = host.stage("veggies").await?;
+        (veggies.input == topics.chain[2] && veggies.joined).then_some(())
+    })
+    .await;
+    assert!(
+        answered_mid_edit.load(Ordering::Relaxed) > 0,
+        "/readyz was asked while veggies drained"
+    );
+    let dead = read_records(&format!("{}.dlq", topics.chain[3]), backlog, WITHIN);
+    assert_eq!(dead.len(), backlog, "every record of the drained topic was handled");
 }

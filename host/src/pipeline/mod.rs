@@ -33,6 +33,9 @@ pub struct Running {
     pub reports: Arc<Reports>,
     kafka: KafkaSettings,
     view_topics: channel::Sender<ViewTopics>,
+    /// Held for the whole of an edit: edits apply one at a time, each to what the one before
+    /// left running.
+    editing: Arc<tokio::sync::Mutex<()>>,
 }
 
 impl Running {
@@ -43,6 +46,7 @@ impl Running {
             reports,
             kafka,
             view_topics: channel::Sender::new(ViewTopics::default()),
+            editing: Arc::default(),
         }
     }
 
@@ -57,6 +61,7 @@ impl Running {
     /// Everything that can fail on bad input (loading and smoke-calling components, creating
     /// topics) happens first; on such an error nothing running was changed.
     pub async fn apply(&self, pipeline: &Pipeline) -> anyhow::Result<Plan> {
+        let _editing = self.editing.lock().await;
         let plan = Plan::of(pipeline);
         let reports = self.reports.load_changed(&plan).await?;
         let stages = self.stages.load_changed(&plan).await?;

@@ -172,15 +172,27 @@ impl Stages {
     /// Loads and smoke-calls the component of every stage of `plan` that is new or changed;
     /// nothing running changes. Fails on a component that does not load.
     pub async fn load_changed(&self, plan: &Plan) -> anyhow::Result<Vec<LoadedStage>> {
-        let running = self.running.lock().await;
+        // Decided under the lock, loaded outside it: compiling takes seconds, and the status
+        // endpoints read the running set meanwhile.
+        let changes: Vec<(&StageConfig, &StageRoute, Change)> = {
+            let running = self.running.lock().await;
+            plan.stages
+                .iter()
+                .filter_map(|(config, route)| {
+                    let change = match running.get(&config.name) {
+                        Some(old) if old.config == *config && old.route == *route => {
+                            return None;
+                        }
+                        None => Change::Start,
+                        Some(old) if old.route != *route => Change::Restart,
+                        Some(_) => Change::Swap,
+                    };
+                    Some((config, route, change))
+                })
+                .collect()
+        };
         let mut loaded = Vec::new();
-        for (config, route) in &plan.stages {
-            let change = match running.get(&config.name) {
-                Some(old) if old.config == *config && old.route == *route => continue,
-                None => Change::Start,
-                Some(old) if old.route != *route => Change::Restart,
-                Some(_) => Change::Swap,
-            };
+        for (config, route, change) in changes {
             let component = self.load_file(config).await?;
             loaded.push(LoadedStage {
                 config: config.clone(),
@@ -201,22 +213,30 @@ impl Stages {
     /// stopped first reads that topic to its end, and a stage that starts reading a topic
     /// another stage left takes over that stage's committed offsets, so an edit neither
     /// strands nor repeats a record.
+    ///
+    /// The running set is locked only to take stages out and put them in: draining a stage
+    /// (up to 30 s) and handing over offsets
+    /// happen outside the lock, so the status endpoints keep answering during an edit. Edits
+    /// themselves are one at a time (see [`super::Running::apply`]).
     pub async fn apply(&self, plan: &Plan, loaded: Vec<LoadedStage>) {
-        let mut running = self.running.lock().await;
-        let leaving: Vec<RunningStage> = running
-            .keys()
-            .filter(|name| {
-                !plan.stages.iter().any(|(s, _)| &s.name == *name)
-                    || loaded
-                        .iter()
-                        .any(|l| &l.config.name == *name && matches!(l.change, Change::Restart))
-            })
-            .cloned()
-            .collect::<Vec<_>>()
-            .into_iter()
-            .filter_map(|name| running.remove(&name))
-            .collect();
+        let leaving: Vec<RunningStage> = {
+            let mut running = self.running.lock().await;
+            running
+                .keys()
+                .filter(|name| {
+                    !plan.stages.iter().any(|(s, _)| &s.name == *name)
+                        || loaded.iter().any(|l| {
+                            &l.config.name == *name && matches!(l.change, Change::Restart)
+                        })
+                })
+                .cloned()
+                .collect::<Vec<_>>()
+                .into_iter()
+                .filter_map(|name| running.remove(&name))
+                .collect()
+        };
         let stopped = stop_upstream_first(leaving).await;
+        let mut starting = Vec::new();
         for LoadedStage {
             config,
             route,
@@ -224,17 +244,20 @@ impl Stages {
             change,
         } in loaded
         {
-            if let (Change::Swap, Some(stage)) = (&change, running.get_mut(&config.name)) {
-                stage.file_digest = component.digest().to_owned();
-                let settings_changed = stage.config.settings() != config.settings();
-                swap_in(
-                    stage,
-                    component,
-                    Source::File(config.component.clone()),
-                    Duration::ZERO,
-                    settings_changed,
-                );
-                stage.config = config;
+            if let Change::Swap = change {
+                let mut running = self.running.lock().await;
+                if let Some(stage) = running.get_mut(&config.name) {
+                    stage.file_digest = component.digest().to_owned();
+                    let settings_changed = stage.config.settings() != config.settings();
+                    swap_in(
+                        stage,
+                        component,
+                        Source::File(config.component.clone()),
+                        Duration::ZERO,
+                        settings_changed,
+                    );
+                    stage.config = config;
+                }
                 continue;
             }
             self.hand_over_offsets(&stopped, plan, &route).await;
@@ -257,14 +280,17 @@ impl Stages {
                 stop: self.shutdown.child_token(),
                 drain: CancellationToken::new(),
             };
-            let stage = RunningStage::start(
+            starting.push(RunningStage::start(
                 config,
                 route,
                 shared,
                 self.kafka.clone(),
                 signals,
                 &self.tasks,
-            );
+            ));
+        }
+        let mut running = self.running.lock().await;
+        for stage in starting {
             running.insert(stage.config.name.clone(), stage);
         }
     }

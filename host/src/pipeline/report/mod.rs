@@ -95,15 +95,20 @@ impl Reports {
     /// Loads the components of the reports `plan` adds or changes; nothing running changes.
     /// Fails on a component that does not load.
     pub async fn load_changed(&self, plan: &Plan) -> anyhow::Result<LoadedReports> {
-        let running = self.running.lock().await;
+        // Decided under the lock, loaded outside it (compiling takes seconds).
+        let changed: Vec<_> = {
+            let running = self.running.lock().await;
+            plan.reports
+                .iter()
+                .filter(|(config, route)| {
+                    !running
+                        .get(&config.name)
+                        .is_some_and(|r| r.config == *config && r.route == *route)
+                })
+                .collect()
+        };
         let mut loaded = BTreeMap::new();
-        for (config, route) in &plan.reports {
-            if running
-                .get(&config.name)
-                .is_some_and(|r| r.config == *config && r.route == *route)
-            {
-                continue;
-            }
+        for (config, _) in changed {
             loaded.insert(config.name.clone(), self.load_file(config).await?);
         }
         Ok(LoadedReports(loaded))
@@ -112,48 +117,53 @@ impl Reports {
     /// Makes the running reports those of `plan` (whose topics exist): stops removed ones,
     /// swaps the component of those whose component or limits changed (keeping their state),
     /// restarts those whose route changed, starts new ones.
+    ///
+    /// Reports are taken out of the running set under its lock and stopped (their state saved)
+    /// outside it, so the status endpoints keep answering during an edit.
     pub async fn apply(&self, plan: &Plan, loaded: LoadedReports) {
-        let mut running = self.running.lock().await;
         let LoadedReports(mut loaded) = loaded;
-        let removed: Vec<String> = running
-            .keys()
-            .filter(|name| !plan.reports.iter().any(|(r, _)| &r.name == *name))
-            .cloned()
-            .collect();
-        for name in removed {
-            if let Some(report) = running.remove(&name) {
-                stop(report).await;
-            }
+        let leaving: Vec<RunningReport> = {
+            let mut running = self.running.lock().await;
+            let names: Vec<String> = running
+                .iter()
+                .filter(|(name, report)| {
+                    match plan.reports.iter().find(|(r, _)| &r.name == *name) {
+                        None => true,
+                        Some((_, route)) => loaded.contains_key(*name) && report.route != *route,
+                    }
+                })
+                .map(|(name, _)| name.clone())
+                .collect();
+            names.iter().filter_map(|name| running.remove(name)).collect()
+        };
+        for report in leaving {
+            stop(report).await;
         }
+        let mut running = self.running.lock().await;
         for (config, route) in &plan.reports {
             let Some(component) = loaded.remove(&config.name) else {
                 continue; // unchanged
             };
-            match running.get_mut(&config.name) {
-                Some(report) if report.route == *route => {
-                    report.file_digest = component.digest().to_owned();
-                    tracing::info!(
-                        report = config.name,
-                        digest = component.digest(),
-                        "report component swapped"
-                    );
-                    report.shared.swap(component);
-                    report.config = config.clone();
-                }
-                _ => {
-                    if let Some(old) = running.remove(&config.name) {
-                        stop(old).await;
-                    }
-                    tracing::info!(
-                        report = config.name,
-                        component = %config.component.display(),
-                        digest = component.digest(),
-                        input = route.input,
-                        "report started"
-                    );
-                    let report = self.spawn(config.clone(), route.clone(), component);
-                    running.insert(report.config.name.clone(), report);
-                }
+            if let Some(report) = running.get_mut(&config.name) {
+                // Same route (a moved report was stopped above): keeps its state.
+                report.file_digest = component.digest().to_owned();
+                tracing::info!(
+                    report = config.name,
+                    digest = component.digest(),
+                    "report component swapped"
+                );
+                report.shared.swap(component);
+                report.config = config.clone();
+            } else {
+                tracing::info!(
+                    report = config.name,
+                    component = %config.component.display(),
+                    digest = component.digest(),
+                    input = route.input,
+                    "report started"
+                );
+                let report = self.spawn(config.clone(), route.clone(), component);
+                running.insert(report.config.name.clone(), report);
             }
         }
     }
