@@ -62,7 +62,11 @@ const STDERR_CAPTURE_BYTES: usize = 4096;
 pub struct Limits {
     /// Wall time for one call, instantiation included.
     pub timeout: Duration,
-    /// Linear memory the instance may grow to, in bytes.
+    /// Linear memory one instance of the component may grow to, in bytes: the memories of all
+    /// the core instances it is made of count together. Beside it, fixed caps hold for the
+    /// instance as a whole: 100,000 table elements over all its tables, 100 core instances, 16
+    /// memories and 16 tables (a Rust or JavaScript stage has 4 core instances, 1 memory and 2
+    /// tables; a Python one 14, 1 and 2).
     pub memory_bytes: usize,
 }
 

@@ -1,6 +1,7 @@
 //! What one call's [`Store`](wasmtime::Store) holds, and the host side of every import a
 //! component is granted: the sandboxed WASI context (seeded randomness, a frozen clock, captured
-//! stderr), the memory limiter, the `pizza:stage/config` table and the `pizza:stage/log` lines.
+//! stderr), the limiter of memory, tables and instances, the `pizza:stage/config` table and the
+//! `pizza:stage/log` lines.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -23,8 +24,15 @@ use super::bindings::pizza::stage::{config, log};
 const MAX_LOG_LINES_PER_CALL: u32 = 100;
 /// Longest logged line, in bytes; the rest is cut.
 const MAX_LOG_LINE_BYTES: usize = 4096;
-/// Most table elements an instance may have; far above what any stage needs.
+/// Most table elements all the tables of one store may hold together; far above what any
+/// stage needs (a JavaScript stage has about 7,700).
 const MAX_TABLE_ELEMENTS: usize = 100_000;
+/// Most core instances one store may create (a Rust stage has 4, a Python one 14).
+const MAX_INSTANCES: usize = 100;
+/// Most linear memories one store may create (Rust, JavaScript and Python stages have 1).
+const MAX_MEMORIES: usize = 16;
+/// Most tables one store may create (Rust, JavaScript and Python stages have 2).
+const MAX_TABLES: usize = 16;
 
 /// Who is being called and with what: the same for every call of one loaded component.
 #[derive(Clone)]
@@ -47,7 +55,7 @@ pub(super) struct Callee {
 pub(super) struct StageState {
     wasi: WasiCtx,
     table: ResourceTable,
-    pub limiter: MemoryLimiter,
+    pub limiter: StoreLimiter,
     config: Arc<BTreeMap<String, String>>,
     pub log: StageLog,
 }
@@ -72,11 +80,7 @@ impl StageState {
         Self {
             wasi: wasi.build(),
             table: ResourceTable::new(),
-            limiter: MemoryLimiter {
-                max_bytes: callee.limits.memory_bytes,
-                refused: false,
-                grown_to: 0,
-            },
+            limiter: StoreLimiter::new(callee.limits.memory_bytes),
             config: callee.config.clone(),
             log: StageLog {
                 stage: callee.name.clone(),
@@ -169,16 +173,32 @@ impl config::Host for StageState {
     }
 }
 
-/// Caps linear memory and remembers a refusal, so the trap it causes is reported as a memory
-/// limit rather than as whatever the guest did when its allocation failed.
-pub(super) struct MemoryLimiter {
+/// Caps what one store may take, summed over every core instance in it: a component is
+/// made of several core instances (4 for a Rust stage, 14 for a Python one), each with its own
+/// memories and tables, so a cap per memory or per table would let it take many times the
+/// limit. Remembers a refusal of memory, so the trap it causes is reported as a memory limit
+/// rather than as whatever the guest did when its allocation failed.
+pub(super) struct StoreLimiter {
     max_bytes: usize,
     pub refused: bool,
-    /// The largest linear memory granted so far.
+    /// Linear memory granted so far, over all the store's memories: memories never shrink and
+    /// live as long as the store, so the sum of their growths is their size.
     grown_to: usize,
+    /// Table elements granted so far, over all the store's tables.
+    table_elements: usize,
 }
 
-impl MemoryLimiter {
+impl StoreLimiter {
+    /// A limiter granting `max_bytes` of linear memory in all.
+    pub fn new(max_bytes: usize) -> Self {
+        Self {
+            max_bytes,
+            refused: false,
+            grown_to: 0,
+            table_elements: 0,
+        }
+    }
+
     /// Whether the instance's memory has grown past half its limit: an instance whose
     /// memory only ever grows (a leak, or a runtime that never gives memory back) is retired
     /// before a call runs out of memory in it.
@@ -187,31 +207,64 @@ impl MemoryLimiter {
     }
 }
 
-impl ResourceLimiter for MemoryLimiter {
+// `memory_grow_failed` keeps the default (nothing un-counted): wasmtime also calls it for
+// growths `memory_growing` never saw (past what the memory type can address), so un-counting
+// the last growth there would let a guest take memory off the count. What stays counted is a
+// growth the operating system could not back, which leaves the store near its end anyway.
+impl ResourceLimiter for StoreLimiter {
     fn memory_growing(
         &mut self,
-        _current: usize,
+        current: usize,
         desired: usize,
-        _maximum: Option<usize>,
+        maximum: Option<usize>,
     ) -> wasmtime::Result<bool> {
-        if desired > self.max_bytes {
+        // Past its own maximum wasmtime fails the growth after asking: it must not count.
+        if maximum.is_some_and(|maximum| desired > maximum) {
+            return Ok(false);
+        }
+        let total = self
+            .grown_to
+            .saturating_add(desired.saturating_sub(current));
+        if total > self.max_bytes {
             self.refused = true;
             return Err(wasmtime::Error::msg(format!(
                 "memory limit of {} bytes reached",
                 self.max_bytes
             )));
         }
-        self.grown_to = self.grown_to.max(desired);
+        self.grown_to = total;
         Ok(true)
     }
 
     fn table_growing(
         &mut self,
-        _current: usize,
+        current: usize,
         desired: usize,
-        _maximum: Option<usize>,
+        maximum: Option<usize>,
     ) -> wasmtime::Result<bool> {
-        Ok(desired <= MAX_TABLE_ELEMENTS)
+        if maximum.is_some_and(|maximum| desired > maximum) {
+            return Ok(false);
+        }
+        let total = self
+            .table_elements
+            .saturating_add(desired.saturating_sub(current));
+        if total > MAX_TABLE_ELEMENTS {
+            return Ok(false);
+        }
+        self.table_elements = total;
+        Ok(true)
+    }
+
+    fn instances(&self) -> usize {
+        MAX_INSTANCES
+    }
+
+    fn memories(&self) -> usize {
+        MAX_MEMORIES
+    }
+
+    fn tables(&self) -> usize {
+        MAX_TABLES
     }
 }
 
