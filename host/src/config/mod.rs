@@ -287,7 +287,7 @@ pub struct StageConfig {
     /// Wall-time limit of one call, in milliseconds.
     #[serde(default = "default_timeout_ms")]
     pub timeout_ms: u64,
-    /// Memory limit of one call, in MiB.
+    /// Memory limit of one instance, in MiB: all its linear memories together.
     #[serde(default = "default_memory_mib")]
     pub memory_mib: usize,
     /// How many times a call is retried (with backoff) when the stage says its error may pass.
@@ -336,7 +336,7 @@ pub struct ReportConfig {
     /// Wall-time limit of one call, in milliseconds.
     #[serde(default = "default_timeout_ms")]
     pub timeout_ms: u64,
-    /// Memory limit of one call, in MiB.
+    /// Memory limit of one instance, in MiB: all its linear memories together.
     #[serde(default = "default_memory_mib")]
     pub memory_mib: usize,
     /// Compacted topic where the state is saved together with the position in `input`
