@@ -75,19 +75,19 @@ pub async fn start(
         metrics.clone(),
         events.clone(),
     ));
+    let running = Running::new(stages.clone(), reports.clone(), kafka.clone());
     // Before any consumer joins a group as this instance, or any producer takes its
     // transactional ids: another live host with the same name would be fenced by them.
-    crate::fleet::presence::claim(
+    let hosts_topic = crate::fleet::presence::topic(&pipeline.group_prefix);
+    let claim = crate::fleet::presence::claim(
         &kafka,
-        &crate::fleet::presence::topic(&pipeline.group_prefix),
+        &hosts_topic,
         pipeline.topics.replication_factor,
         &pipeline.instance_id,
         &tasks,
         shutdown.clone(),
-    )
-    .await?;
-    let running = Running::new(stages.clone(), reports.clone(), kafka.clone());
-    let plan = running.apply(&pipeline).await?;
+    );
+    let plan = running.apply_after(&pipeline, claim).await?;
     crate::pipeline::join::start(&plan.joins, &kafka, &tasks, &shutdown);
     let health = crate::kafka::health::spawn_probe(
         &kafka,

@@ -206,6 +206,8 @@ pub(crate) fn consumed_to_end(consumer: &GroupConsumer, topic: &str) -> anyhow::
 
 /// How long a stopping consumer waits for its group to let it go.
 const LEAVE_TIMEOUT: Duration = Duration::from_secs(5);
+/// How often a leaving consumer is polled, to serve its rebalance callbacks.
+const LEAVE_POLL: Duration = Duration::from_millis(5);
 
 /// Leaves `consumer`'s group (its state is `state`), so its partitions go to the other
 /// members now. A static member (see [`super::KafkaSettings::with_instance_id`]) does not
@@ -218,16 +220,28 @@ pub async fn leave(consumer: &GroupConsumer, state: &GroupState) {
         return;
     }
     let before = state.assignments();
-    consumer.unsubscribe();
-    let deadline = tokio::time::Instant::now() + LEAVE_TIMEOUT;
-    while state.assignments() == before {
-        match tokio::time::timeout_at(deadline, consumer.recv()).await {
-            Err(_) => {
-                tracing::warn!("the group did not take back this consumer's partitions in {LEAVE_TIMEOUT:?}; they move once its session times out");
-                return;
+    tokio::task::block_in_place(|| {
+        std::thread::scope(|scope| {
+            // librdkafka's unsubscribe waits, without a timeout, until the group is done with
+            // the consumer, which may first need a rebalance callback served; callbacks are
+            // served by polling the consumer, so one thread unsubscribes while this one polls.
+            let unsubscribing = scope.spawn(|| consumer.unsubscribe());
+            let deadline = std::time::Instant::now() + LEAVE_TIMEOUT;
+            let mut warned = false;
+            while !unsubscribing.is_finished()
+                || (state.assignments() == before && std::time::Instant::now() < deadline)
+            {
+                // Records after unsubscribing are not ours to process; errors are the group's.
+                let _ = consumer.recv().now_or_never();
+                std::thread::sleep(LEAVE_POLL);
+                if !warned && std::time::Instant::now() >= deadline {
+                    warned = true;
+                    tracing::warn!(
+                        "the group did not take back this consumer's partitions in \
+                         {LEAVE_TIMEOUT:?}; they move once its session times out"
+                    );
+                }
             }
-            // Records after unsubscribing are not ours to process; errors are the group's.
-            Ok(_) => {}
-        }
-    }
+        });
+    });
 }

@@ -61,10 +61,22 @@ impl Running {
     /// Everything that can fail on bad input (loading and smoke-calling components, creating
     /// topics) happens first; on such an error nothing running was changed.
     pub async fn apply(&self, pipeline: &Pipeline) -> anyhow::Result<Plan> {
+        self.apply_after(pipeline, async { Ok(()) }).await
+    }
+
+    /// [`Running::apply`], awaiting `loaded` once the components are loaded and before
+    /// anything touches Kafka: at startup, the host's claim to its `instance_id` comes after
+    /// a bad component has had its chance to fail fast and clearly.
+    pub async fn apply_after(
+        &self,
+        pipeline: &Pipeline,
+        loaded: impl Future<Output = anyhow::Result<()>>,
+    ) -> anyhow::Result<Plan> {
         let _editing = self.editing.lock().await;
         let plan = Plan::of(pipeline);
         let reports = self.reports.load_changed(&plan).await?;
         let stages = self.stages.load_changed(&plan).await?;
+        loaded.await?;
         plan.ensure_topics(&self.kafka).await?;
         // From here on nothing depends on the input being valid.
         self.stages.apply(&plan, stages).await;
