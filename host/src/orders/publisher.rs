@@ -2,12 +2,16 @@
 //! pizza per count on the first stage's input, all keyed by the order id), and publishing
 //! them under the pipeline's guarantee.
 //!
-//! Under exactly-once the order goes out in one transaction: all or none. A failure that
+//! Under exactly-once the order goes out in one transaction: all or none. Concurrent orders
+//! share transactions (group commit, see [`TransactionalPublisher`]), so the front door is
+//! not one commit per order behind one lock. A failure that
 //! leaves the transactional producer in an unknown state (the broker went away mid-commit, a
 //! fatal error) retires that producer; the next order starts a new one with the same
 //! transactional id, which fences the old one and aborts whatever it left open. So an outage
 //! costs the orders placed during it a 503, never the publisher itself.
 
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
@@ -121,7 +125,9 @@ impl Publisher {
         let publisher = TransactionalPublisher {
             kafka: kafka.clone(),
             transactional_id: transactional_id.to_owned(),
+            queue: Mutex::default(),
             producer: Mutex::new(None),
+            transactions: AtomicU64::new(0),
         };
         let producer = tokio::task::block_in_place(|| publisher.start())?;
         publisher.put_back(producer);
@@ -129,13 +135,28 @@ impl Publisher {
     }
 }
 
-/// The transactional producer of orders; one transaction at a time, hence the lock.
+/// Most orders in one transaction, and most records: a group stays a quick commit.
+const MAX_GROUP_ORDERS: usize = 256;
+const MAX_GROUP_RECORDS: usize = 10_000;
+
+/// What a publishing order is told: `Err` with the reason its transaction failed.
+type Answer = Result<(), String>;
+
+/// The transactional producer of orders, committing them in groups: orders that arrive while
+/// a transaction commits wait in a queue, and the next transaction takes them all (up to
+/// [`MAX_GROUP_ORDERS`] orders or [`MAX_GROUP_RECORDS`] records). An order is never split
+/// across transactions, each is answered once its transaction committed, and a failed commit
+/// fails exactly the orders in it.
 pub struct TransactionalPublisher {
     kafka: KafkaSettings,
     transactional_id: String,
-    /// Empty after a failure that left the producer's state unknown: the next order starts a
-    /// new producer.
+    /// Orders waiting for a transaction, each with where its answer goes.
+    queue: Mutex<VecDeque<(OrderRecords, std::sync::mpsc::Sender<Answer>)>>,
+    /// Held by the thread that runs the current transaction. Empty after a failure that left
+    /// the producer's state unknown: the next transaction starts a new producer.
     producer: Mutex<Option<FutureProducer>>,
+    /// Transactions committed or tried, for tests and metrics of the grouping.
+    transactions: AtomicU64,
 }
 
 impl TransactionalPublisher {
@@ -152,14 +173,66 @@ impl TransactionalPublisher {
         *self.producer.lock().unwrap_or_else(PoisonError::into_inner) = Some(producer);
     }
 
-    /// Blocking: one transaction holding every record of the order.
-    fn publish(&self, records: &OrderRecords) -> anyhow::Result<()> {
+    /// How many transactions this publisher has run.
+    pub fn transactions(&self) -> u64 {
+        self.transactions.load(Ordering::Relaxed)
+    }
+
+    /// Blocking: publishes the order in a transaction, with whatever other orders are queued.
+    /// Whoever holds the producer runs the next transaction for everyone queued, so a caller
+    /// either finds its order answered or runs the transaction that takes it.
+    fn publish(&self, records: OrderRecords) -> anyhow::Result<()> {
+        let (answer, answered) = std::sync::mpsc::channel();
+        self.queue
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .push_back((records, answer));
         let mut slot = self.producer.lock().unwrap_or_else(PoisonError::into_inner);
+        loop {
+            if let Ok(answer) = answered.try_recv() {
+                return answer.map_err(anyhow::Error::msg);
+            }
+            let group = self.next_group();
+            let published = self.publish_group(&mut slot, &group);
+            let answer: Answer = published.map_err(|err| format!("{err:#}"));
+            for (_, to) in group {
+                // The caller waits for it; if it went away, nobody needs the answer.
+                let _ = to.send(answer.clone());
+            }
+        }
+    }
+
+    /// The queued orders the next transaction takes.
+    fn next_group(&self) -> Vec<(OrderRecords, std::sync::mpsc::Sender<Answer>)> {
+        let mut queue = self.queue.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut group = Vec::new();
+        let mut records = 0;
+        while let Some((order, _)) = queue.front() {
+            let size = order.values.len();
+            if !group.is_empty()
+                && (group.len() >= MAX_GROUP_ORDERS || records + size > MAX_GROUP_RECORDS)
+            {
+                break;
+            }
+            records += size;
+            group.extend(queue.pop_front());
+        }
+        group
+    }
+
+    /// One transaction holding every record of the orders of `group`.
+    fn publish_group(
+        &self,
+        slot: &mut Option<FutureProducer>,
+        group: &[(OrderRecords, std::sync::mpsc::Sender<Answer>)],
+    ) -> anyhow::Result<()> {
+        self.transactions.fetch_add(1, Ordering::Relaxed);
         let producer = match slot.take() {
             Some(producer) => producer,
             None => self.start()?,
         };
-        let published = send_in_transaction(&producer, records);
+        let orders: Vec<&OrderRecords> = group.iter().map(|(order, _)| order).collect();
+        let published = send_in_transaction(&producer, &orders);
         if let Err(err) = &published {
             match producer.abort_transaction(PUBLISH_TIMEOUT) {
                 Ok(()) => {}
@@ -178,15 +251,15 @@ impl TransactionalPublisher {
     }
 }
 
-fn send_in_transaction(producer: &FutureProducer, records: &OrderRecords) -> anyhow::Result<()> {
+fn send_in_transaction(producer: &FutureProducer, orders: &[&OrderRecords]) -> anyhow::Result<()> {
     producer
         .begin_transaction()
         .context("cannot begin a transaction")?;
-    let sent = records
-        .values
+    let sent = orders
         .iter()
+        .flat_map(|records| records.values.iter().map(move |value| (records, value)))
         // A blocking thread of the runtime: it may wait on the one async send path.
-        .map(|value| {
+        .map(|(records, value)| {
             tokio::runtime::Handle::current()
                 .block_on(crate::kafka::send(producer, records.record(value)))
         })
@@ -226,7 +299,7 @@ pub async fn place(
         Publisher::AtLeastOnce(producer) => publish_each(producer, &records).await,
         Publisher::ExactlyOnce(publisher) => {
             let publisher = publisher.clone();
-            tokio::task::spawn_blocking(move || publisher.publish(&records))
+            tokio::task::spawn_blocking(move || publisher.publish(records))
                 .await
                 .context("publishing panicked")
                 .and_then(|published| published)
