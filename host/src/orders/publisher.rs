@@ -11,7 +11,6 @@
 //! costs the orders placed during it a 503, never the publisher itself.
 
 use std::collections::VecDeque;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
@@ -127,7 +126,6 @@ impl Publisher {
             transactional_id: transactional_id.to_owned(),
             queue: Mutex::default(),
             producer: Mutex::new(None),
-            transactions: AtomicU64::new(0),
         };
         let producer = tokio::task::block_in_place(|| publisher.start())?;
         publisher.put_back(producer);
@@ -155,8 +153,6 @@ pub struct TransactionalPublisher {
     /// Held by the thread that runs the current transaction. Empty after a failure that left
     /// the producer's state unknown: the next transaction starts a new producer.
     producer: Mutex<Option<FutureProducer>>,
-    /// Transactions committed or tried, for tests and metrics of the grouping.
-    transactions: AtomicU64,
 }
 
 impl TransactionalPublisher {
@@ -171,11 +167,6 @@ impl TransactionalPublisher {
 
     fn put_back(&self, producer: FutureProducer) {
         *self.producer.lock().unwrap_or_else(PoisonError::into_inner) = Some(producer);
-    }
-
-    /// How many transactions this publisher has run.
-    pub fn transactions(&self) -> u64 {
-        self.transactions.load(Ordering::Relaxed)
     }
 
     /// Blocking: publishes the order in a transaction, with whatever other orders are queued.
@@ -226,7 +217,6 @@ impl TransactionalPublisher {
         slot: &mut Option<FutureProducer>,
         group: &[(OrderRecords, std::sync::mpsc::Sender<Answer>)],
     ) -> anyhow::Result<()> {
-        self.transactions.fetch_add(1, Ordering::Relaxed);
         let producer = match slot.take() {
             Some(producer) => producer,
             None => self.start()?,
