@@ -196,6 +196,10 @@ impl Runtime {
     pub fn new(cache_dir: Option<PathBuf>) -> anyhow::Result<Self> {
         let mut config = Config::new();
         config.wasm_component_model(true).epoch_interruption(true);
+        // Stages are called synchronously, one event at a time. Concurrency support (the
+        // component model's async) sets up per-store machinery that made every such call
+        // 50-100 times slower when it was on; `tests/engine.rs` keeps it off.
+        config.concurrency_support(false);
         let engine = Engine::new(&config)?;
         let mut linker = Linker::new(&engine);
         wasmtime_wasi::p2::add_to_linker_sync(&mut linker)?;
