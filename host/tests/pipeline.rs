@@ -320,11 +320,18 @@ async fn concurrent_orders_share_transactions_and_each_completes_exactly_once() 
     for id in &orders {
         host.wait_complete(id, 1, Duration::from_secs(90)).await;
     }
-    let records = read_records(&format!("pizza-orders-{}", topics.suffix), 64, Duration::from_secs(30));
+    let records = read_records(
+        &format!("pizza-orders-{}", topics.suffix),
+        64,
+        Duration::from_secs(30),
+    );
     assert_eq!(records.len(), 64, "every order record once");
     let mut by_partition: std::collections::BTreeMap<i32, Vec<i64>> = Default::default();
     for record in &records {
-        by_partition.entry(record.partition).or_default().push(record.offset);
+        by_partition
+            .entry(record.partition)
+            .or_default()
+            .push(record.offset);
     }
     let adjacent: usize = by_partition
         .values_mut()
@@ -337,4 +344,132 @@ async fn concurrent_orders_share_transactions_and_each_completes_exactly_once() 
         adjacent > 0,
         "no two order records shared a transaction: {by_partition:?}"
     );
+}
+
+/// A group commit that fails answers each of its orders with an error and publishes none of
+/// them. The failure is a fence: a producer with the publisher's transactional id starts (as
+/// a restarted host's would), so the transaction in flight, which holds many queued orders
+/// with 64 clients ordering, can no longer commit. The publisher then starts a new producer
+/// and later orders go through. Afterwards `read_committed` readers see exactly the orders
+/// answered 200, each once, on the orders topic and through the whole chain.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_failed_group_commit_answers_each_of_its_orders_with_an_error_and_publishes_none() {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::{Arc, Mutex};
+
+    use rdkafka::producer::{BaseProducer, Producer};
+
+    const FENCES: usize = 3;
+    let topics = Topics::unique("group-fenced");
+    let instance = uuid::Uuid::new_v4().simple().to_string();
+    let host = TestHost::start_toml(&format!(
+        "instance_id = \"{instance}\"\n{}",
+        pipeline_toml(&topics)
+    ))
+    .await;
+    let transactional_id = format!("test-{}-orders-{instance}", topics.suffix);
+
+    let placed: Arc<Mutex<Vec<String>>> = Arc::default();
+    let refused = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let done = Arc::new(AtomicBool::new(false));
+    let clients: Vec<_> = (0..64)
+        .map(|_| {
+            let (url, placed, refused, done) = (
+                host.url.clone(),
+                placed.clone(),
+                refused.clone(),
+                done.clone(),
+            );
+            tokio::spawn(async move {
+                let client = reqwest::Client::new();
+                while !done.load(Ordering::Relaxed) {
+                    let response = client.post(format!("{url}/order/1")).send().await.unwrap();
+                    match response.status().as_u16() {
+                        200 => {
+                            let body: Value = response.json().await.unwrap();
+                            let id = body["order_id"].as_str().unwrap().to_owned();
+                            placed.lock().unwrap().push(id);
+                        }
+                        503 => {
+                            refused.fetch_add(1, Ordering::Relaxed);
+                        }
+                        other => panic!("unexpected answer {other}"),
+                    }
+                }
+            })
+        })
+        .collect();
+    let count_placed = || placed.lock().unwrap().len();
+
+    let mut fences = Vec::new();
+    for fence in 0..FENCES {
+        let enough = count_placed() + 64;
+        wait_for(Duration::from_secs(60), "orders to go through", || async {
+            (count_placed() >= enough).then_some(())
+        })
+        .await;
+        let refused_before = refused.load(Ordering::Relaxed);
+        let id = transactional_id.clone();
+        let fencer = tokio::task::spawn_blocking(move || {
+            let producer: BaseProducer = rdkafka::ClientConfig::new()
+                .set("bootstrap.servers", bootstrap())
+                .set("transactional.id", &id)
+                .create()
+                .unwrap();
+            producer.init_transactions(Duration::from_secs(30)).unwrap();
+            producer
+        })
+        .await
+        .unwrap();
+        fences.push(fencer);
+        wait_for(
+            Duration::from_secs(30),
+            &format!("fence {fence} to fail the transaction in flight"),
+            || async { (refused.load(Ordering::Relaxed) > refused_before).then_some(()) },
+        )
+        .await;
+    }
+    // The publisher recovered: orders go through again.
+    let enough = count_placed() + 64;
+    wait_for(
+        Duration::from_secs(60),
+        "orders after the last fence",
+        || async { (count_placed() >= enough).then_some(()) },
+    )
+    .await;
+    done.store(true, Ordering::Relaxed);
+    for client in clients {
+        client.await.unwrap();
+    }
+
+    let placed: HashSet<String> = placed.lock().unwrap().iter().cloned().collect();
+    let refused = refused.load(Ordering::Relaxed);
+    println!("{} orders placed, {refused} refused by {FENCES} fences", placed.len());
+    assert!(
+        refused > FENCES,
+        "{FENCES} fences failed only {refused} orders: no failed group held several"
+    );
+    let orders_topic = format!("pizza-orders-{}", topics.suffix);
+    for topic in [orders_topic.as_str(), topics.orders(), topics.completed()] {
+        let records = read_records(topic, placed.len(), Duration::from_secs(90));
+        let ids: Vec<String> = records
+            .iter()
+            .map(|record| record.key.clone().expect("keyed by order id"))
+            .collect();
+        assert_eq!(
+            ids.len(),
+            placed.len(),
+            "{topic}: one record per placed order"
+        );
+        assert_eq!(
+            ids.iter().cloned().collect::<HashSet<_>>(),
+            placed,
+            "{topic}: exactly the orders answered 200"
+        );
+        assert_eq!(
+            record_count(topic),
+            placed.len() as i64,
+            "{topic}: nothing of a refused order"
+        );
+    }
 }
