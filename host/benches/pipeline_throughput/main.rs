@@ -8,12 +8,20 @@
 //! per-record machinery); and one process per stage, the original's shape: four processes, each
 //! a blocking poll-one/produce-one loop with the original's client settings (the bench runs
 //! itself as each of them), and the same in the original's language (`original_stage.py`,
-//! confluent-kafka, which `dev/bench.sh` installs; the row is skipped without it). Every configuration runs [`REPEATS`] times and reports medians:
-//! throughput, CPU seconds per 1,000 pizzas (this process and any stage processes) and the
-//! 1-pizza order latency.
+//! confluent-kafka, which `dev/bench.sh` installs; the row is skipped without it).
+//!
+//! Every order enters through `POST /order` and is followed through `GET /order/{id}`, as a
+//! customer's would: orders of 1,000 for the table, customers' orders of 100 for the
+//! end-to-end rows (`e2e`), one pizza at a time for the latency columns and for the order
+//! intake ([`intake`]). Configurations run interleaved, [`REPEATS`] rounds of each, and the
+//! table shows medians: throughput, CPU seconds per 1,000 pizzas of this process (the host,
+//! the bench's hops, the HTTP client) and any stage processes beside the broker's JVM
+//! ([`machine`]), and the 1-pizza order latency.
 //!
 //! Run: `dev/kafka.sh start && dev/build-stages.sh && cargo bench -p pizza-host --bench pipeline_throughput`
-//! (`KAFKA_BOOTSTRAP` points it elsewhere). Results are written down in BENCHMARKS.md.
+//! (`KAFKA_BOOTSTRAP` points it elsewhere; `BENCH_ONLY`, `BENCH_TOPOLOGIES`, `BENCH_REPEATS`
+//! and `BENCH_KAFKA` below choose parts, rows, rounds and client settings). Results are
+//! written down in BENCHMARKS.md.
 
 use std::path::Path;
 use std::time::{Duration, Instant};
@@ -37,11 +45,17 @@ const ORDER_SIZE: usize = 1_000;
 /// 1-pizza orders timed one after the other, after the smaller throughput run.
 const LATENCY_SAMPLES: usize = 100;
 /// Runs of each configuration; the table shows medians (`BENCH_REPEATS` overrides).
-const REPEATS: usize = 3;
+const REPEATS: usize = 5;
 /// Set in a stage process of the one-process-per-stage topology: `<stage> <input> <output> <group>`.
 const HOP_ENV: &str = "PIZZA_BENCH_HOP";
 /// Partition counts of the scaling curve (chain, at-least-once, 100,000 pizzas).
 const PARTITIONS: [i32; 3] = [1, 3, 6];
+/// Pizzas of the end-to-end rows, in customers' orders of [`E2E_ORDER_SIZE`].
+const E2E_PIZZAS: usize = 20_000;
+const E2E_ORDER_SIZE: usize = 100;
+
+mod intake;
+mod machine;
 
 fn main() -> anyhow::Result<()> {
     if let Ok(hop) = std::env::var(HOP_ENV) {
@@ -54,32 +68,20 @@ async fn bench() -> anyhow::Result<()> {
     let repeats = std::env::var("BENCH_REPEATS")
         .ok()
         .and_then(|n| n.parse().ok())
-        .unwrap_or(REPEATS);
-    println!(
-        "| topology | guarantee | pizzas | pizzas/s | vs raw pipe | vs native stages | vs one process per stage | vs the same in Python | CPU s / 1,000 pizzas | 1-pizza order p50 | p99 |"
-    );
-    println!("|---|---|---|---|---|---|---|---|---|---|---|");
-    // BENCH_ONLY=table, curve or rss runs that part alone.
+        .unwrap_or(REPEATS)
+        .max(1);
+    // BENCH_ONLY=table,e2e,intake,curve,rss (any of them, comma-separated) runs those parts.
     let only = std::env::var("BENCH_ONLY").unwrap_or_default();
-    let runs = |part: &str| only.is_empty() || only == part;
-    // The reference rows' throughput by (topology, pizzas); they are measured first.
-    let mut references = std::collections::HashMap::new();
-    let reference_rows = [
-        Topology::RawPipe,
-        Topology::NativeStages,
-        Topology::ProcessPerStage,
-        Topology::OriginalInPython,
-    ];
+    let runs = |part: &str| only.is_empty() || only.split(',').any(|p| p.trim() == part);
     let python = original_python();
     if python.is_none() {
         println!(
-            "(the Python one-process-per-stage row is skipped: `dev/bench.sh` installs confluent-kafka)"
+            "(the Python one-process-per-stage rows are skipped: `dev/bench.sh` installs confluent-kafka)"
         );
     }
-    for (topology, guarantee) in if !runs("table") {
-        vec![]
-    } else {
-        vec![
+    let mut configs = Vec::new();
+    if runs("table") {
+        for (topology, guarantee) in [
             (Topology::RawPipe, "at-least-once"),
             (Topology::NativeStages, "at-least-once"),
             // The original's consumers commit what they polled, processed or not.
@@ -89,70 +91,77 @@ async fn bench() -> anyhow::Result<()> {
             (Topology::Chain, "exactly-once"),
             (Topology::FanOut, "at-least-once"),
             (Topology::FanOut, "exactly-once"),
-        ]
-    } {
-        if topology == Topology::OriginalInPython && python.is_none() {
-            continue;
-        }
-        for pizzas in RUNS {
-            let latency = pizzas == RUNS[0];
-            let run =
-                median_of(repeats, || measure(topology, guarantee, pizzas, 3, latency)).await?;
-            if reference_rows.contains(&topology) {
-                references.insert((topology, pizzas), run.throughput);
+        ] {
+            for pizzas in RUNS {
+                configs.push(Config {
+                    topology,
+                    guarantee,
+                    pizzas,
+                    order_size: ORDER_SIZE,
+                    partitions: 3,
+                    latency: pizzas == RUNS[0],
+                });
             }
-            let ratios: String = reference_rows
-                .iter()
-                .map(|reference| match references.get(&(*reference, pizzas)) {
-                    Some(limit) => format!(" {:.2}× |", run.throughput / limit),
-                    None => " |".to_owned(),
-                })
-                .collect();
-            let (p50, p99) = match run.latency {
-                Some((p50, p99)) => (format!("{:.1} ms", ms(p50)), format!("{:.1} ms", ms(p99))),
-                None => (String::new(), String::new()),
-            };
-            println!(
-                "| {topology:?} | {guarantee} | {pizzas} | {:.0} |{ratios} {:.3} | {p50} | {p99} |",
-                run.throughput, run.cpu_per_1000,
-            );
         }
     }
-    println!();
-    println!("| partitions | raw pipe pizzas/s | chain at-least-once pizzas/s | ratio |");
-    println!("|---|---|---|---|");
-    for partitions in if runs("curve") {
-        &PARTITIONS[..]
-    } else {
-        &[][..]
-    } {
-        let partitions = *partitions;
-        let pizzas = RUNS[1];
-        let raw = median_of(repeats, || {
-            measure(
-                Topology::RawPipe,
-                "at-least-once",
-                pizzas,
-                partitions,
-                false,
-            )
-        })
-        .await?;
-        let chain = median_of(repeats, || {
-            measure(Topology::Chain, "at-least-once", pizzas, partitions, false)
-        })
-        .await?;
-        println!(
-            "| {partitions} | {:.0} | {:.0} | {:.2}× |",
-            raw.throughput,
-            chain.throughput,
-            chain.throughput / raw.throughput
-        );
+    if runs("e2e") {
+        // Customers' orders of 100, each placed and followed over HTTP, against the original.
+        for (topology, guarantee) in [
+            (Topology::OriginalInPython, "at-most-once"),
+            (Topology::Chain, "at-least-once"),
+            (Topology::Chain, "exactly-once"),
+        ] {
+            configs.push(Config {
+                topology,
+                guarantee,
+                pizzas: E2E_PIZZAS,
+                order_size: E2E_ORDER_SIZE,
+                partitions: 3,
+                latency: false,
+            });
+        }
+    }
+    if runs("curve") {
+        for partitions in PARTITIONS {
+            for topology in [Topology::RawPipe, Topology::Chain] {
+                configs.push(Config {
+                    topology,
+                    guarantee: "at-least-once",
+                    pizzas: RUNS[1],
+                    order_size: ORDER_SIZE,
+                    partitions,
+                    latency: false,
+                });
+            }
+        }
+    }
+    configs.retain(|config| config.topology != Topology::OriginalInPython || python.is_some());
+    // BENCH_TOPOLOGIES=RawPipe,Chain keeps the rows of those topologies.
+    let topologies = std::env::var("BENCH_TOPOLOGIES").unwrap_or_default();
+    configs.retain(|config| {
+        topologies.is_empty()
+            || topologies
+                .split(',')
+                .any(|name| name.trim() == format!("{:?}", config.topology))
+    });
+    // Configurations interleaved, round after round, so a slow minute of the machine does not
+    // land on one configuration's runs alone; then the median of each.
+    let mut measured: Vec<Vec<Run>> = configs.iter().map(|_| Vec::new()).collect();
+    for round in 1..=repeats {
+        for (config, runs) in configs.iter().zip(&mut measured) {
+            eprintln!("round {round}/{repeats}: {config:?}");
+            runs.push(measure(config).await?);
+        }
+    }
+    let medians: Vec<Run> = measured.iter().map(|runs| median(runs)).collect();
+    print_table(&configs, &medians);
+    if runs("intake") {
+        intake::bench(repeats).await?;
     }
     println!();
     println!(
         "peak RSS of this bench process over all runs: {:.0} MiB",
-        peak_rss_mib()
+        machine::peak_rss_mib()
     );
     if runs("rss") {
         // glibc keeps freed memory in up to 8 arenas per core; the second run caps them at two.
@@ -170,38 +179,100 @@ async fn bench() -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The throughput table (each row against the reference rows of the same size and shape),
+/// the orders-of-100 rows and the partition curve, in Markdown.
+fn print_table(configs: &[Config], medians: &[Run]) {
+    let reference_rows = [
+        Topology::RawPipe,
+        Topology::NativeStages,
+        Topology::ProcessPerStage,
+        Topology::OriginalInPython,
+    ];
+    let reference = |topology: Topology, config: &Config| {
+        configs
+            .iter()
+            .zip(medians)
+            .find(|(c, _)| {
+                c.topology == topology
+                    && (c.pizzas, c.order_size, c.partitions)
+                        == (config.pizzas, config.order_size, config.partitions)
+            })
+            .map(|(_, run)| run.throughput)
+    };
+    println!(
+        "| topology | guarantee | partitions | pizzas | order size | pizzas/s | vs raw pipe | vs native stages | vs one process per stage | vs the same in Python | CPU s / 1,000 pizzas: host (or stage processes) + broker = total | 1-pizza order p50 | p99 |"
+    );
+    println!("|---|---|---|---|---|---|---|---|---|---|---|---|---|");
+    for (config, run) in configs.iter().zip(medians) {
+        let ratios: String = reference_rows
+            .iter()
+            .map(|topology| match reference(*topology, config) {
+                Some(limit) => format!(" {:.2}× |", run.throughput / limit),
+                None => " |".to_owned(),
+            })
+            .collect();
+        let (p50, p99) = match run.latency {
+            Some((p50, p99)) => (format!("{:.1} ms", ms(p50)), format!("{:.1} ms", ms(p99))),
+            None => (String::new(), String::new()),
+        };
+        println!(
+            "| {:?} | {} | {} | {} | {} | {:.0} |{ratios} {:.3} + {:.3} = {:.3} | {p50} | {p99} |",
+            config.topology,
+            config.guarantee,
+            config.partitions,
+            config.pizzas,
+            config.order_size,
+            run.throughput,
+            run.cpu_per_1000.pipeline,
+            run.cpu_per_1000.broker,
+            run.cpu_per_1000.pipeline + run.cpu_per_1000.broker,
+        );
+    }
+}
+
+/// One configuration of the table.
+#[derive(Debug)]
+struct Config {
+    topology: Topology,
+    guarantee: &'static str,
+    pizzas: usize,
+    order_size: usize,
+    partitions: i32,
+    /// Whether 1-pizza orders are timed after the throughput run.
+    latency: bool,
+}
+
 /// What one configuration measured.
 struct Run {
     throughput: f64,
-    /// CPU seconds of this process (host, broker clients) per 1,000 pizzas.
-    cpu_per_1000: f64,
+    /// CPU seconds per 1,000 pizzas: this process (host, the bench's hops, the HTTP client)
+    /// and any stage processes; the broker.
+    cpu_per_1000: machine::Cpu,
     /// p50 and p99 of a 1-pizza order, when measured.
     latency: Option<(Duration, Duration)>,
 }
 
-/// The median of each figure over `repeats` runs of `measure`.
-async fn median_of<F: Future<Output = anyhow::Result<Run>>>(
-    repeats: usize,
-    measure: impl Fn() -> F,
-) -> anyhow::Result<Run> {
-    let mut runs = Vec::with_capacity(repeats);
-    for _ in 0..repeats.max(1) {
-        runs.push(measure().await?);
-    }
-    let median = |mut figures: Vec<f64>| {
-        figures.sort_by(f64::total_cmp);
-        figures[figures.len() / 2]
-    };
+/// The median of each figure over `runs`.
+fn median(runs: &[Run]) -> Run {
     let latencies: Option<Vec<(Duration, Duration)>> = runs.iter().map(|run| run.latency).collect();
-    Ok(Run {
-        throughput: median(runs.iter().map(|run| run.throughput).collect()),
-        cpu_per_1000: median(runs.iter().map(|run| run.cpu_per_1000).collect()),
+    Run {
+        throughput: median_of(runs.iter().map(|run| run.throughput).collect()),
+        cpu_per_1000: machine::Cpu {
+            pipeline: median_of(runs.iter().map(|run| run.cpu_per_1000.pipeline).collect()),
+            broker: median_of(runs.iter().map(|run| run.cpu_per_1000.broker).collect()),
+        },
         latency: latencies.map(|latencies| {
-            let p50 = median(latencies.iter().map(|l| l.0.as_secs_f64()).collect());
-            let p99 = median(latencies.iter().map(|l| l.1.as_secs_f64()).collect());
+            let p50 = median_of(latencies.iter().map(|l| l.0.as_secs_f64()).collect());
+            let p99 = median_of(latencies.iter().map(|l| l.1.as_secs_f64()).collect());
             (Duration::from_secs_f64(p50), Duration::from_secs_f64(p99))
         }),
-    })
+    }
+}
+
+/// The median of `figures` (the upper one of an even count).
+fn median_of(mut figures: Vec<f64>) -> f64 {
+    figures.sort_by(f64::total_cmp);
+    figures[figures.len() / 2]
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -234,13 +305,15 @@ impl Topology {
     }
 }
 
-async fn measure(
-    topology: Topology,
-    guarantee: &str,
-    pizzas: usize,
-    partitions: i32,
-    latency: bool,
-) -> anyhow::Result<Run> {
+async fn measure(config: &Config) -> anyhow::Result<Run> {
+    let &Config {
+        topology,
+        guarantee,
+        pizzas,
+        order_size,
+        partitions,
+        latency,
+    } = config;
     let bootstrap = bootstrap();
     let run = uuid::Uuid::new_v4().simple().to_string();
     // Outside the host, `guarantee` describes the bench's hops; the host only takes the orders.
@@ -312,17 +385,21 @@ async fn measure(
     complete(&client, &url, 100).await?;
 
     let started = Instant::now();
-    let cpu_started = cpu_seconds() + stage_processes.cpu_seconds();
+    let cpu_started = machine::Cpu::now(&stage_processes.pids());
     let orders: Vec<String> = futures::future::try_join_all(
-        (0..pizzas / ORDER_SIZE).map(|_| place(&client, &url, ORDER_SIZE)),
+        (0..pizzas / order_size).map(|_| place(&client, &url, order_size)),
     )
     .await?;
     for id in &orders {
-        wait(&client, &url, id, ORDER_SIZE).await?;
+        wait(&client, &url, id, order_size).await?;
     }
     let throughput = pizzas as f64 / started.elapsed().as_secs_f64();
-    let cpu_per_1000 =
-        (cpu_seconds() + stage_processes.cpu_seconds() - cpu_started) / (pizzas as f64 / 1000.0);
+    let used = machine::Cpu::now(&stage_processes.pids()).since(cpu_started);
+    let thousands = pizzas as f64 / 1000.0;
+    let cpu_per_1000 = machine::Cpu {
+        pipeline: used.pipeline / thousands,
+        broker: used.broker / thousands,
+    };
 
     let mut latencies = Vec::new();
     for _ in 0..if latency { LATENCY_SAMPLES } else { 0 } {
@@ -372,8 +449,15 @@ fn pipeline_toml(
         .parent()
         .expect("workspace")
         .join("target/wasm32-wasip1/release");
+    // BENCH_KAFKA="linger.ms=1,compression.type=none" tries other client settings.
+    let mut kafka = String::new();
+    for setting in std::env::var("BENCH_KAFKA").unwrap_or_default().split(',') {
+        if let Some((key, value)) = setting.split_once('=') {
+            kafka.push_str(&format!("{:?} = {:?}\n", key.trim(), value.trim()));
+        }
+    }
     let mut toml = format!(
-        "guarantee = \"{guarantee}\"\ngroup_prefix = \"bench-{run}\"\n[kafka]\n\"bootstrap.servers\" = \"{}\"\n\
+        "guarantee = \"{guarantee}\"\ngroup_prefix = \"bench-{run}\"\n[kafka]\n\"bootstrap.servers\" = \"{}\"\n{kafka}\
          [topics]\npartitions = {partitions}\n[http]\nlisten = \"{listen}\"\nmax_order_count = {ORDER_SIZE}\n\
          [orders]\ntopic = \"{}\"\ncompleted_topic = \"{}\"\norders_topic = \"bench-orders-{run}\"\n",
         bootstrap(),
@@ -456,7 +540,7 @@ async fn host_process_peak_rss(pizzas: usize, env: &[(&str, &str)]) -> anyhow::R
     let _ = host.kill();
     let _ = host.wait();
     let _ = std::fs::remove_file(&file);
-    Ok(vm_hwm_mib(&status))
+    Ok(machine::vm_hwm_mib(&status))
 }
 
 /// One hop of the raw pipe: every record of `input` produced to `output` as it is (same key,
@@ -616,12 +700,9 @@ fn blocking_hop(spec: &str) -> anyhow::Result<()> {
 struct StageProcesses(Vec<std::process::Child>);
 
 impl StageProcesses {
-    /// CPU seconds the processes have used so far.
-    fn cpu_seconds(&self) -> f64 {
-        self.0
-            .iter()
-            .map(|child| cpu_seconds_of(&format!("/proc/{}/stat", child.id())))
-            .sum()
+    /// The processes' ids, for their CPU time.
+    fn pids(&self) -> Vec<u32> {
+        self.0.iter().map(std::process::Child::id).collect()
     }
 }
 
@@ -632,43 +713,6 @@ impl Drop for StageProcesses {
             let _ = child.wait();
         }
     }
-}
-
-/// CPU seconds this process has used (user + system).
-fn cpu_seconds() -> f64 {
-    cpu_seconds_of("/proc/self/stat")
-}
-
-/// CPU seconds (user + system) of the process whose /proc stat file is `path`.
-fn cpu_seconds_of(path: &str) -> f64 {
-    let stat = std::fs::read_to_string(path).unwrap_or_default();
-    // Fields after the command name (which may hold spaces) start after the last ')'.
-    let fields: Vec<&str> = stat
-        .rsplit_once(')')
-        .map(|(_, rest)| rest.split_whitespace().collect())
-        .unwrap_or_default();
-    let ticks = |i: usize| {
-        fields
-            .get(i)
-            .and_then(|f| f.parse::<f64>().ok())
-            .unwrap_or(0.0)
-    };
-    // utime and stime are fields 14 and 15 of the line, 12 and 13 after the name.
-    (ticks(11) + ticks(12)) / 100.0
-}
-
-/// The process's peak resident set, from /proc.
-fn peak_rss_mib() -> f64 {
-    vm_hwm_mib(&std::fs::read_to_string("/proc/self/status").unwrap_or_default())
-}
-
-/// The peak resident set (`VmHWM`) a /proc status text gives, in MiB.
-fn vm_hwm_mib(status: &str) -> f64 {
-    status
-        .lines()
-        .find_map(|line| line.strip_prefix("VmHWM:"))
-        .and_then(|kib| kib.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
-        .map_or(0.0, |kib| kib / 1024.0)
 }
 
 async fn place(client: &reqwest::Client, url: &str, count: usize) -> anyhow::Result<String> {
