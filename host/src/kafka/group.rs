@@ -106,6 +106,14 @@ impl GroupContext {
     }
 }
 
+impl GroupContext {
+    /// How many times the consumer's partitions have changed so far (see
+    /// [`GroupState::assignments`]).
+    pub fn assignments(&self) -> u64 {
+        self.state.assignments()
+    }
+}
+
 impl ClientContext for GroupContext {
     fn stats(&self, statistics: Statistics) {
         let mut partitions = self.state.lock();

@@ -10,6 +10,14 @@
 //! it again from the last committed offsets. What a worker does with records is its
 //! [`TransactionalWork`].
 //!
+//! # Pipelined
+//! A commit waits on the broker (the batch's acknowledgements, the offsets, the commit
+//! markers) while the worker would sit idle, so it runs on a blocking thread while the next
+//! batch's first records are taken and [prepared](TransactionalWork::prepare) (a stage calls
+//! its component on them). They are sent in the next transaction, which begins once the
+//! commit is done: one producer, transactions still one after the other, each committed only
+//! once everything in it is acknowledged.
+//!
 //! # Bounded in time
 //! The broker aborts a transaction left open longer than the producer's
 //! `transaction.timeout.ms`; a batch that always takes longer would be redone forever. So a
@@ -117,6 +125,12 @@ pub trait TransactionalWork {
     /// No record arrived within the idle period: what now.
     fn idle(&mut self, consumer: &GroupConsumer) -> anyhow::Result<Idle>;
 
+    /// While the previous transaction commits: the next batch's first `records`, taken
+    /// meanwhile, for the work that needs no transaction (a stage calls its component on
+    /// them). They are then handed to [`process`](Self::process) as usual, unless their
+    /// partitions changed hands in between (they are read again then).
+    fn prepare(&mut self, _records: &[BorrowedMessage<'_>]) {}
+
     /// The transaction was aborted: whatever the worker built inside it is void.
     fn aborted(&mut self) {}
 }
@@ -138,9 +152,20 @@ pub async fn run<W: TransactionalWork>(
     let mut idle = tokio::time::interval(idle_every);
     idle.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut errors = ConsumerErrors::default();
-    // Records taken from the consumer that the last batch had no time for: they open the next.
+    // Records taken from the consumer that the last batch had no time for, or taken while it
+    // committed: they open the next.
     let mut carried: Vec<BorrowedMessage<'_>> = Vec::new();
+    // The consumer's assignment count when `carried` was taken.
+    let mut carried_under = 0;
     loop {
+        if stop.is_cancelled() {
+            return Ok(());
+        }
+        // Partitions that changed hands start again from their committed offsets (eager
+        // rebalancing): what was taken of them before is read again, by whoever holds them.
+        if !carried.is_empty() && consumer.context().assignments() != carried_under {
+            carried.clear();
+        }
         // The first record opens a batch.
         let first = if !carried.is_empty() {
             None
@@ -184,24 +209,42 @@ pub async fn run<W: TransactionalWork>(
                     errors: &mut errors,
                 };
                 carried = batch.fill(name, ready, work, &mut txn).await?;
+                // Taken under the assignment of now, as far as this batch is concerned.
+                carried_under = consumer.context().assignments();
             }
             work.finish(&mut txn).await
         }
         .await;
-        let committed = filled.and_then(|()| {
-            let offsets = offsets.to_list()?;
-            tokio::task::block_in_place(|| {
-                if offsets.count() > 0 {
-                    let group = consumer
-                        .group_metadata()
-                        .context("the consumer has no group metadata")?;
-                    producer
-                        .send_offsets_to_transaction(&offsets, &group, TXN_TIMEOUT)
-                        .context("cannot add the offsets to the transaction")?;
+        let committed = match filled {
+            Ok(()) => {
+                let sent = std::mem::take(&mut txn.sent);
+                let mut commit =
+                    std::pin::pin!(commit_in_background(consumer, producer, &offsets, sent));
+                // While it commits, the next batch's first records are taken and prepared.
+                let mut finished = None;
+                if carried.is_empty() {
+                    tokio::select! {
+                        biased;
+                        done = &mut commit => finished = Some(done),
+                        _ = stop.cancelled() => {}
+                        received = consumer.recv() => match received {
+                            Ok(message) => {
+                                // Before taking the rest: a rebalance meanwhile drops them.
+                                carried_under = consumer.context().assignments();
+                                carried = take_ready(consumer, message, CHUNK, &mut errors, name);
+                                work.prepare(&carried);
+                            }
+                            Err(err) => errors.log(name, &err),
+                        },
+                    }
                 }
-                commit_transaction(producer, txn.sent, TXN_TIMEOUT)
-            })
-        });
+                match finished {
+                    Some(done) => done,
+                    None => commit.await,
+                }
+            }
+            Err(err) => Err(err),
+        };
         if let Err(err) = committed {
             if let Err(abort) =
                 tokio::task::block_in_place(|| producer.abort_transaction(TXN_TIMEOUT))
@@ -212,6 +255,38 @@ pub async fn run<W: TransactionalWork>(
             return Err(err.context("transaction aborted; the batch will be processed again"));
         }
     }
+}
+
+/// Commits the open transaction of `producer` on a blocking thread, with `offsets` (the next
+/// input offsets of its batch) and once `sent` is acknowledged, so the caller may go on with
+/// the next batch's records meanwhile.
+async fn commit_in_background(
+    consumer: &GroupConsumer,
+    producer: &FutureProducer,
+    offsets: &Offsets,
+    sent: Vec<DeliveryFuture>,
+) -> anyhow::Result<()> {
+    let offsets = offsets.to_list()?;
+    let group = if offsets.count() > 0 {
+        Some(
+            consumer
+                .group_metadata()
+                .context("the consumer has no group metadata")?,
+        )
+    } else {
+        None
+    };
+    let producer = producer.clone();
+    tokio::task::spawn_blocking(move || {
+        if let Some(group) = group {
+            producer
+                .send_offsets_to_transaction(&offsets, &group, TXN_TIMEOUT)
+                .context("cannot add the offsets to the transaction")?;
+        }
+        commit_transaction(&producer, sent, TXN_TIMEOUT)
+    })
+    .await
+    .context("the commit panicked")?
 }
 
 /// The batch of the open transaction, while it is being filled.

@@ -67,7 +67,7 @@ pub async fn run(
             received = consumer.recv() => match received {
                 Ok(first) => {
                     let batch = take_ready(&consumer, first, CALL_BATCH, &mut errors, &name);
-                    let pending = process::batch(stage, route, &producer, &batch, None).await?;
+                    let pending = process::batch(stage, route, &producer, &batch, None, None).await?;
                     // If the acker ended, its result says why on the next turn.
                     let _ = pending_tx.send(pending).await;
                 }

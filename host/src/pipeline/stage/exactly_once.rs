@@ -1,6 +1,7 @@
 //! A stage's loop under `guarantee = "exactly-once"`: the host's transactional driver
 //! ([`crate::kafka::transaction`]) with the stage's batch as its work. Each batch's results,
-//! dead letters and input offsets are committed in one transaction. The transactional id is
+//! dead letters and input offsets are committed in one transaction; while one commits, the
+//! stage calls its component on the first records of the next. The transactional id is
 //! stable per stage and host instance, so a restarted host fences its own zombie and aborts the
 //! transaction it left open.
 
@@ -36,6 +37,7 @@ pub async fn run(
         stage,
         route,
         signals,
+        called_ahead: None,
     };
     let name = format!("stage {}", route.name);
     transaction::run(
@@ -57,6 +59,8 @@ struct StageWork<'a> {
     stage: &'a StageShared,
     route: &'a Route,
     signals: &'a StopSignals,
+    /// The next batch's first records, called while the previous transaction committed.
+    called_ahead: Option<process::CalledAhead>,
 }
 
 impl TransactionalWork for StageWork<'_> {
@@ -70,8 +74,16 @@ impl TransactionalWork for StageWork<'_> {
             deadline,
             fresh: txn.is_empty(),
         };
-        let pending =
-            process::batch(self.stage, self.route, txn.producer(), records, Some(bound)).await?;
+        let ahead = self.called_ahead.take();
+        let pending = process::batch(
+            self.stage,
+            self.route,
+            txn.producer(),
+            records,
+            Some(bound),
+            ahead,
+        )
+        .await?;
         let handled = pending.len();
         txn.include(pending.into_iter().map(|pending| pending.delivery));
         Ok(handled)
@@ -79,6 +91,10 @@ impl TransactionalWork for StageWork<'_> {
 
     async fn finish(&mut self, _txn: &mut Transaction<'_>) -> anyhow::Result<()> {
         Ok(())
+    }
+
+    fn prepare(&mut self, records: &[BorrowedMessage<'_>]) {
+        self.called_ahead = Some(process::call_ahead(self.stage, records));
     }
 
     /// A draining stage stops once it has read its input to the end.

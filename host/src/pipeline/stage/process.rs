@@ -33,7 +33,7 @@ const RETRY_BACKOFF: Duration = Duration::from_millis(50);
 ///
 /// The first call of every record happens in one hand-over of the worker thread
 /// ([`block_in_place`](tokio::task::block_in_place)), which costs more than a call on a reused
-/// instance; a record whose call failed with a retryable error is then retried before its
+/// instance, unless it was made `ahead` (see [`call_ahead`]); a record whose call failed with a retryable error is then retried before its
 /// result is sent, so results still leave in input order. A swap takes effect from the next
 /// batch.
 pub(crate) async fn batch(
@@ -42,22 +42,30 @@ pub(crate) async fn batch(
     producer: &FutureProducer,
     messages: &[BorrowedMessage<'_>],
     bound: Option<Bound>,
+    ahead: Option<CalledAhead>,
 ) -> anyhow::Result<Vec<Pending>> {
-    let component = stage.current();
+    // Records called ahead keep the version that made them (their trail names it).
+    let (component, mut first_calls) =
+        match ahead.filter(|ahead| ahead.first == messages.first().map(identity)) {
+            Some(ahead) => (ahead.component, ahead.outcomes),
+            None => (stage.current(), Vec::new()),
+        };
+    first_calls.truncate(messages.len());
     let metrics = &stage.stats.metrics;
-    // A call is CPU-bound for up to its deadline: keep it off the async workers' budget.
-    let first_calls: Vec<Result<String, Failure>> = tokio::task::block_in_place(|| {
-        let mut calls = Vec::with_capacity(messages.len());
-        for message in messages {
-            if let Some(bound) = bound
-                && !bound.may_start(calls.is_empty(), component.longest_call())
-            {
-                break;
+    let to_call = &messages[first_calls.len()..];
+    if !to_call.is_empty() {
+        // A call is CPU-bound for up to its deadline: keep it off the async workers' budget.
+        tokio::task::block_in_place(|| {
+            for message in to_call {
+                if let Some(bound) = bound
+                    && !bound.may_start(first_calls.is_empty(), component.longest_call())
+                {
+                    break;
+                }
+                first_calls.push(call_once(&component, metrics, message));
             }
-            calls.push(call_once(&component, metrics, message));
-        }
-        calls
-    });
+        });
+    }
     let visit = trail_visit(&component);
     let mut sent = Vec::with_capacity(first_calls.len());
     for (message, outcome) in messages.iter().zip(first_calls) {
@@ -79,6 +87,38 @@ pub(crate) async fn batch(
         );
     }
     Ok(sent)
+}
+
+/// The first calls of records taken while the previous transaction committed (see
+/// [`call_ahead`]), to be sent in the next.
+pub(crate) struct CalledAhead {
+    component: std::sync::Arc<StageComponent>,
+    /// Partition and offset of the first record called, to match them to the next batch.
+    first: Option<(i32, i64)>,
+    outcomes: Vec<Result<String, Failure>>,
+}
+
+/// Calls the stage on `messages` now, sending nothing: under exactly-once the next batch's
+/// first records are called while the previous transaction commits, so the stage's work and
+/// the commit's round trips overlap. [`batch`] then sends these outcomes.
+pub(crate) fn call_ahead(stage: &StageShared, messages: &[BorrowedMessage<'_>]) -> CalledAhead {
+    let component = stage.current();
+    let outcomes = tokio::task::block_in_place(|| {
+        messages
+            .iter()
+            .map(|message| call_once(&component, &stage.stats.metrics, message))
+            .collect()
+    });
+    CalledAhead {
+        first: messages.first().map(identity),
+        component,
+        outcomes,
+    }
+}
+
+/// Where a record sits in its topic.
+fn identity(message: &BorrowedMessage<'_>) -> (i32, i64) {
+    (message.partition(), message.offset())
 }
 
 /// How long a batch may take, when it is part of a transaction that must commit before the
