@@ -327,7 +327,9 @@ fn trail_visit(component: &StageComponent) -> String {
 /// The headers of a result: the input's, with the trace context continued as a child span
 /// of this stage and `visit` added to the trail.
 fn onward_headers(message: &BorrowedMessage<'_>, visit: &str, route: &Route) -> OwnedHeaders {
-    let mut onward = OwnedHeaders::new();
+    // Sized once: the list grows by a trail entry per stage, past librdkafka's default of 5.
+    let mut onward =
+        OwnedHeaders::new_with_capacity(message.headers().map_or(0, Headers::count) + 1);
     let kept = message.headers().into_iter().flat_map(|h| h.iter());
     for header in kept.filter(|h| headers::pass_on(h.key, route.trusts_trail)) {
         let child = (header.key == trace_context::HEADER)
