@@ -1,4 +1,5 @@
 //! `pipeline.toml` read as users write it: defaults, the shipped files, typos and bad values.
+use std::collections::HashSet;
 use std::path::Path;
 
 use super::*;
@@ -132,5 +133,133 @@ fn invalid_stages_are_rejected_with_the_reason() {
             .expect_err(says)
             .to_string();
         assert!(err.contains(says), "{says}: {err}");
+    }
+}
+
+/// The admin API listens on localhost by default, is off without a token, and refuses a
+/// token shorter than 16 characters (surrounding whitespace, as a file's newline, not
+/// counted).
+#[test]
+fn the_admin_api_is_local_by_default_off_without_a_token_and_refuses_short_tokens() {
+    let p = Pipeline::parse(MINIMAL, Path::new("/etc/pizza")).expect("valid");
+    assert_eq!(p.admin.listen, "127.0.0.1:5001".parse().expect("addr"));
+    if std::env::var(ADMIN_TOKEN_ENV).is_err() {
+        assert_eq!(p.admin.token().expect("no token is no error"), None);
+    }
+    let dir = tempfile::tempdir().expect("temp dir");
+    for (token, accepted) in [
+        ("0123456789abcde", false),
+        ("  0123456789abcde\n", false),
+        ("0123456789abcdef", true),
+        ("0123456789abcdef\n", true),
+    ] {
+        let file = dir.path().join("token");
+        std::fs::write(&file, token).expect("write");
+        let admin = AdminConfig {
+            token_file: Some(file),
+            ..AdminConfig::default()
+        };
+        match admin.token() {
+            Ok(got) => {
+                assert!(accepted, "{token:?} accepted");
+                assert_eq!(got.as_deref(), Some(token.trim()));
+            }
+            Err(err) => {
+                assert!(!accepted, "{token:?} refused: {err:#}");
+                assert!(format!("{err:#}").contains("16 characters"), "{err:#}");
+            }
+        }
+    }
+}
+
+/// A pipeline built from parts, some of them wrong: what the generator wrote and whether the
+/// rules of `pipeline.toml` accept it, worked out independently of the parser.
+#[derive(Debug, Clone)]
+struct Generated {
+    text: String,
+    valid: bool,
+}
+
+/// Topics to pick from: the last one is not a legal topic name.
+const TOPIC_POOL: [&str; 5] = ["pizza", "pizza-with-sauce", "out", "side.b", "bad topic!"];
+
+fn generated_pipeline() -> impl proptest::strategy::Strategy<Value = Generated> {
+    use proptest::prelude::*;
+    let topic = proptest::sample::select(&TOPIC_POOL[..]);
+    let stage = (
+        proptest::sample::select(&["sauce", "cheese", "bad name"][..]),
+        topic.clone(),
+        topic.clone(),
+        proptest::sample::select(&[0u64, 1, 1_000][..]),
+        proptest::sample::select(&[0usize, 64][..]),
+        0u32..12,
+    );
+    let join = (
+        proptest::sample::select(&["j1", "j2"][..]),
+        proptest::collection::vec(topic.clone(), 0..4),
+        topic,
+        proptest::sample::select(&[0u64, 60_000][..]),
+    );
+    (
+        -1i32..4,
+        proptest::collection::vec(stage, 0..5),
+        proptest::collection::vec(join, 0..3),
+    )
+        .prop_map(|(partitions, stages, joins)| {
+            let legal = |topic: &str| topic != "bad topic!";
+            let mut text = format!(
+                "[kafka]\n\"bootstrap.servers\" = \"b:9092\"\n[topics]\npartitions = {partitions}\n"
+            );
+            let mut valid = partitions >= 1;
+            let mut names = HashSet::new();
+            for (name, input, output, timeout_ms, memory_mib, retries) in stages {
+                text.push_str(&format!(
+                    "[[stage]]\nname = {name:?}\ncomponent = \"s.wasm\"\ninput = {input:?}\n\
+                     output = {output:?}\ntimeout_ms = {timeout_ms}\nmemory_mib = {memory_mib}\n\
+                     retries = {retries}\n"
+                ));
+                valid &= name != "bad name"
+                    && names.insert(name)
+                    && input != output
+                    && timeout_ms > 0
+                    && memory_mib > 0
+                    && retries <= 10
+                    && legal(input)
+                    && legal(output);
+            }
+            let mut join_names = HashSet::new();
+            for (name, inputs, output, expire_after_ms) in joins {
+                text.push_str(&format!(
+                    "[[join]]\nname = {name:?}\ninputs = {inputs:?}\noutput = {output:?}\n\
+                     expire_after_ms = {expire_after_ms}\n"
+                ));
+                let distinct: HashSet<&str> = inputs.iter().copied().collect();
+                valid &= join_names.insert(name)
+                    && distinct.len() >= 2
+                    && distinct.len() == inputs.len()
+                    && !inputs.contains(&output)
+                    && expire_after_ms > 0
+                    && inputs.iter().all(|t| legal(t))
+                    && legal(output);
+            }
+            Generated { text, valid }
+        })
+}
+
+proptest::proptest! {
+    #![proptest_config(proptest::prelude::ProptestConfig::with_cases(2_000))]
+
+    /// Pipelines made of stages and joins, right and wrong in every way the rules name: the
+    /// parser accepts exactly the valid ones, and its error for the others says what is wrong.
+    #[test]
+    fn structured_pipelines_are_accepted_exactly_when_valid(generated in generated_pipeline()) {
+        let parsed = Pipeline::parse(&generated.text, Path::new("/p"));
+        match parsed {
+            Ok(_) => proptest::prop_assert!(generated.valid, "accepted:\n{}", generated.text),
+            Err(err) => {
+                proptest::prop_assert!(!generated.valid, "refused ({err}):\n{}", generated.text);
+                proptest::prop_assert!(!err.to_string().is_empty());
+            }
+        }
     }
 }

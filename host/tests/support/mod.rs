@@ -334,6 +334,25 @@ pub fn record_count_at(bootstrap: &str, topic: &str) -> i64 {
     count_records(bootstrap, topic, &group, false)
 }
 
+/// The offsets `topic` spans, summed over its partitions: its records, the transaction markers
+/// between them and any aborted records.
+pub fn offsets_spanned(topic: &str) -> i64 {
+    let consumer: BaseConsumer = client_config(&bootstrap()).create().unwrap();
+    let metadata = consumer
+        .fetch_metadata(Some(topic), Duration::from_secs(10))
+        .unwrap();
+    metadata.topics()[0]
+        .partitions()
+        .iter()
+        .map(|partition| {
+            let (low, high) = consumer
+                .fetch_watermarks(topic, partition.id(), Duration::from_secs(10))
+                .unwrap();
+            high - low
+        })
+        .sum()
+}
+
 /// How many records of `topic` lie beyond what `group` committed: what a restart would redo.
 pub fn records_after_commit(group: &str, topic: &str) -> i64 {
     count_records(&bootstrap(), topic, group, true)

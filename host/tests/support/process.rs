@@ -85,22 +85,28 @@ impl HostProcess {
     }
 
     /// Sends SIGTERM and waits up to `limit` for the exit; returns its exit code.
-    pub fn terminate(mut self, limit: Duration) -> Option<i32> {
-        let pid = self.child.id().to_string();
+    pub fn terminate(self, limit: Duration) -> Option<i32> {
+        self.signal("TERM");
+        self.wait_exit(limit)
+    }
+
+    /// Sends the signal named `name` (`TERM`, `INT`, …) without waiting.
+    pub fn signal(&self, name: &str) {
         let sent = std::process::Command::new("kill")
-            .args(["-TERM", &pid])
+            .args([format!("-{name}"), self.child.id().to_string()])
             .status()
             .unwrap();
         assert!(sent.success());
+    }
+
+    /// Waits up to `limit` for the process to exit; returns its exit code.
+    pub fn wait_exit(mut self, limit: Duration) -> Option<i32> {
         let deadline = Instant::now() + limit;
         loop {
             if let Some(status) = self.child.try_wait().unwrap() {
                 return status.code();
             }
-            assert!(
-                Instant::now() < deadline,
-                "no exit within {limit:?} of SIGTERM"
-            );
+            assert!(Instant::now() < deadline, "no exit within {limit:?}");
             std::thread::sleep(Duration::from_millis(50));
         }
     }
