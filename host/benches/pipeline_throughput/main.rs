@@ -154,7 +154,9 @@ async fn bench() -> anyhow::Result<()> {
         }
     }
     let medians: Vec<Run> = measured.iter().map(|runs| median(runs)).collect();
-    print_table(&configs, &medians);
+    if !configs.is_empty() {
+        print_table(&configs, &medians);
+    }
     if runs("intake") {
         intake::bench(repeats).await?;
     }

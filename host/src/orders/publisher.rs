@@ -3,16 +3,14 @@
 //! them under the pipeline's guarantee.
 //!
 //! Under exactly-once the order goes out in one transaction: all or none. Concurrent orders
-//! share transactions (group commit, see [`TransactionalPublisher`]), and two producers
-//! commit groups side by side, so the front door is not one commit per order behind one lock.
-//! A failure that
+//! share transactions (group commit, see [`TransactionalPublisher`]), so the front door is
+//! not one commit per order behind one lock. A failure that
 //! leaves the transactional producer in an unknown state (the broker went away mid-commit, a
 //! fatal error) retires that producer; the next order starts a new one with the same
 //! transactional id, which fences the old one and aborts whatever it left open. So an outage
 //! costs the orders placed during it a 503, never the publisher itself.
 
 use std::collections::VecDeque;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
@@ -121,26 +119,16 @@ impl Publisher {
         ))
     }
 
-    /// A transactional publisher whose producers' ids start with `transactional_id`, ready
-    /// to use.
+    /// A transactional publisher with id `transactional_id`, ready to use.
     pub fn transactional(kafka: &KafkaSettings, transactional_id: &str) -> anyhow::Result<Self> {
         let publisher = TransactionalPublisher {
             kafka: kafka.clone(),
-            // The first keeps the id alone, as a host with one producer named it.
-            transactional_ids: (0..PRODUCERS)
-                .map(|n| match n {
-                    0 => transactional_id.to_owned(),
-                    n => format!("{transactional_id}-{n}"),
-                })
-                .collect(),
+            transactional_id: transactional_id.to_owned(),
             queue: Mutex::default(),
-            producers: (0..PRODUCERS).map(|_| Mutex::new(None)).collect(),
-            next_wait: AtomicUsize::new(0),
+            producer: Mutex::new(None),
         };
-        for (index, slot) in publisher.producers.iter().enumerate() {
-            let producer = tokio::task::block_in_place(|| publisher.start(index))?;
-            *slot.lock().unwrap_or_else(PoisonError::into_inner) = Some(producer);
-        }
+        let producer = tokio::task::block_in_place(|| publisher.start())?;
+        publisher.put_back(producer);
         Ok(Self::ExactlyOnce(Arc::new(publisher)))
     }
 }
@@ -148,90 +136,61 @@ impl Publisher {
 /// Most orders in one transaction, and most records: a group stays a quick commit.
 const MAX_GROUP_ORDERS: usize = 256;
 const MAX_GROUP_RECORDS: usize = 10_000;
-/// Transactional producers committing groups side by side: while one commits (waiting on the
-/// broker), the next group goes out on another. Orders are independent of one another, so
-/// their transactions may commit in any order.
-const PRODUCERS: usize = 2;
 
 /// What a publishing order is told: `Err` with the reason its transaction failed.
 type Answer = Result<(), String>;
 
-/// A producer's place: empty after a failure that left its state unknown (the next
-/// transaction on it starts a new producer with the same transactional id).
-type Slot = Mutex<Option<FutureProducer>>;
-
-/// The transactional producers of orders, committing them in groups: orders that arrive while
-/// transactions commit wait in a queue, and the next transaction takes them all (up to
-/// [`MAX_GROUP_ORDERS`] orders or [`MAX_GROUP_RECORDS`] records), on whichever of the
-/// [`PRODUCERS`] is free. An order is never split across transactions, each is answered once
-/// its transaction committed, and a failed commit fails exactly the orders in it.
+/// The transactional producer of orders, committing them in groups: orders that arrive while
+/// a transaction commits wait in a queue, and the next transaction takes them all (up to
+/// [`MAX_GROUP_ORDERS`] orders or [`MAX_GROUP_RECORDS`] records). An order is never split
+/// across transactions, each is answered once its transaction committed, and a failed commit
+/// fails exactly the orders in it.
 pub struct TransactionalPublisher {
     kafka: KafkaSettings,
-    /// One per producer, stable across restarts, so a restarted host fences its old self.
-    transactional_ids: Vec<String>,
+    transactional_id: String,
     /// Orders waiting for a transaction, each with where its answer goes.
     queue: Mutex<VecDeque<(OrderRecords, std::sync::mpsc::Sender<Answer>)>>,
-    /// Each held by the thread that runs a transaction on it.
-    producers: Vec<Slot>,
-    /// Which producer a caller that finds none free waits for next (round robin).
-    next_wait: AtomicUsize,
+    /// Held by the thread that runs the current transaction. Empty after a failure that left
+    /// the producer's state unknown: the next transaction starts a new producer.
+    producer: Mutex<Option<FutureProducer>>,
 }
 
 impl TransactionalPublisher {
-    /// A new producer for place `index`, its transactions initialised (fencing any earlier
-    /// one with its id).
-    fn start(&self, index: usize) -> anyhow::Result<FutureProducer> {
-        let id = &self.transactional_ids[index];
-        let producer = self.kafka.transactional_producer(id)?;
+    /// A new producer, its transactions initialised (fencing any earlier one with our id).
+    fn start(&self) -> anyhow::Result<FutureProducer> {
+        let producer = self.kafka.transactional_producer(&self.transactional_id)?;
         producer
             .init_transactions(PUBLISH_TIMEOUT)
-            .with_context(|| format!("cannot start transactions as {id}"))?;
+            .with_context(|| format!("cannot start transactions as {}", self.transactional_id))?;
         Ok(producer)
     }
 
+    fn put_back(&self, producer: FutureProducer) {
+        *self.producer.lock().unwrap_or_else(PoisonError::into_inner) = Some(producer);
+    }
+
     /// Blocking: publishes the order in a transaction, with whatever other orders are queued.
-    /// Whoever holds a producer runs the next transaction for everyone queued, so a caller
-    /// either finds its order answered or runs a transaction that takes it.
+    /// Whoever holds the producer runs the next transaction for everyone queued, so a caller
+    /// either finds its order answered or runs the transaction that takes it.
     fn publish(&self, records: OrderRecords) -> anyhow::Result<()> {
         let (answer, answered) = std::sync::mpsc::channel();
         self.queue
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .push_back((records, answer));
+        let mut slot = self.producer.lock().unwrap_or_else(PoisonError::into_inner);
         loop {
             if let Ok(answer) = answered.try_recv() {
                 return answer.map_err(anyhow::Error::msg);
             }
-            let (index, mut slot) = self.take_producer();
             let group = self.next_group();
-            if group.is_empty() {
-                // Another transaction took this order: it answers.
-                drop(slot);
-                let answer = answered.recv().context("the order's transaction vanished")?;
-                return answer.map_err(anyhow::Error::msg);
-            }
-            let published = self.publish_group(index, &mut slot, &group);
-            drop(slot);
+            let published = self.publish_group(&mut slot, &group);
             let answer: Answer = published.map_err(|err| format!("{err:#}"));
             for (_, to) in group {
                 // The caller waits for it; if it went away, nobody needs the answer.
                 let _ = to.send(answer.clone());
             }
         }
-    }
-
-    /// A free producer's place, or if all are busy, the next one's once it is free.
-    fn take_producer(&self) -> (usize, std::sync::MutexGuard<'_, Option<FutureProducer>>) {
-        for (index, slot) in self.producers.iter().enumerate() {
-            if let Ok(slot) = slot.try_lock() {
-                return (index, slot);
-            }
-        }
-        let index = self.next_wait.fetch_add(1, Ordering::Relaxed) % self.producers.len();
-        let slot = self.producers[index]
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner);
-        (index, slot)
     }
 
     /// The queued orders the next transaction takes.
@@ -252,17 +211,15 @@ impl TransactionalPublisher {
         group
     }
 
-    /// One transaction on the producer at place `index` holding every record of the orders
-    /// of `group`.
+    /// One transaction holding every record of the orders of `group`.
     fn publish_group(
         &self,
-        index: usize,
         slot: &mut Option<FutureProducer>,
         group: &[(OrderRecords, std::sync::mpsc::Sender<Answer>)],
     ) -> anyhow::Result<()> {
         let producer = match slot.take() {
             Some(producer) => producer,
-            None => self.start(index)?,
+            None => self.start()?,
         };
         let orders: Vec<&OrderRecords> = group.iter().map(|(order, _)| order).collect();
         let published = send_in_transaction(&producer, &orders);
