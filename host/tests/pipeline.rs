@@ -276,21 +276,32 @@ async fn records_of_a_partition_leave_every_stage_in_the_order_they_came() {
             pipeline_toml(&topics)
         ))
         .await;
-        let producer = producer();
-        for seq in 0..EACH {
-            for key in KEYS {
-                let value = serde_json::json!({
-                    "order_id": key, "pizza_id": format!("{key}-{seq}"), "seq": seq,
-                    "sauce": "", "cheese": "", "meats": "", "veggies": "",
+        // All sent at once, so the stages take them in batches of many; idempotence keeps
+        // each partition's records in the order they were sent.
+        let producer: rdkafka::producer::FutureProducer = rdkafka::ClientConfig::new()
+            .set("bootstrap.servers", bootstrap())
+            .set("enable.idempotence", "true")
+            .create()
+            .unwrap();
+        let values: Vec<(&str, String)> = (0..EACH)
+            .flat_map(|seq| {
+                KEYS.map(|key| {
+                    let value = serde_json::json!({
+                        "order_id": key, "pizza_id": format!("{key}-{seq}"), "seq": seq,
+                        "sauce": "", "cheese": "", "meats": "", "veggies": "",
+                    });
+                    (key, value.to_string())
                 })
-                .to_string();
-                let record = FutureRecord::to(topics.orders()).key(key).payload(&value);
-                producer
-                    .send(record, Duration::from_secs(10))
-                    .await
-                    .map_err(|(err, _)| err)
-                    .unwrap();
-            }
+            })
+            .collect();
+        let sends = values.iter().map(|(key, value)| {
+            producer.send(
+                FutureRecord::to(topics.orders()).key(*key).payload(value),
+                Duration::from_secs(10),
+            )
+        });
+        for sent in futures::future::join_all(sends).await {
+            sent.map_err(|(err, _)| err).unwrap();
         }
         let expected = KEYS.len() * EACH as usize;
         let mut records = read_records(topics.completed(), expected, COMPLETE_WITHIN);
