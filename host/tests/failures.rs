@@ -335,6 +335,37 @@ async fn a_second_live_host_with_the_same_instance_id_refuses_to_start() {
     first.wait_complete(&[order], 3, WITHIN).await;
 }
 
+/// An idle host stays idle: no task loops without waiting. The order view once did, for the
+/// host's whole life, as soon as the pipeline could no longer change (a host not watching its
+/// file drops the sender of pipeline changes once started): a core's worth of CPU.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idle_host_spends_almost_no_cpu() {
+    let topics = Topics::unique("idle");
+    let pipeline = process_pipeline("idle", &topics, &bootstrap());
+    let host = HostProcess::start(&pipeline).await;
+    let order = host.order(1).await;
+    host.wait_complete(&[order], 1, WITHIN).await;
+    // A measurement window, not a wait for something to happen.
+    let window = Duration::from_secs(3);
+    let before = cpu_seconds(host.pid());
+    tokio::time::sleep(window).await;
+    let used = cpu_seconds(host.pid()) - before;
+    assert!(
+        used < 0.25 * window.as_secs_f64(),
+        "an idle host used {used:.2} CPU seconds in {window:?}"
+    );
+}
+
+/// CPU seconds (user and system) process `pid` has used.
+fn cpu_seconds(pid: u32) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+    // The fields after the command name, which may hold spaces: utime and stime are the 12th
+    // and 13th.
+    let fields: Vec<&str> = stat.rsplit_once(')').unwrap().1.split_whitespace().collect();
+    let ticks: f64 = fields[11].parse::<f64>().unwrap() + fields[12].parse::<f64>().unwrap();
+    ticks / 100.0
+}
+
 /// Peak resident memory of process `pid`, in MiB (Linux's VmHWM).
 fn peak_rss_mib(pid: u32) -> u64 {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();

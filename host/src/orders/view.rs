@@ -97,6 +97,9 @@ pub async fn start(
 
     Ok(async move {
         let mut errors = kafka::ConsumerErrors::default();
+        // Until the pipeline can no longer change: a host that does not watch its file drops
+        // the sender once started, and a closed channel answers `changed` at once, every time.
+        let mut following = true;
         loop {
             tokio::select! {
                 _ = shutdown.cancelled() => break,
@@ -104,9 +107,10 @@ pub async fn start(
                     Ok(message) => apply(&book, &topics, &events, &message),
                     Err(err) => errors.log("order view", &err),
                 },
-                changed = follow.changed() => {
+                changed = follow.changed(), if following => {
                     if changed.is_err() {
-                        continue; // the pipeline is gone: shutting down
+                        following = false;
+                        continue;
                     }
                     let next = follow.borrow_and_update().clone();
                     if let Err(err) = read_new_topics(&consumer, &topics, &next) {
