@@ -33,9 +33,9 @@ const RETRY_BACKOFF: Duration = Duration::from_millis(50);
 ///
 /// The first call of every record happens in one hand-over of the worker thread
 /// ([`block_in_place`](tokio::task::block_in_place)), which costs more than a call on a reused
-/// instance, unless it was made `ahead` (see [`call_ahead`]); a record whose call failed with a retryable error is then retried before its
-/// result is sent, so results still leave in input order. A swap takes effect from the next
-/// batch.
+/// instance, unless it was made `ahead` (see [`call_ahead`]); a record whose call failed with a
+/// retryable error is then retried before its result is sent, so results still leave in input
+/// order. A swap takes effect from the next batch.
 pub(crate) async fn batch(
     stage: &StageShared,
     route: &Route,
