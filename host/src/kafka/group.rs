@@ -222,11 +222,10 @@ const LEAVE_POLL: Duration = Duration::from_millis(5);
 /// leave when it is closed, which is what lets a crashed host come back to its partitions; a
 /// consumer that stops on purpose calls this instead: it unsubscribes and serves the
 /// revocation, after which librdkafka sends the leave (once closing has begun it no longer
-/// would).
+/// would). A consumer still joining is unsubscribed the same way: closing it mid-join
+/// otherwise waits for a rebalance callback that nobody serves.
 pub async fn leave(consumer: &GroupConsumer, state: &GroupState) {
-    if !state.joined() {
-        return;
-    }
+    let joined = state.joined();
     let before = state.assignments();
     tokio::task::block_in_place(|| {
         std::thread::scope(|scope| {
@@ -237,7 +236,7 @@ pub async fn leave(consumer: &GroupConsumer, state: &GroupState) {
             let deadline = std::time::Instant::now() + LEAVE_TIMEOUT;
             let mut warned = false;
             while !unsubscribing.is_finished()
-                || (state.assignments() == before && std::time::Instant::now() < deadline)
+                || (joined && state.assignments() == before && std::time::Instant::now() < deadline)
             {
                 // Records after unsubscribing are not ours to process; errors are the group's.
                 let _ = consumer.recv().now_or_never();
