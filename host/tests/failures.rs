@@ -234,7 +234,10 @@ async fn killing_the_host_under_at_least_once_loses_nothing_and_the_view_counts_
             records_after_commit(&format!("test-{}-{stage}", topics.suffix), &topics.chain[i])
         })
         .sum();
-    assert!(in_flight > 0, "the kill came after everything was committed");
+    assert!(
+        in_flight > 0,
+        "the kill came after everything was committed"
+    );
 
     let host = HostProcess::start_named(&pipeline, "alo-crash").await;
     // Exactly 1,000 each: a pizza made twice is counted once.
@@ -288,8 +291,12 @@ async fn a_host_killed_under_load_and_restarted_under_its_name_resumes_within_se
     let host = HostProcess::start_named(&pipeline, "resume").await;
     let first = host.order(3).await;
     let limit = Duration::from_secs(15);
-    host.wait_complete(&[first.clone()], 3, limit.saturating_sub(restarted.elapsed()))
-        .await;
+    host.wait_complete(
+        std::slice::from_ref(&first),
+        3,
+        limit.saturating_sub(restarted.elapsed()),
+    )
+    .await;
     eprintln!("restart to first order complete: {:?}", restarted.elapsed());
     orders.push(first);
     host.wait_complete(&orders[..4], 1_000, WITHIN).await;
@@ -306,7 +313,12 @@ async fn a_second_live_host_with_the_same_instance_id_refuses_to_start() {
     let log = pipeline.with_extension("second.log");
     let mut second = std::process::Command::new(env!("CARGO_BIN_EXE_pizza-host"))
         .env("HOSTNAME", "twin")
-        .args(["run", "--no-watch", "--listen", &format!("127.0.0.1:{}", free_port())])
+        .args([
+            "run",
+            "--no-watch",
+            "--listen",
+            &format!("127.0.0.1:{}", free_port()),
+        ])
         .arg(&pipeline)
         .stdout(std::process::Stdio::null())
         .stderr(std::fs::File::create(&log).unwrap())
@@ -329,7 +341,10 @@ async fn a_second_live_host_with_the_same_instance_id_refuses_to_start() {
         stderr.contains("another live host runs this pipeline as instance_id \"twin\""),
         "{stderr}"
     );
-    assert!(stderr.contains("Give each host its own instance_id"), "{stderr}");
+    assert!(
+        stderr.contains("Give each host its own instance_id"),
+        "{stderr}"
+    );
 
     let order = first.order(3).await;
     first.wait_complete(&[order], 3, WITHIN).await;
@@ -361,7 +376,12 @@ fn cpu_seconds(pid: u32) -> f64 {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
     // The fields after the command name, which may hold spaces: utime and stime are the 12th
     // and 13th.
-    let fields: Vec<&str> = stat.rsplit_once(')').unwrap().1.split_whitespace().collect();
+    let fields: Vec<&str> = stat
+        .rsplit_once(')')
+        .unwrap()
+        .1
+        .split_whitespace()
+        .collect();
     let ticks: f64 = fields[11].parse::<f64>().unwrap() + fields[12].parse::<f64>().unwrap();
     ticks / 100.0
 }

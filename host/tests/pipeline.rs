@@ -1,6 +1,8 @@
 //! The end-to-end pipeline against the real broker and the real stage components: orders go
 //! in over HTTP, pass the four WebAssembly stages through Kafka, and come out complete.
 
+#![allow(clippy::unwrap_used)] // a test fails loudly on any unexpected error
+
 mod support;
 
 use std::collections::HashSet;
@@ -338,23 +340,31 @@ async fn a_second_signal_exits_at_once_without_waiting_for_in_flight_records() {
     let stuck = serde_json::json!({"order_id": "stuck", "act": "loop"}).to_string();
     produce(topics.orders(), Some("stuck"), stuck.as_bytes()).await;
     let metrics = format!("{}/metrics", host.url);
-    wait_for(COMPLETE_WITHIN, "the stage to be in its looping call", || async {
-        let text = reqwest::get(&metrics).await.ok()?.text().await.ok()?;
-        text.lines()
-            .any(|line| {
-                line.starts_with("pizza_host_stage_records_in_total{stage=\"chaos\"}")
-                    && !line.ends_with(" 0")
-            })
-            .then_some(())
-    })
+    wait_for(
+        COMPLETE_WITHIN,
+        "the stage to be in its looping call",
+        || async {
+            let text = reqwest::get(&metrics).await.ok()?.text().await.ok()?;
+            text.lines()
+                .any(|line| {
+                    line.starts_with("pizza_host_stage_records_in_total{stage=\"chaos\"}")
+                        && !line.ends_with(" 0")
+                })
+                .then_some(())
+        },
+    )
     .await;
 
     let signalled = std::time::Instant::now();
     host.signal("TERM");
-    wait_for(Duration::from_secs(10), "the graceful shutdown to start", || async {
-        let log = std::fs::read_to_string(&host.log).unwrap_or_default();
-        log.contains("shutting down").then_some(())
-    })
+    wait_for(
+        Duration::from_secs(10),
+        "the graceful shutdown to start",
+        || async {
+            let log = std::fs::read_to_string(&host.log).unwrap_or_default();
+            log.contains("shutting down").then_some(())
+        },
+    )
     .await;
     host.signal("TERM");
     let code = host.wait_exit(Duration::from_secs(10));
@@ -533,7 +543,10 @@ async fn a_failed_group_commit_answers_each_of_its_orders_with_an_error_and_publ
 
     let placed: HashSet<String> = placed.lock().unwrap().iter().cloned().collect();
     let refused = refused.load(Ordering::Relaxed);
-    println!("{} orders placed, {refused} refused by {FENCES} fences", placed.len());
+    println!(
+        "{} orders placed, {refused} refused by {FENCES} fences",
+        placed.len()
+    );
     assert!(
         refused > FENCES,
         "{FENCES} fences failed only {refused} orders: no failed group held several"
