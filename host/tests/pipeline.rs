@@ -458,7 +458,7 @@ async fn a_failed_group_commit_answers_each_of_its_orders_with_an_error_and_publ
 
     use rdkafka::producer::{BaseProducer, Producer};
 
-    const FENCES: usize = 3;
+    const FENCES: usize = 5;
     let topics = Topics::unique("group-fenced");
     let instance = uuid::Uuid::new_v4().simple().to_string();
     let host = TestHost::start_toml(&format!(
