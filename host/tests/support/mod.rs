@@ -263,8 +263,24 @@ impl TestHost {
 }
 
 impl Drop for TestHost {
+    /// Stops the host and waits for it, so its stages leave their groups: a test's runtime
+    /// that ends with the host's tasks still running drops their consumers, and librdkafka's
+    /// close of a consumer still joining its group waits forever for a callback nobody serves.
     fn drop(&mut self) {
         self.shutdown.cancel();
+        let Some(host) = self.host.take() else {
+            return;
+        };
+        let multi_thread = tokio::runtime::Handle::try_current().is_ok_and(|runtime| {
+            runtime.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread
+        });
+        if multi_thread {
+            tokio::task::block_in_place(|| {
+                tokio::runtime::Handle::current()
+                    .block_on(tokio::time::timeout(Duration::from_secs(60), host.wait()))
+            })
+            .ok();
+        }
     }
 }
 
