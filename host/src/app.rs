@@ -88,6 +88,7 @@ pub async fn start(
         shutdown.clone(),
     );
     let plan = running.apply_after(&pipeline, claim).await?;
+    crate::pipeline::join::check_co_partitioned(&plan.joins, &kafka)?;
     crate::pipeline::join::start(&plan.joins, &kafka, &tasks, &shutdown);
     let health = crate::kafka::health::spawn_probe(
         &kafka,

@@ -108,26 +108,30 @@ async fn killing_the_host_mid_join_loses_and_doubles_nothing() {
     let topics = Fanout::unique("fanout-crash");
     let pipeline = temp_dir("fanout-crash").join("pipeline.toml");
     std::fs::write(&pipeline, topics.toml(120_000)).unwrap();
-    let mut host = HostProcess::start_named(&pipeline, "fanout-crash").await;
-    let mut orders = Vec::new();
-    for _ in 0..5 {
-        orders.push(host.order(1_000).await);
-    }
-    for _ in 0..2 {
-        let watched = orders.last().unwrap().clone();
-        let before = host.pizzas(&watched).await;
-        wait_for(WITHIN, "progress before the kill", || async {
-            let now = host.pizzas(&watched).await;
-            (now > before || now == 1_000).then_some(())
-        })
-        .await;
-        host.kill();
-        host = HostProcess::start_named(&pipeline, "fanout-crash").await;
-    }
+    let host = HostProcess::start_named(&pipeline, "fanout-crash").await;
+    // In flight: input of a topping stage or of the join beyond what its group committed.
+    let in_flight = || {
+        let join = format!("test-{}-join-assemble", topics.suffix);
+        STAGES
+            .iter()
+            .map(|stage| {
+                records_after_commit(&format!("test-{}-{stage}", topics.suffix), &topics.pizza)
+            })
+            .chain(
+                topics
+                    .parts
+                    .iter()
+                    .map(|part| records_after_commit(&join, part)),
+            )
+            .sum()
+    };
+    let (host, orders) =
+        kill_while_in_flight(host, &pipeline, "fanout-crash", 2, 2, in_flight).await;
     host.wait_complete(&orders, 1_000, WITHIN).await;
 
     // As read_committed readers see it: every pizza assembled exactly once, complete.
-    let records = read_records(&topics.completed, 5_000, WITHIN);
+    let total = orders.len() * 1_000;
+    let records = read_records(&topics.completed, total, WITHIN);
     let mut seen: HashMap<String, usize> = HashMap::new();
     for record in &records {
         let pizza: Value = serde_json::from_slice(&record.value).unwrap();
@@ -136,10 +140,10 @@ async fn killing_the_host_mid_join_loses_and_doubles_nothing() {
             .entry(pizza["pizza_id"].as_str().unwrap().to_owned())
             .or_default() += 1;
     }
-    assert_eq!(seen.len(), 5_000);
+    assert_eq!(seen.len(), total);
     assert_eq!(
         record_count(&topics.completed),
-        5_000,
+        total as i64,
         "nothing assembled twice"
     );
     assert_eq!(record_count(&format!("{}.dlq", topics.completed)), 0);
@@ -150,7 +154,15 @@ async fn a_part_whose_siblings_never_come_expires_to_the_dead_letter_topic_even_
     let topics = Fanout::unique("fanout-expire");
     let toml = topics.toml(4_000);
     let host = TestHost::start_toml(&toml).await;
-    // A sauce part of a pizza that no other stage ever sees.
+    // An order of one pizza, of which only a sauce part ever comes: no other stage sees it.
+    produce(
+        &format!("pizza-orders-{}", topics.suffix),
+        Some("lonely"),
+        json!({"order_id": "lonely", "count": 1})
+            .to_string()
+            .as_bytes(),
+    )
+    .await;
     let part = json!({"order_id": "lonely", "pizza_id": "lonely-0", "sauce": "bbq", "cheese": ""});
     produce(
         &topics.parts[0],
@@ -183,6 +195,16 @@ async fn a_part_whose_siblings_never_come_expires_to_the_dead_letter_topic_even_
     );
     let given_up: Value = serde_json::from_slice(&record.value).unwrap();
     assert_eq!(given_up["sauce"], "bbq");
+    // The order view shows it failed, by the join, with the reason.
+    let order = wait_for(WITHIN, "the order view to see the failure", || async {
+        let (status, order) = host.get_order("lonely").await;
+        (status == 200 && order["status"] == "failed").then_some(order)
+    })
+    .await;
+    let failed = &order["failed"][0];
+    assert_eq!(failed["pizza_id"], "lonely-0", "{order}");
+    assert_eq!(failed["stage"], "assemble", "{order}");
+    assert_eq!(failed["kind"], "join-expired", "{order}");
     assert_eq!(
         record_count(&topics.completed),
         3,
@@ -239,4 +261,27 @@ fn now_ms() -> i64 {
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap();
     i64::try_from(since.as_millis()).unwrap()
+}
+
+/// A join's inputs must be co-partitioned: a host whose join reads topics of different
+/// partition counts refuses to start, naming the join and the counts.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_join_over_inputs_of_different_partition_counts_stops_startup_with_a_clear_error() {
+    let topics = Fanout::unique("fanout-partitions");
+    let kafka = pizza_host::kafka::KafkaSettings::new(
+        [("bootstrap.servers".to_owned(), bootstrap())].into(),
+    );
+    kafka
+        .ensure_topics(&[topics.parts[1].as_str()], 4, 1, &[])
+        .await
+        .unwrap();
+    let pipeline = temp_dir("fanout-partitions").join("pipeline.toml");
+    std::fs::write(&pipeline, topics.toml(60_000)).unwrap();
+    let (status, stderr) = run_refused(&pipeline, "fanout-partitions", WITHIN).await;
+    assert!(!status.success(), "{stderr}");
+    assert!(stderr.contains("join assemble"), "{stderr}");
+    assert!(
+        stderr.contains(&format!("{} has 4", topics.parts[1])),
+        "{stderr}"
+    );
 }

@@ -73,6 +73,41 @@ pub fn start(
     }
 }
 
+/// Refuses a join whose inputs differ in partition count: its consumer reads partition `p` of
+/// every input together, so the parts of one pizza would otherwise never meet.
+pub fn check_co_partitioned(joins: &[JoinRoute], kafka: &KafkaSettings) -> anyhow::Result<()> {
+    if joins.is_empty() {
+        return Ok(());
+    }
+    let admin = kafka.admin()?;
+    for route in joins {
+        let counts = route
+            .config
+            .inputs
+            .iter()
+            .map(|topic| {
+                let partitions = tokio::task::block_in_place(|| {
+                    crate::kafka::topics::partitions(admin.inner(), topic)
+                })?;
+                Ok((topic.as_str(), partitions.len()))
+            })
+            .collect::<anyhow::Result<Vec<_>>>()?;
+        if counts.iter().any(|&(_, n)| n != counts[0].1) {
+            let listed: Vec<String> = counts
+                .iter()
+                .map(|(topic, n)| format!("{topic} has {n}"))
+                .collect();
+            anyhow::bail!(
+                "join {}: its inputs must have the same number of partitions (be \
+                 co-partitioned), but {}",
+                route.config.name,
+                listed.join(", ")
+            );
+        }
+    }
+    Ok(())
+}
+
 /// The join's state: waiting parts per input partition it holds.
 struct Assembly<'a> {
     route: &'a JoinRoute,
