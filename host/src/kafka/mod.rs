@@ -139,6 +139,12 @@ impl KafkaSettings {
     /// A transactional producer. A crashed owner's open transaction blocks `read_committed`
     /// readers until it times out, so the timeout is kept short unless the user set one.
     pub fn transactional_producer(&self, transactional_id: &str) -> anyhow::Result<FutureProducer> {
+        self.transactional_config(transactional_id)
+            .create()
+            .with_context(|| format!("cannot create the transactional producer {transactional_id}"))
+    }
+
+    fn transactional_config(&self, transactional_id: &str) -> ClientConfig {
         let mut config = self.producer_config();
         config
             .set("transactional.id", transactional_id)
@@ -150,8 +156,6 @@ impl KafkaSettings {
             // transactions" until the commit markers are written; retry soon, not in 100 ms.
             .set_if_absent("retry.backoff.ms", "5");
         config
-            .create()
-            .with_context(|| format!("cannot create the transactional producer {transactional_id}"))
     }
 
     /// How long the broker lets a transaction of [`transactional_producer`]'s stay open
@@ -232,5 +236,26 @@ impl SetIfAbsent for ClientConfig {
             self.set(key, value);
         }
         self
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn transactions_time_out_after_10_s_unless_the_kafka_table_says_otherwise() {
+        let default = KafkaSettings::new(BTreeMap::new());
+        assert_eq!(default.transaction_timeout(), Duration::from_secs(10));
+        let config = default.transactional_config("t");
+        assert_eq!(config.get("transaction.timeout.ms"), Some("10000"));
+
+        let set = KafkaSettings::new(BTreeMap::from([(
+            "transaction.timeout.ms".to_owned(),
+            "30000".to_owned(),
+        )]));
+        assert_eq!(set.transaction_timeout(), Duration::from_secs(30));
+        let config = set.transactional_config("t");
+        assert_eq!(config.get("transaction.timeout.ms"), Some("30000"));
     }
 }

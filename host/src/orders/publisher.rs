@@ -195,20 +195,7 @@ impl TransactionalPublisher {
 
     /// The queued orders the next transaction takes.
     fn next_group(&self) -> Vec<(OrderRecords, std::sync::mpsc::Sender<Answer>)> {
-        let mut queue = self.queue.lock().unwrap_or_else(PoisonError::into_inner);
-        let mut group = Vec::new();
-        let mut records = 0;
-        while let Some((order, _)) = queue.front() {
-            let size = order.values.len();
-            if !group.is_empty()
-                && (group.len() >= MAX_GROUP_ORDERS || records + size > MAX_GROUP_RECORDS)
-            {
-                break;
-            }
-            records += size;
-            group.extend(queue.pop_front());
-        }
-        group
+        take_group(&mut self.queue.lock().unwrap_or_else(PoisonError::into_inner))
     }
 
     /// One transaction holding every record of the orders of `group`.
@@ -239,6 +226,24 @@ impl TransactionalPublisher {
         *slot = Some(producer);
         published.context("the order was not published (its transaction was aborted)")
     }
+}
+
+/// The orders at the front of `queue` that one transaction takes: whole orders, at most
+/// [`MAX_GROUP_ORDERS`] of them and [`MAX_GROUP_RECORDS`] records (but always the first).
+fn take_group<T>(queue: &mut VecDeque<(OrderRecords, T)>) -> Vec<(OrderRecords, T)> {
+    let mut group = Vec::new();
+    let mut records = 0;
+    while let Some((order, _)) = queue.front() {
+        let size = order.values.len();
+        if !group.is_empty()
+            && (group.len() >= MAX_GROUP_ORDERS || records + size > MAX_GROUP_RECORDS)
+        {
+            break;
+        }
+        records += size;
+        group.extend(queue.pop_front());
+    }
+    group
 }
 
 fn send_in_transaction(producer: &FutureProducer, orders: &[&OrderRecords]) -> anyhow::Result<()> {
@@ -327,6 +332,38 @@ mod tests {
     use serde_json::Value;
 
     use super::*;
+
+    #[test]
+    fn a_group_takes_whole_orders_up_to_256_orders_or_10_000_records() {
+        let queued = |sizes: &[usize]| -> VecDeque<(OrderRecords, usize)> {
+            sizes
+                .iter()
+                .enumerate()
+                .map(|(n, &size)| {
+                    let order = OrderRecords {
+                        key: n.to_string(),
+                        headers: OwnedHeaders::new(),
+                        values: vec![(String::new(), String::new()); size],
+                    };
+                    (order, n)
+                })
+                .collect()
+        };
+        let groups = |mut queue: VecDeque<(OrderRecords, usize)>| {
+            let mut groups = Vec::new();
+            while !queue.is_empty() {
+                groups.push(take_group(&mut queue).into_iter().map(|(_, n)| n).collect());
+            }
+            groups
+        };
+        // 300 small orders: 256, then the rest.
+        let small: Vec<Vec<usize>> = groups(queued(&[2; 300]));
+        assert_eq!(small, [(0..256).collect::<Vec<_>>(), (256..300).collect()]);
+        // Orders of 4,000 records: two fit in 10,000, a third would not.
+        assert_eq!(groups(queued(&[4_000; 3])), [vec![0, 1], vec![2]]);
+        // An order bigger than the bound still goes, alone.
+        assert_eq!(groups(queued(&[12_000, 1])), [vec![0], vec![1]]);
+    }
 
     #[test]
     fn seeded_order_ids_repeat_per_seed() {
