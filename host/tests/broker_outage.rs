@@ -6,7 +6,8 @@
 
 mod support;
 
-use std::time::Duration;
+use std::collections::{HashMap, HashSet};
+use std::time::{Duration, Instant};
 
 use serde_json::Value;
 use support::*;
@@ -22,10 +23,11 @@ async fn a_broker_restart_mid_run_loses_and_doubles_nothing_and_orders_get_503_m
     let pipeline = process_pipeline("outage", &topics, &broker.bootstrap());
     let mut host = HostProcess::start_named(&pipeline, "outage").await;
 
-    let mut orders = Vec::new();
-    for _ in 0..10 {
-        orders.push(host.order(1_000).await);
-    }
+    let mut orders = host.orders(10, 1_000).await;
+    // Customers keep ordering, so group commits are in flight when the broker goes.
+    let customers = Customers::start(&host.url, 8, 3);
+    customers.wait_placed(8, WITHIN).await;
+    let seen_before = host.pizzas(&orders[0]).await;
     let mut completed = 0;
     for id in &orders {
         completed += host.pizzas(id).await;
@@ -33,26 +35,66 @@ async fn a_broker_restart_mid_run_loses_and_doubles_nothing_and_orders_get_503_m
     assert!(completed < 10_000, "the broker must stop mid-run");
     broker.stop();
 
-    // While the broker is down, a new order is refused with a JSON error, not held.
+    // Once the host has noticed, a new order is refused at once with a JSON error, not held
+    // for a publish timeout.
     let client = reqwest::Client::new();
-    let refused: Value = wait_for(WITHIN, "POST /order to answer 503", || async {
-        let response = client
-            .post(format!("{}/order/1", host.url))
-            .timeout(Duration::from_secs(15))
-            .send()
-            .await
-            .ok()?;
-        (response.status() == 503).then_some(())?;
-        response.json().await.ok()
-    })
+    wait_for(
+        WITHIN,
+        "the host to refuse orders as unreachable",
+        || async {
+            let (status, body) = post(&client, &host.url).await;
+            (status == 503 && unreachable(&body)).then_some(())
+        },
+    )
     .await;
+    for _ in 0..10 {
+        let started = Instant::now();
+        let (status, body) = post(&client, &host.url).await;
+        let took = started.elapsed();
+        assert_eq!(status, 503, "{body}");
+        assert!(unreachable(&body), "{body}");
+        assert!(
+            took < Duration::from_secs(1),
+            "refused after {took:?}, not at once"
+        );
+    }
+    let answers = customers.stop().await;
+    let cut_off: Vec<&String> = answers
+        .refused
+        .iter()
+        .filter(|error| !error.contains("Kafka is unreachable"))
+        .collect();
+    println!(
+        "{} customer orders placed; {} refused, {} of them cut off in the publisher: {:?}",
+        answers.placed.len(),
+        answers.refused.len(),
+        cut_off.len(),
+        cut_off.first()
+    );
     assert!(
-        refused["error"].as_str().unwrap().contains("not placed"),
-        "{refused}"
+        !cut_off.is_empty(),
+        "the outage must cut off an order transaction in flight"
+    );
+    // Its abort could not reach the broker either, so the publisher gives up that producer:
+    // the next order starts a new one under the same transactional id, which fences the old
+    // one and aborts what it left open.
+    let log = std::fs::read_to_string(&host.log).unwrap();
+    assert!(
+        log.contains("the next order starts a new transactional producer"),
+        "the cut-off publisher must be replaced"
+    );
+    // A stage whose transaction failed restarts, and the log says when.
+    assert!(
+        log.lines()
+            .any(|line| line.contains("failed: ") && line.contains("; restarting in ")),
+        "the log says when a failed stage tries again"
     );
     // The order view keeps answering from what it has read.
-    let (status, _) = get(&host.url, &orders[0]).await;
-    assert_eq!(status, 200);
+    let (status, order) = get(&host.url, &orders[0]).await;
+    assert_eq!(status, 200, "{order}");
+    assert_eq!(order["id"], orders[0].as_str());
+    assert_eq!(order["count"], 1_000);
+    assert!(order["pizzas"].as_array().unwrap().len() >= seen_before);
     assert!(host.is_running(), "the host must survive the outage");
 
     broker.restart();
@@ -70,7 +112,140 @@ async fn a_broker_restart_mid_run_loses_and_doubles_nothing_and_orders_get_503_m
     host.wait_complete(&orders, 1_000, Duration::from_secs(180))
         .await;
     assert!(host.is_running(), "the host must survive the outage");
-    assert_every_pizza_exactly_once(&broker.bootstrap(), &topics, 11_000);
+
+    // Every order the customers were told was placed is in Kafka, and of the ones they were
+    // told failed, none: the publisher's replacement aborted what the outage cut off. An
+    // order whose commit had already reached the broker when the outage cut the host's wait
+    // short may still land; it lands whole, and there are at most as many as were cut off.
+    let order_records = record_count_at(&broker.bootstrap(), &topics.order_records());
+    let committed: HashMap<String, i64> = read_records_at(
+        &broker.bootstrap(),
+        &topics.order_records(),
+        order_records as usize,
+        WITHIN,
+    )
+    .iter()
+    .map(|record| {
+        let order: Value = serde_json::from_slice(&record.value).unwrap();
+        (
+            order["order_id"].as_str().unwrap().to_owned(),
+            order["count"].as_i64().unwrap(),
+        )
+    })
+    .collect();
+    let placed: HashSet<&String> = answers.placed.iter().chain(&orders).collect();
+    for id in &placed {
+        assert!(
+            committed.contains_key(*id),
+            "placed order {id} is not in Kafka"
+        );
+    }
+    let unanswered = committed.len() - placed.len();
+    assert!(
+        unanswered <= cut_off.len(),
+        "{unanswered} orders in Kafka whose customers were told they failed"
+    );
+    let total: i64 = committed.values().sum();
+    let pizzas = read_records_at(&broker.bootstrap(), topics.orders(), total as usize, WITHIN);
+    let mut per_order: HashMap<String, i64> = HashMap::new();
+    for pizza in &pizzas {
+        *per_order.entry(pizza.key.clone().unwrap()).or_default() += 1;
+    }
+    assert_eq!(
+        per_order, committed,
+        "each order's pizzas, all of them and no others"
+    );
+    assert_every_pizza_exactly_once(&broker.bootstrap(), &topics, total as usize);
+}
+
+/// Beyond 256 requests in flight the API answers 503 at once instead of queueing, and live
+/// streams do not count among them. The requests held are orders waiting on a broker that
+/// stopped answering but keeps its connections (frozen), before the host's probe calls it
+/// unreachable.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn beyond_256_requests_in_flight_the_rest_are_refused_at_once_and_streams_do_not_count() {
+    use std::sync::{Arc, Mutex};
+
+    const LIMIT: usize = 256;
+    const SENT: usize = 300;
+    let broker = OwnBroker::start("request-limit");
+    let topics = Topics::unique("request-limit");
+    let pipeline = process_pipeline("request-limit", &topics, &broker.bootstrap());
+    let host = HostProcess::start_named(&pipeline, "request-limit").await;
+    let first = host.order(1).await;
+    host.wait_complete(std::slice::from_ref(&first), 1, WITHIN)
+        .await;
+    let mut streams = Vec::new();
+    for _ in 0..8 {
+        let stream = reqwest::get(format!("{}/events", host.url)).await.unwrap();
+        assert_eq!(stream.status(), 200);
+        streams.push(stream);
+    }
+
+    broker.freeze();
+    let answers: Arc<Mutex<Vec<(u16, Value)>>> = Arc::default();
+    let client = reqwest::Client::new();
+    let requests: Vec<_> = (0..SENT)
+        .map(|_| {
+            let (client, url, answers) = (client.clone(), host.url.clone(), answers.clone());
+            tokio::spawn(async move {
+                let answer = post(&client, &url).await;
+                answers.lock().unwrap().push(answer);
+            })
+        })
+        .collect();
+    let too_many = |answers: &[(u16, Value)]| {
+        answers
+            .iter()
+            .filter(|(status, body)| {
+                *status == 503
+                    && body["error"]
+                        .as_str()
+                        .is_some_and(|error| error.contains("too many requests in flight"))
+            })
+            .count()
+    };
+    wait_for(
+        WITHIN,
+        "the requests beyond the limit to be refused",
+        || async { (answers.lock().unwrap().len() >= SENT - LIMIT).then_some(()) },
+    )
+    .await;
+    {
+        let answers = answers.lock().unwrap();
+        assert_eq!(answers.len(), SENT - LIMIT, "{LIMIT} orders are held");
+        assert_eq!(too_many(&answers), SENT - LIMIT, "{answers:?}");
+    }
+
+    // Once the broker answers again, the held orders are answered too, none as "too many".
+    broker.thaw();
+    for request in requests {
+        request.await.unwrap();
+    }
+    let answers = answers.lock().unwrap();
+    assert_eq!(too_many(&answers), SENT - LIMIT);
+    println!(
+        "held orders: {} placed, {} refused",
+        answers.iter().filter(|(status, _)| *status == 200).count(),
+        answers.iter().filter(|(status, _)| *status == 503).count() - (SENT - LIMIT),
+    );
+    drop(streams);
+}
+
+async fn post(client: &reqwest::Client, url: &str) -> (u16, Value) {
+    let response = client
+        .post(format!("{url}/order/1"))
+        .timeout(Duration::from_secs(30))
+        .send()
+        .await
+        .unwrap();
+    (response.status().as_u16(), response.json().await.unwrap())
+}
+
+fn unreachable(body: &Value) -> bool {
+    body["error"]
+        .as_str()
+        .is_some_and(|error| error.contains("Kafka is unreachable"))
 }
 
 async fn get(url: &str, id: &str) -> (u16, Value) {

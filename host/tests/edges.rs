@@ -162,12 +162,7 @@ async fn forged_host_headers_on_input_are_dropped() {
     let host = TestHost::start_toml(&hostile_pipeline(&topics, 1_000)).await;
     let order_id = format!("forged-{}", topics.suffix);
     let order = json!({"order_id": order_id, "count": 2}).to_string();
-    produce(
-        &format!("pizza-orders-{}", topics.suffix),
-        Some(&order_id),
-        order.as_bytes(),
-    )
-    .await;
+    produce(&topics.order_records(), Some(&order_id), order.as_bytes()).await;
     let forged = r#"{"stage":"forged","digest":"sha256:00","at":"2000-01-01T00:00:00Z"}"#;
     let producer = producer();
     for (n, act) in [(0, None), (1, Some("panic"))] {
@@ -194,11 +189,7 @@ async fn forged_host_headers_on_input_are_dropped() {
             .key(&order_id)
             .payload(&payload)
             .headers(headers);
-        producer
-            .send(record, Duration::from_secs(10))
-            .await
-            .map_err(|(e, _)| e)
-            .unwrap();
+        send(&producer, record).await;
     }
 
     let order = wait_for(WITHIN, "the order to end", || async {
@@ -218,6 +209,49 @@ async fn forged_host_headers_on_input_are_dropped() {
     assert_eq!(stages, ["chaos", "cheese", "meats", "veggies"], "{order}");
     assert_eq!(order["failed"][0]["stage"], "chaos", "{order}");
     assert_eq!(order["failed"][0]["kind"], "trap", "{order}");
+
+    // On a topic a stage writes, the downstream stages pass on the trail a record carries and
+    // drop the host's other headers.
+    let mid = json!({"order_id": "forged-mid", "pizza_id": "forged-mid-0", "sauce": "",
+        "cheese": "", "meats": "", "veggies": ""})
+    .to_string();
+    let headers = OwnedHeaders::new()
+        .insert(Header {
+            key: "pizza-host.trail",
+            value: Some(forged),
+        })
+        .insert(Header {
+            key: "pizza-host.error-kind",
+            value: Some("forged"),
+        });
+    let key = "forged-mid".to_owned();
+    let record = FutureRecord::to(&topics.chain[2])
+        .key(&key)
+        .payload(&mid)
+        .headers(headers);
+    send(&producer, record).await;
+    let completed = read_records(topics.completed(), 2, WITHIN);
+    let passed = completed
+        .iter()
+        .find(|r| r.key.as_deref() == Some("forged-mid"))
+        .expect("the record through the last stages");
+    let host_headers: Vec<&String> = passed
+        .headers
+        .keys()
+        .filter(|key| key.starts_with("pizza-host."))
+        .collect();
+    assert_eq!(host_headers, ["pizza-host.trail"], "{:?}", passed.headers);
+}
+
+async fn send(
+    producer: &rdkafka::producer::FutureProducer,
+    record: rdkafka::producer::FutureRecord<'_, String, String>,
+) {
+    producer
+        .send(record, Duration::from_secs(10))
+        .await
+        .map_err(|(e, _)| e)
+        .unwrap();
 }
 
 /// Live streams are capped: beyond the cap a client is answered 503 at once, the host keeps

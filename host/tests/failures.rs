@@ -101,7 +101,7 @@ async fn an_order_with_a_failed_pizza_says_which_stage_failed_it_and_why() {
     // panic.
     let id = "4242424242";
     produce(
-        &format!("pizza-orders-{}", topics.suffix),
+        &topics.order_records(),
         Some(id),
         json!({"order_id": id, "count": 2}).to_string().as_bytes(),
     )
@@ -178,32 +178,21 @@ async fn a_second_host_answers_for_orders_placed_on_the_first() {
 }
 
 /// Under at-least-once this test fails (a killed stage redoes its uncommitted records, so
-/// pizzas show up twice downstream): it is what exactly-once buys.
+/// pizzas show up twice downstream): it is what exactly-once buys. Each kill lands while
+/// records are in flight: some stage's input lies beyond its committed offset right after it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn killing_the_host_mid_run_three_times_loses_and_doubles_nothing() {
     let topics = Topics::unique("crash");
     let pipeline = process_pipeline("crash", &topics, &bootstrap());
-    let mut host = HostProcess::start_named(&pipeline, "crash").await;
-    let mut orders = Vec::new();
-    for _ in 0..10 {
-        orders.push(host.order(1_000).await);
-    }
-    for round in 1..=3 {
-        // Kill it while pizzas are moving: once the watched order has grown since last time.
-        let watched = &orders[round * 3 - 1];
-        let before = host.pizzas(watched).await;
-        wait_for(WITHIN, "progress before the kill", || async {
-            let now = host.pizzas(watched).await;
-            (now > before || now == 1_000).then_some(())
-        })
-        .await;
-        host.kill();
-        host = HostProcess::start_named(&pipeline, "crash").await;
-    }
+    let host = HostProcess::start_named(&pipeline, "crash").await;
+    let (host, orders) = kill_while_in_flight(host, &pipeline, "crash", 3, 3, || {
+        stage_records_after_commit(&topics)
+    })
+    .await;
     host.wait_complete(&orders, 1_000, Duration::from_secs(180))
         .await;
 
-    assert_every_pizza_exactly_once(&bootstrap(), &topics, 10_000);
+    assert_every_pizza_exactly_once(&bootstrap(), &topics, orders.len() * 1_000);
 }
 
 /// At least once survives a crash: a host killed under at-least-once while records were in
@@ -214,26 +203,16 @@ async fn killing_the_host_mid_run_three_times_loses_and_doubles_nothing() {
 async fn killing_the_host_under_at_least_once_loses_nothing_and_the_view_counts_each_pizza_once() {
     let topics = Topics::unique("alo-crash");
     let pipeline = process_pipeline("alo-crash", &topics, &bootstrap());
-    let toml = std::fs::read_to_string(&pipeline).unwrap();
-    std::fs::write(&pipeline, format!("guarantee = \"at-least-once\"\n{toml}")).unwrap();
+    switch_to_at_least_once(&pipeline);
     let host = HostProcess::start_named(&pipeline, "alo-crash").await;
-    let mut orders = Vec::new();
-    for _ in 0..10 {
-        orders.push(host.order(1_000).await);
-    }
+    let orders = host.orders(10, 1_000).await;
     // Killed as soon as the first pizzas come out, with most of the 10,000 still on their way.
     wait_for(WITHIN, "the first pizzas to complete", || async {
         (host.pizzas(&orders[0]).await > 0).then_some(())
     })
     .await;
     host.kill();
-    let in_flight: i64 = STAGES
-        .iter()
-        .enumerate()
-        .map(|(i, stage)| {
-            records_after_commit(&format!("test-{}-{stage}", topics.suffix), &topics.chain[i])
-        })
-        .sum();
+    let in_flight = stage_records_after_commit(&topics);
     assert!(
         in_flight > 0,
         "the kill came after everything was committed"
@@ -276,10 +255,7 @@ async fn a_host_killed_under_load_and_restarted_under_its_name_resumes_within_se
     let topics = Topics::unique("resume");
     let pipeline = default_session_pipeline("resume", &topics);
     let host = HostProcess::start_named(&pipeline, "resume").await;
-    let mut orders = Vec::new();
-    for _ in 0..4 {
-        orders.push(host.order(1_000).await);
-    }
+    let mut orders = host.orders(4, 1_000).await;
     let watched = &orders[3];
     wait_for(WITHIN, "progress before the kill", || async {
         (host.pizzas(watched).await > 0).then_some(())
@@ -310,32 +286,7 @@ async fn a_second_live_host_with_the_same_instance_id_refuses_to_start() {
     let topics = Topics::unique("twin");
     let pipeline = default_session_pipeline("twin", &topics);
     let first = HostProcess::start_named(&pipeline, "twin").await;
-    let log = pipeline.with_extension("second.log");
-    let mut second = std::process::Command::new(env!("CARGO_BIN_EXE_pizza-host"))
-        .env("HOSTNAME", "twin")
-        .args([
-            "run",
-            "--no-watch",
-            "--listen",
-            &format!("127.0.0.1:{}", free_port()),
-        ])
-        .arg(&pipeline)
-        .stdout(std::process::Stdio::null())
-        .stderr(std::fs::File::create(&log).unwrap())
-        .spawn()
-        .unwrap();
-    let deadline = std::time::Instant::now() + WITHIN;
-    let status = loop {
-        if let Some(status) = second.try_wait().unwrap() {
-            break status;
-        }
-        if std::time::Instant::now() > deadline {
-            second.kill().unwrap();
-            panic!("the second host named twin did not exit within {WITHIN:?}");
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    };
-    let stderr = std::fs::read_to_string(&log).unwrap();
+    let (status, stderr) = run_refused(&pipeline, "twin", WITHIN).await;
     assert!(!status.success(), "{stderr}");
     assert!(
         stderr.contains("another live host runs this pipeline as instance_id \"twin\""),

@@ -51,7 +51,7 @@ async fn the_order_view_reads_the_dead_letters_of_a_stage_moved_by_add() {
 
     // An order of two pizzas, one of which the moved stage fails.
     let order_id = format!("moved-{}", topics.suffix);
-    let orders_topic = format!("pizza-orders-{}", topics.suffix);
+    let orders_topic = topics.order_records();
     let order = json!({"order_id": order_id, "count": 2}).to_string();
     produce(&orders_topic, Some(&order_id), order.as_bytes()).await;
     for (n, act) in [(0, None), (1, Some("panic"))] {
@@ -199,5 +199,9 @@ async fn the_status_endpoints_answer_during_an_edit_that_drains() {
         "/readyz was asked while veggies drained"
     );
     let dead = read_records(&format!("{}.dlq", topics.chain[3]), backlog, WITHIN);
-    assert_eq!(dead.len(), backlog, "every record of the drained topic was handled");
+    assert_eq!(
+        dead.len(),
+        backlog,
+        "every record of the drained topic was handled"
+    );
 }

@@ -6,36 +6,13 @@
 
 mod support;
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashSet;
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
 use support::*;
 
 const WITHIN: Duration = Duration::from_secs(90);
-
-/// `GET /metrics` as series (`name{labels}`) → value.
-async fn scrape(url: &str) -> HashMap<String, f64> {
-    let response = reqwest::get(format!("{url}/metrics")).await.unwrap();
-    assert_eq!(response.status(), 200);
-    let text = response.text().await.unwrap();
-    text.lines()
-        .filter(|line| !line.starts_with('#') && !line.is_empty())
-        .map(|line| {
-            let (series, value) = line.rsplit_once(' ').unwrap();
-            (series.to_owned(), value.parse().unwrap())
-        })
-        .collect()
-}
-
-/// The sum of every series of `name` whose labels contain `label`.
-fn sum(metrics: &HashMap<String, f64>, name: &str, label: &str) -> f64 {
-    metrics
-        .iter()
-        .filter(|(series, _)| series.starts_with(&format!("{name}{{")) && series.contains(label))
-        .map(|(_, value)| value)
-        .sum()
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn metrics_add_up_and_one_trace_id_follows_each_order_through_every_stage() {
@@ -277,10 +254,7 @@ async fn sigterm_under_load_exits_cleanly_leaving_the_groups_and_nothing_is_lost
     let toml = pipeline_toml(&topics).replace("[http]\n", "[http]\nmax_order_count = 1000\n");
     std::fs::write(&pipeline, toml).unwrap();
     let host = HostProcess::start_named(&pipeline, "sigterm").await;
-    let mut orders = Vec::new();
-    for _ in 0..5 {
-        orders.push(host.order(1_000).await);
-    }
+    let orders = host.orders(5, 1_000).await;
     let stopping = Instant::now();
     let code = host.terminate(Duration::from_secs(60));
     assert_eq!(code, Some(0), "exit status after SIGTERM");
@@ -303,6 +277,36 @@ async fn sigterm_under_load_exits_cleanly_leaving_the_groups_and_nothing_is_lost
     assert_every_pizza_exactly_once(&bootstrap(), &topics, 5_000);
 }
 
+/// On SIGTERM the host stops consuming, finishes the records in hand and commits them. Under
+/// at-least-once, where anything done but not committed would be done again and show up
+/// twice, a host stopped under load and restarted makes every pizza exactly once; and what
+/// the stopped host left lies beyond its commits, untouched, for the restart.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn sigterm_under_at_least_once_commits_what_it_finished_so_a_restart_redoes_nothing() {
+    let topics = Topics::unique("alo-sigterm");
+    let pipeline = process_pipeline("alo-sigterm", &topics, &bootstrap());
+    switch_to_at_least_once(&pipeline);
+    let host = HostProcess::start_named(&pipeline, "alo-sigterm").await;
+    let orders = host.orders(10, 1_000).await;
+    wait_for(WITHIN, "the first pizzas to complete", || async {
+        (host.pizzas(&orders[0]).await > 0).then_some(())
+    })
+    .await;
+    host.signal("TERM");
+    assert_eq!(host.wait_exit(Duration::from_secs(60)), Some(0));
+    let left = stage_records_after_commit(&topics);
+    assert!(
+        left > 0,
+        "the stopped host must stop consuming, not drain every topic"
+    );
+
+    let host = HostProcess::start_named(&pipeline, "alo-sigterm").await;
+    host.wait_complete(&orders, 1_000, Duration::from_secs(180))
+        .await;
+    println!("{left} records left beyond the commits by the stop");
+    assert_every_pizza_exactly_once(&bootstrap(), &topics, 10_000);
+}
+
 /// Hosts are static group members (a crashed host comes back to its partitions at once), but
 /// one stopped on purpose leaves its groups: the others take its partitions now, not after
 /// its 45-second sessions time out.
@@ -315,21 +319,27 @@ async fn a_host_stopped_for_good_hands_its_partitions_to_the_others_at_once() {
     let leaving = HostProcess::start_named(&pipeline, "handover-b").await;
     // Both hold partitions before one leaves: each stage's group has rebalanced.
     wait_for(WITHIN, "the second host to get partitions", || async {
-        let ready: Value = reqwest::get(format!("{}/readyz", leaving.url))
-            .await
-            .ok()?
-            .json()
-            .await
-            .ok()?;
-        let stages = ready["stages"].as_array()?;
-        let holding = stages
-            .iter()
-            .filter(|s| s["partitions"].as_array().is_some_and(|p| !p.is_empty()))
-            .count();
-        (stages.len() == 4 && holding == 4).then_some(())
+        (leaving.stages_holding_partitions().await == STAGES.len()).then_some(())
     })
     .await;
     assert_eq!(leaving.terminate(Duration::from_secs(60)), Some(0));
+    // It beat on the hosts topic while it ran, and its last record there is a tombstone.
+    let hosts_topic = format!("test-{}-hosts", topics.suffix);
+    let records = read_records(
+        &hosts_topic,
+        record_count(&hosts_topic) as usize,
+        Duration::from_secs(30),
+    );
+    let leaver: Vec<&Record> = records
+        .iter()
+        .filter(|r| r.key.as_deref() == Some("handover-b"))
+        .collect();
+    let (last, beats) = leaver.split_last().expect("records of the leaving host");
+    assert!(last.value.is_empty(), "a tombstone last");
+    assert!(
+        !beats.is_empty() && beats.iter().all(|beat| !beat.value.is_empty()),
+        "beats before it"
+    );
 
     let stopped = Instant::now();
     // Ten orders: their keys spread over every partition, the leaver's included.
@@ -341,6 +351,36 @@ async fn a_host_stopped_for_good_hands_its_partitions_to_the_others_at_once() {
         .wait_complete(&orders, 1, Duration::from_secs(15))
         .await;
     eprintln!("orders complete {:?} after the stop", stopped.elapsed());
+}
+
+/// A host killed for good keeps its partitions until its consumer sessions time out (6 s
+/// here): the other host gets them then, not at once as from a host that left its groups.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_killed_host_holds_its_partitions_until_its_sessions_time_out() {
+    const SESSION: Duration = Duration::from_secs(6);
+    let topics = Topics::unique("held");
+    let pipeline = process_pipeline("held", &topics, &bootstrap());
+    let staying = HostProcess::start_named(&pipeline, "held-a").await;
+    let dying = HostProcess::start_named(&pipeline, "held-b").await;
+    wait_for(WITHIN, "both hosts to hold partitions", || async {
+        (staying.stages_holding_partitions().await == STAGES.len()
+            && dying.stages_holding_partitions().await == STAGES.len())
+        .then_some(())
+    })
+    .await;
+    dying.kill();
+    let killed = Instant::now();
+    wait_for(WITHIN, "the other host to hold every partition", || async {
+        let held = staying.partitions_per_stage().await;
+        (held == [3; 4]).then_some(())
+    })
+    .await;
+    let took = killed.elapsed();
+    println!("partitions moved {took:?} after the kill");
+    assert!(
+        took >= SESSION - Duration::from_secs(1),
+        "the partitions moved after {took:?}, before the {SESSION:?} sessions timed out"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -356,14 +396,22 @@ async fn three_hosts_share_the_work_and_when_one_is_killed_every_order_completes
     for round in 0..9 {
         orders.push(hosts[round % 3].order(1_000).await);
     }
-    let watched = orders[0].clone();
-    let before = hosts[1].pizzas(&watched).await;
-    wait_for(WITHIN, "progress before the kill", || async {
-        let now = hosts[1].pizzas(&watched).await;
-        (now > before || now == 1_000).then_some(())
+    // The host to be killed holds partitions of every stage, and is killed while it works on
+    // them: once its first stage has taken records.
+    wait_for(WITHIN, "the first host to hold partitions", || async {
+        (hosts[0].stages_holding_partitions().await == STAGES.len()).then_some(())
+    })
+    .await;
+    wait_for(WITHIN, "the first host to take records", || async {
+        (stage_records_in(&hosts[0].url, "sauce").await > 0.0).then_some(())
     })
     .await;
     hosts.remove(0).kill();
+    let in_flight = stage_records_after_commit(&topics);
+    assert!(
+        in_flight > 0,
+        "the kill came after everything was committed"
+    );
 
     for host in &hosts {
         host.wait_complete(&orders, 1_000, Duration::from_secs(180))

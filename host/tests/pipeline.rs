@@ -5,7 +5,7 @@
 
 mod support;
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::time::Duration;
 
 use serde_json::Value;
@@ -435,7 +435,7 @@ async fn concurrent_orders_share_transactions_and_each_completes_exactly_once() 
     for id in &orders {
         host.wait_complete(id, 1, Duration::from_secs(90)).await;
     }
-    let orders_topic = format!("pizza-orders-{}", topics.suffix);
+    let orders_topic = topics.order_records();
     let records = read_records(&orders_topic, 64, Duration::from_secs(30));
     assert_eq!(records.len(), 64, "every order record once");
     let markers = offsets_spanned(&orders_topic) - 64;
@@ -453,12 +453,10 @@ async fn concurrent_orders_share_transactions_and_each_completes_exactly_once() 
 /// answered 200, each once, on the orders topic and through the whole chain.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_failed_group_commit_answers_each_of_its_orders_with_an_error_and_publishes_none() {
-    use std::sync::atomic::{AtomicBool, Ordering};
-    use std::sync::{Arc, Mutex};
-
     use rdkafka::producer::{BaseProducer, Producer};
 
     const FENCES: usize = 5;
+    const PIZZAS: u32 = 2;
     let topics = Topics::unique("group-fenced");
     let instance = uuid::Uuid::new_v4().simple().to_string();
     let host = TestHost::start_toml(&format!(
@@ -468,46 +466,11 @@ async fn a_failed_group_commit_answers_each_of_its_orders_with_an_error_and_publ
     .await;
     let transactional_id = format!("test-{}-orders-{instance}", topics.suffix);
 
-    let placed: Arc<Mutex<Vec<String>>> = Arc::default();
-    let refused = Arc::new(std::sync::atomic::AtomicUsize::new(0));
-    let done = Arc::new(AtomicBool::new(false));
-    let clients: Vec<_> = (0..64)
-        .map(|_| {
-            let (url, placed, refused, done) = (
-                host.url.clone(),
-                placed.clone(),
-                refused.clone(),
-                done.clone(),
-            );
-            tokio::spawn(async move {
-                let client = reqwest::Client::new();
-                while !done.load(Ordering::Relaxed) {
-                    let response = client.post(format!("{url}/order/1")).send().await.unwrap();
-                    match response.status().as_u16() {
-                        200 => {
-                            let body: Value = response.json().await.unwrap();
-                            let id = body["order_id"].as_str().unwrap().to_owned();
-                            placed.lock().unwrap().push(id);
-                        }
-                        503 => {
-                            refused.fetch_add(1, Ordering::Relaxed);
-                        }
-                        other => panic!("unexpected answer {other}"),
-                    }
-                }
-            })
-        })
-        .collect();
-    let count_placed = || placed.lock().unwrap().len();
-
+    let customers = Customers::start(&host.url, 64, PIZZAS);
     let mut fences = Vec::new();
     for fence in 0..FENCES {
-        let enough = count_placed() + 64;
-        wait_for(Duration::from_secs(60), "orders to go through", || async {
-            (count_placed() >= enough).then_some(())
-        })
-        .await;
-        let refused_before = refused.load(Ordering::Relaxed);
+        customers.wait_placed(64, Duration::from_secs(60)).await;
+        let refused_before = customers.refused();
         let id = transactional_id.clone();
         let fencer = tokio::task::spawn_blocking(move || {
             let producer: BaseProducer = rdkafka::ClientConfig::new()
@@ -524,25 +487,16 @@ async fn a_failed_group_commit_answers_each_of_its_orders_with_an_error_and_publ
         wait_for(
             Duration::from_secs(30),
             &format!("fence {fence} to fail the transaction in flight"),
-            || async { (refused.load(Ordering::Relaxed) > refused_before).then_some(()) },
+            || async { (customers.refused() > refused_before).then_some(()) },
         )
         .await;
     }
     // The publisher recovered: orders go through again.
-    let enough = count_placed() + 64;
-    wait_for(
-        Duration::from_secs(60),
-        "orders after the last fence",
-        || async { (count_placed() >= enough).then_some(()) },
-    )
-    .await;
-    done.store(true, Ordering::Relaxed);
-    for client in clients {
-        client.await.unwrap();
-    }
+    customers.wait_placed(64, Duration::from_secs(60)).await;
+    let answers = customers.stop().await;
 
-    let placed: HashSet<String> = placed.lock().unwrap().iter().cloned().collect();
-    let refused = refused.load(Ordering::Relaxed);
+    let placed: HashSet<String> = answers.placed.iter().cloned().collect();
+    let refused = answers.refused.len();
     println!(
         "{} orders placed, {refused} refused by {FENCES} fences",
         placed.len()
@@ -551,26 +505,33 @@ async fn a_failed_group_commit_answers_each_of_its_orders_with_an_error_and_publ
         refused > FENCES,
         "{FENCES} fences failed only {refused} orders: no failed group held several"
     );
-    let orders_topic = format!("pizza-orders-{}", topics.suffix);
-    for topic in [orders_topic.as_str(), topics.orders(), topics.completed()] {
-        let records = read_records(topic, placed.len(), Duration::from_secs(90));
-        let ids: Vec<String> = records
-            .iter()
-            .map(|record| record.key.clone().expect("keyed by order id"))
-            .collect();
+    // Per topic, how many records each order has: an order's record and its pizzas are
+    // published together or not at all.
+    let per_order = PIZZAS as usize;
+    for (topic, each) in [
+        (topics.order_records(), 1),
+        (topics.orders().to_owned(), per_order),
+        (topics.completed().to_owned(), per_order),
+    ] {
+        let records = read_records(&topic, placed.len() * each, Duration::from_secs(90));
+        let mut counts: HashMap<String, usize> = HashMap::new();
+        for record in &records {
+            *counts
+                .entry(record.key.clone().expect("keyed by order id"))
+                .or_default() += 1;
+        }
         assert_eq!(
-            ids.len(),
-            placed.len(),
-            "{topic}: one record per placed order"
-        );
-        assert_eq!(
-            ids.iter().cloned().collect::<HashSet<_>>(),
+            counts.keys().cloned().collect::<HashSet<_>>(),
             placed,
             "{topic}: exactly the orders answered 200"
         );
+        assert!(
+            counts.values().all(|&n| n == each),
+            "{topic}: {each} records of every order"
+        );
         assert_eq!(
-            record_count(topic),
-            placed.len() as i64,
+            record_count(&topic),
+            (placed.len() * each) as i64,
             "{topic}: nothing of a refused order"
         );
     }

@@ -9,7 +9,7 @@ mod support;
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use serde_json::Value;
+use serde_json::{Value, json};
 use support::*;
 
 const WITHIN: Duration = Duration::from_secs(120);
@@ -126,10 +126,7 @@ async fn killing_the_host_mid_run_neither_loses_nor_double_counts_a_cheese() {
     std::fs::write(&pipeline, with_cheese_report(&toml, &topics)).unwrap();
 
     let host = HostProcess::start_named(&pipeline, "report-crash").await;
-    let mut orders = Vec::new();
-    for _ in 0..5 {
-        orders.push(host.order(1_000).await);
-    }
+    let orders = host.orders(5, 1_000).await;
     // Kill it while the report is counting.
     wait_for(WITHIN, "the report to be counting", || async {
         let (_, body) = report(&host.url, "cheese").await;
@@ -153,4 +150,88 @@ async fn killing_the_host_mid_run_neither_loses_nor_double_counts_a_cheese() {
         report_with_total(&host.url, 5_000).await,
         cheese_counts(&pizzas)
     );
+}
+
+/// A report skips an event its component cannot fold, counts it as `failed` and goes on; it
+/// keeps answering with its last counts while the stage feeding it fails every event; and
+/// every host keeps its own copy. The feeding stage here is the hostile component, which
+/// passes an event through unchanged or fails as its `act` says.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_report_skips_what_it_cannot_fold_outlasts_a_failing_feeder_and_every_host_has_it() {
+    let topics = Topics::unique("report-edges");
+    let toml = with_cheese_report(&pipeline_toml(&topics), &topics).replacen(
+        &format!(
+            "name = \"cheese\"\ncomponent = \"{}\"",
+            component("cheese").display()
+        ),
+        &format!(
+            "name = \"cheese\"\ncomponent = \"{}\"\ntimeout_ms = 300",
+            test_component("hostile").display()
+        ),
+        1,
+    );
+    let hosts = [
+        TestHost::start_toml(&toml).await,
+        TestHost::start_toml(&toml).await,
+    ];
+    let feeder = topics.chain[1].clone();
+    let feed = |n: u32, event: Value| {
+        let feeder = feeder.clone();
+        async move {
+            let key = format!("report-{n}");
+            produce(&feeder, Some(&key), event.to_string().as_bytes()).await;
+        }
+    };
+    let goat = |n: u32| json!({"order_id": format!("report-{n}"), "cheese": "goat"});
+    for n in 0..3 {
+        feed(n, goat(n)).await;
+    }
+    let goats = |count: u64| BTreeMap::from([("goat".to_owned(), count)]);
+    for host in &hosts {
+        assert_eq!(report_with_total(&host.url, 3).await, goats(3));
+    }
+
+    // The feeding stage fails every event it takes: they go to its dead-letter topic, and
+    // the report answers with its last counts meanwhile.
+    for n in 3..6 {
+        feed(
+            n,
+            json!({"order_id": format!("report-{n}"), "act": "panic"}),
+        )
+        .await;
+    }
+    wait_for(WITHIN, "the failed events dead-lettered", || async {
+        (record_count(&format!("{}.dlq", topics.chain[1])) == 3).then_some(())
+    })
+    .await;
+    for host in &hosts {
+        let (status, body) = report(&host.url, "cheese").await;
+        assert_eq!(status, 200);
+        assert_eq!(
+            serde_json::from_value::<BTreeMap<String, u64>>(body).unwrap(),
+            goats(3)
+        );
+    }
+
+    // Events the report cannot fold: one without a cheese, through the stage, and one that
+    // is not JSON, straight onto the report's topic. Both are skipped and counted; the goat
+    // after them is counted.
+    feed(6, json!({"order_id": "report-6"})).await;
+    produce(&topics.chain[2], Some("report-7"), b"not json").await;
+    feed(8, goat(8)).await;
+    for host in &hosts {
+        let cheese = wait_for(WITHIN, "two events skipped and four folded", || async {
+            let listed: Value = reqwest::get(format!("{}/report", host.url))
+                .await
+                .ok()?
+                .json()
+                .await
+                .ok()?;
+            let cheese = listed["reports"][0].clone();
+            (cheese["events"] == 4 && cheese["failed"] == 2).then_some(cheese)
+        })
+        .await;
+        assert!(cheese["last_error"].is_object(), "{cheese}");
+        assert_eq!(report_with_total(&host.url, 4).await, goats(4));
+    }
 }

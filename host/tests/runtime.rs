@@ -327,6 +327,11 @@ fn a_reused_instance_serves_calls_until_one_fails_and_is_then_replaced() {
             "after a {failure}, a fresh instance"
         );
     }
+    // An instance that wrote to stderr answers, and is then dropped.
+    assert_eq!(
+        instance_calls(true, &["count", "stderr", "count"]),
+        [Some(2), Some(3), Some(1)]
+    );
     // A returned error is an answer, not a failure: the instance stays.
     assert_eq!(
         instance_calls(true, &["count", "error", "count"]),
@@ -386,5 +391,44 @@ fn a_compile_cache_someone_else_could_write_is_refused() {
         assert!(err.contains("belongs to user 65534"), "{err}");
     } else {
         eprintln!("not root: the other user's folder is not tried");
+    }
+}
+
+/// Without `compile_cache`, components are cached under `$XDG_CACHE_HOME/pizza-host`, or
+/// `~/.cache/pizza-host` when that is not set, created for this user alone.
+#[test]
+fn the_default_compile_cache_is_per_user_under_xdg_cache_home_or_home() {
+    use std::os::unix::fs::PermissionsExt as _;
+    let check = |env: &[(&str, &std::path::Path)]| {
+        let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_pizza-host"));
+        command.env_remove("XDG_CACHE_HOME");
+        for (name, value) in env {
+            command.env(name, value);
+        }
+        let output = command
+            .arg("check")
+            .arg(support::component("sauce"))
+            .output()
+            .expect("run pizza-host");
+        assert!(output.status.success(), "{output:?}");
+    };
+    let xdg = temp_dir("cache-xdg");
+    check(&[("XDG_CACHE_HOME", &xdg)]);
+    let home = temp_dir("cache-home");
+    check(&[("HOME", &home)]);
+    for cache in [
+        xdg.join("pizza-host"),
+        home.join(".cache").join("pizza-host"),
+    ] {
+        let mode = std::fs::metadata(&cache)
+            .unwrap_or_else(|err| panic!("{}: {err}", cache.display()))
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o700, "{}", cache.display());
+        assert!(
+            !walk(&cache).is_empty(),
+            "{}: nothing cached",
+            cache.display()
+        );
     }
 }

@@ -28,7 +28,7 @@ async fn the_live_stream_shows_each_pizza_of_its_order_at_each_stage_in_order() 
     let mut watching = SseStream::open(&format!("{}/events?order={id}", host.url)).await;
     let mut anonymous = SseStream::open(&format!("{}/events", host.url)).await;
     let order = serde_json::json!({"order_id": id, "count": 2}).to_string();
-    produce(&format!("pizza-orders-{}", topics.suffix), Some(&id), order.as_bytes()).await;
+    produce(&topics.order_records(), Some(&id), order.as_bytes()).await;
     for n in 0..2 {
         let pizza = serde_json::json!({"order_id": id, "pizza_id": format!("{id}-{n}"),
             "sauce": "", "cheese": "", "meats": "", "veggies": ""});

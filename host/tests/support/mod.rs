@@ -17,7 +17,10 @@ use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::{ClientConfig, Message, Offset, TopicPartitionList};
 use tokio_util::sync::CancellationToken;
 
+mod customers;
 mod process;
+#[allow(unused_imports)] // not every test binary uses them
+pub use customers::*;
 #[allow(unused_imports)] // not every test binary runs processes
 pub use process::*;
 
@@ -76,6 +79,10 @@ impl Topics {
     pub fn completed(&self) -> &str {
         &self.chain[4]
     }
+    /// Where the host publishes order records (id and count), as `pipeline_toml` sets it.
+    pub fn order_records(&self) -> String {
+        format!("pizza-orders-{}", self.suffix)
+    }
 }
 
 /// The demo pipeline on `topics`, listening on a free port.
@@ -90,12 +97,13 @@ listen = "127.0.0.1:0"
 [orders]
 topic = "{orders}"
 completed_topic = "{completed}"
-orders_topic = "pizza-orders-{suffix}"
+orders_topic = "{order_records}"
 "#,
         suffix = topics.suffix,
         bootstrap = bootstrap(),
         orders = topics.orders(),
         completed = topics.completed(),
+        order_records = topics.order_records(),
     );
     for (i, stage) in STAGES.iter().enumerate() {
         toml.push_str(&format!(
@@ -137,6 +145,12 @@ pub fn process_pipeline(test: &str, topics: &Topics, bootstrap: &str) -> PathBuf
         .replace("[kafka]\n", "[kafka]\n\"session.timeout.ms\" = 6000\n");
     std::fs::write(&pipeline, toml).unwrap();
     pipeline
+}
+
+/// Switches the pipeline file at `path` to `guarantee = "at-least-once"`.
+pub fn switch_to_at_least_once(path: &Path) {
+    let toml = std::fs::read_to_string(path).unwrap();
+    std::fs::write(path, format!("guarantee = \"at-least-once\"\n{toml}")).unwrap();
 }
 
 /// `toml` with the cheese report (`GET /report/cheese`) on the cheese stage's output added.
@@ -296,6 +310,38 @@ pub async fn place_order(url: &str, count: u32) -> String {
     body["order_id"].as_str().expect("order_id").to_owned()
 }
 
+/// `GET /metrics` as series (`name{labels}`) → value.
+pub async fn scrape(url: &str) -> HashMap<String, f64> {
+    let response = reqwest::get(format!("{url}/metrics")).await.unwrap();
+    assert_eq!(response.status(), 200);
+    let text = response.text().await.unwrap();
+    text.lines()
+        .filter(|line| !line.starts_with('#') && !line.is_empty())
+        .map(|line| {
+            let (series, value) = line.rsplit_once(' ').unwrap();
+            (series.to_owned(), value.parse().unwrap())
+        })
+        .collect()
+}
+
+/// The sum of every series of `name` whose labels contain `label`.
+pub fn sum(metrics: &HashMap<String, f64>, name: &str, label: &str) -> f64 {
+    metrics
+        .iter()
+        .filter(|(series, _)| series.starts_with(&format!("{name}{{")) && series.contains(label))
+        .map(|(_, value)| value)
+        .sum()
+}
+
+/// How many records `stage` has taken from its input, as the host's metrics count them.
+pub async fn stage_records_in(url: &str, stage: &str) -> f64 {
+    sum(
+        &scrape(url).await,
+        "pizza_host_stage_records_in_total",
+        &format!("stage=\"{stage}\""),
+    )
+}
+
 /// Polls `check` until it yields a value; panics naming `what` after `limit`.
 pub async fn wait_for<T, F, Fut>(limit: Duration, what: &str, mut check: F) -> T
 where
@@ -374,6 +420,19 @@ pub fn records_after_commit(group: &str, topic: &str) -> i64 {
     count_records(&bootstrap(), topic, group, true)
 }
 
+/// How many records the demo's stages on `topics` would redo if they started now: each
+/// stage's input beyond what its group committed, summed. Above zero right after a kill, the
+/// kill found work in flight.
+pub fn stage_records_after_commit(topics: &Topics) -> i64 {
+    STAGES
+        .iter()
+        .enumerate()
+        .map(|(i, stage)| {
+            records_after_commit(&format!("test-{}-{stage}", topics.suffix), &topics.chain[i])
+        })
+        .sum()
+}
+
 fn count_records(bootstrap: &str, topic: &str, group: &str, from_committed: bool) -> i64 {
     let consumer: BaseConsumer = client_config(bootstrap)
         .set("group.id", group)
@@ -398,7 +457,14 @@ fn count_records(bootstrap: &str, topic: &str, group: &str, from_committed: bool
             .unwrap();
     }
     if from_committed {
-        let committed = consumer
+        // What the group committed, even while a transaction holds offsets for it: a
+        // `read_committed` client would ask for stable offsets only, and wait until a killed
+        // host's open transaction is fenced or times out.
+        let committed = client_config(bootstrap)
+            .set("group.id", group)
+            .set("isolation.level", "read_uncommitted")
+            .create::<BaseConsumer>()
+            .unwrap()
             .committed_offsets(assignment.clone(), Duration::from_secs(10))
             .unwrap();
         for element in committed.elements() {

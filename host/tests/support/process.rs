@@ -1,7 +1,7 @@
 //! Hosts and brokers as separate processes: a `pizza-host run` that a test can kill, and a
 //! broker of the test's own that it can stop and start.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use super::*;
@@ -120,6 +120,15 @@ impl HostProcess {
         place_order(&self.url, count).await
     }
 
+    /// Places `orders` orders of `count` pizzas, one after another.
+    pub async fn orders(&self, orders: usize, count: u32) -> Vec<String> {
+        let mut placed = Vec::with_capacity(orders);
+        for _ in 0..orders {
+            placed.push(self.order(count).await);
+        }
+        placed
+    }
+
     /// Waits until each of `orders` holds `count` pizzas.
     pub async fn wait_complete(&self, orders: &[String], count: usize, limit: Duration) {
         for id in orders {
@@ -132,6 +141,26 @@ impl HostProcess {
         }
     }
 
+    /// How many partitions of its input each of its stages holds, as `/readyz` says.
+    pub async fn partitions_per_stage(&self) -> Vec<usize> {
+        let Ok(response) = reqwest::get(format!("{}/readyz", self.url)).await else {
+            return Vec::new();
+        };
+        let ready: serde_json::Value = response.json().await.unwrap_or_default();
+        ready["stages"].as_array().map_or(Vec::new(), |stages| {
+            stages
+                .iter()
+                .map(|s| s["partitions"].as_array().map_or(0, Vec::len))
+                .collect()
+        })
+    }
+
+    /// How many of its stages hold partitions of their input.
+    pub async fn stages_holding_partitions(&self) -> usize {
+        let held = self.partitions_per_stage().await;
+        held.iter().filter(|&&n| n > 0).count()
+    }
+
     pub async fn pizzas(&self, id: &str) -> usize {
         let Ok(response) = reqwest::get(format!("{}/order/{id}", self.url)).await else {
             return 0;
@@ -139,6 +168,76 @@ impl HostProcess {
         let order: serde_json::Value = response.json().await.unwrap_or_default();
         order["pizzas"].as_array().map(Vec::len).unwrap_or_default()
     }
+}
+
+/// Runs `pizza-host run` on `pipeline` as a host named `name` that is expected to refuse to
+/// start; returns its exit status and log. Panics (killing it) if it is still running after
+/// `limit`.
+pub async fn run_refused(
+    pipeline: &Path,
+    name: &str,
+    limit: Duration,
+) -> (std::process::ExitStatus, String) {
+    let log = pipeline.with_extension(format!("{name}-refused.log"));
+    let mut host = std::process::Command::new(env!("CARGO_BIN_EXE_pizza-host"))
+        .env("HOSTNAME", name)
+        .env("NO_COLOR", "1")
+        .args(["run", "--no-watch", "--listen"])
+        .arg(format!("127.0.0.1:{}", free_port()))
+        .arg(pipeline)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + limit;
+    let status = loop {
+        if let Some(status) = host.try_wait().unwrap() {
+            break status;
+        }
+        if Instant::now() > deadline {
+            host.kill().unwrap();
+            panic!("the host started; it should have refused to");
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    (status, std::fs::read_to_string(&log).unwrap())
+}
+
+/// Kills the host named `name` on `pipeline` mid-run `kills` times, restarting it each time,
+/// and returns the host running after the last kill and every order placed. Each round orders
+/// `per_round` orders of 1,000 pizzas and kills the host as soon as its `sauce` stage has taken
+/// some of them. A kill counts only if `in_flight` (the work a restart has to redo, measured
+/// right after the kill) is above zero; one that came after everything was committed does
+/// not, and the round is tried again (up to three times as many rounds as kills).
+pub async fn kill_while_in_flight(
+    mut host: HostProcess,
+    pipeline: &Path,
+    name: &str,
+    kills: usize,
+    per_round: usize,
+    in_flight: impl Fn() -> i64,
+) -> (HostProcess, Vec<String>) {
+    let mut orders = Vec::new();
+    let mut landed = 0;
+    for attempt in 1..=3 * kills {
+        let taken = stage_records_in(&host.url, "sauce").await;
+        orders.extend(host.orders(per_round, 1_000).await);
+        wait_for(
+            Duration::from_secs(90),
+            "progress before the kill",
+            || async { (stage_records_in(&host.url, "sauce").await > taken).then_some(()) },
+        )
+        .await;
+        host.kill();
+        let left = in_flight();
+        println!("kill {attempt}: {left} records to redo");
+        landed += usize::from(left > 0);
+        host = HostProcess::start_named(pipeline, name).await;
+        if landed == kills {
+            return (host, orders);
+        }
+    }
+    panic!("only {landed} of {kills} kills found records in flight");
 }
 
 impl Drop for HostProcess {
@@ -192,6 +291,25 @@ impl OwnBroker {
     /// Starts it again on the same data; returns once it is ready.
     pub fn restart(&self) {
         assert!(self.run("start"), "dev/kafka.sh start failed");
+    }
+
+    /// Freezes the broker (SIGSTOP): its connections stay open but it answers nothing, as a
+    /// hung broker would. [`OwnBroker::thaw`] lets it go on.
+    pub fn freeze(&self) {
+        self.signal("STOP");
+    }
+
+    pub fn thaw(&self) {
+        self.signal("CONT");
+    }
+
+    fn signal(&self, name: &str) {
+        let pid = std::fs::read_to_string(self.state.join("broker.pid")).unwrap();
+        let sent = std::process::Command::new("kill")
+            .args([format!("-{name}"), pid.trim().to_owned()])
+            .status()
+            .unwrap();
+        assert!(sent.success(), "kill -{name} the broker");
     }
 
     fn run(&self, command: &str) -> bool {

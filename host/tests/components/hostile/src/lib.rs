@@ -5,7 +5,7 @@
 //! whether instances are reused), `leak` (as `count`, and keeps 1 MiB more each call),
 //! `fail-when-reused` (as `count` in a fresh instance, a panic in one that served before),
 //! `big` (returns the event's `order_id` with 1.5 MB of filler: over the broker's default
-//! record size).
+//! record size), `stderr` (as `count`, after writing a line to stderr).
 //! With no `act` it behaves: the event passes unchanged.
 #![allow(unsafe_code, missing_docs)]
 
@@ -24,6 +24,10 @@ impl Guest for Hostile {
             Some("count") => Ok(format!("{{\"order_id\":\"1\",\"calls\":{calls}}}")),
             Some("leak") => {
                 std::hint::black_box(Box::leak(vec![1u8; 1 << 20].into_boxed_slice()));
+                Ok(format!("{{\"order_id\":\"1\",\"calls\":{calls}}}"))
+            }
+            Some("stderr") => {
+                eprintln!("hostile stage writes to stderr");
                 Ok(format!("{{\"order_id\":\"1\",\"calls\":{calls}}}"))
             }
             Some("fail-when-reused") if calls > 1 => panic!("this instance served before"),
