@@ -18,16 +18,22 @@ use rdkafka::{Offset, TopicPartitionList};
 /// How long a watermark or committed-offset query may take.
 const WATERMARK_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// Logs the errors a consumer hands out, without repeating itself.
+/// Logs the errors a consumer hands out, without repeating itself, and remembers a fatal one.
 ///
-/// Consumer errors are librdkafka saying what it is retrying on its own (a broker went away, a
-/// rebalance failed), so they are logged and never waited on: waiting after each would leave
-/// the errors that pile up during an outage to be drained one per wait, long after the broker
-/// is back, with the records queued behind them. The same message is logged at most once per
-/// [`ConsumerErrors::EVERY`].
+/// Consumer errors are mostly librdkafka saying what it is retrying on its own (a broker went
+/// away, a rebalance failed), so they are logged and never waited on: waiting after each would
+/// leave the errors that pile up during an outage to be drained one per wait, long after the
+/// broker is back, with the records queued behind them. The same message is logged at most once
+/// per [`ConsumerErrors::EVERY`].
+///
+/// A fatal error is different: the consumer hands out nothing after it (a static member fenced
+/// by another with its `group.instance.id`, as when a restarted consumer joins while the one it
+/// replaces is still leaving), so a loop that went on polling would wait forever.
+/// [`ConsumerErrors::check_fatal`] makes its owner start over with a new consumer.
 #[derive(Debug, Default)]
 pub struct ConsumerErrors {
     last: Option<(String, std::time::Instant)>,
+    fatal: Option<String>,
 }
 
 impl ConsumerErrors {
@@ -37,10 +43,23 @@ impl ConsumerErrors {
     /// Logs `err` (from the consumer of `what`) unless it was just logged.
     pub fn log(&mut self, what: &str, err: &rdkafka::error::KafkaError) {
         let message = err.to_string();
+        if let rdkafka::error::KafkaError::MessageConsumptionFatal(_) = err {
+            tracing::error!("{what}: the consumer failed for good: {message}; starting a new one");
+            self.fatal = Some(message);
+            return;
+        }
         let repeated = matches!(&self.last, Some((last, at)) if *last == message && at.elapsed() < Self::EVERY);
         if !repeated {
             tracing::warn!("{what}: consumer error: {message}");
             self.last = Some((message, std::time::Instant::now()));
+        }
+    }
+
+    /// An error once the consumer has reported a fatal one: it is of no more use.
+    pub fn check_fatal(&self) -> anyhow::Result<()> {
+        match &self.fatal {
+            Some(fatal) => anyhow::bail!("the consumer failed for good: {fatal}"),
+            None => Ok(()),
         }
     }
 }

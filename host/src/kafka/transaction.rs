@@ -161,6 +161,7 @@ pub async fn run<W: TransactionalWork>(
         if stop.is_cancelled() {
             return Ok(());
         }
+        errors.check_fatal()?;
         // Partitions that changed hands start again from their committed offsets (eager
         // rebalancing): what was taken of them before is read again, by whoever holds them.
         if !carried.is_empty() && consumer.context().assignments() != carried_under {

@@ -60,6 +60,9 @@ pub async fn run(
     let mut errors = ConsumerErrors::default();
     let name = format!("stage {}", route.name);
     let stopped = loop {
+        if let Err(fatal) = errors.check_fatal() {
+            break Err(fatal);
+        }
         tokio::select! {
             biased;
             _ = signals.stop.cancelled() => break Ok(()),
