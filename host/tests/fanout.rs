@@ -272,7 +272,7 @@ async fn a_join_over_inputs_of_different_partition_counts_stops_startup_with_a_c
         [("bootstrap.servers".to_owned(), bootstrap())].into(),
     );
     kafka
-        .ensure_topics(&[topics.parts[1].as_str()], 4, 1, &[])
+        .ensure_topics(&[topics.parts[1].as_str()], 4, Some(1), &[])
         .await
         .unwrap();
     let pipeline = temp_dir("fanout-partitions").join("pipeline.toml");

@@ -333,7 +333,7 @@ async fn measure(config: &Config) -> anyhow::Result<Run> {
         pizza_host::kafka::KafkaSettings::new(
             pipeline.kafka_properties().map_err(anyhow::Error::msg)?,
         )
-        .ensure_topics(&topics, pipeline.topics.partitions, 1, &[])
+        .ensure_topics(&topics, pipeline.topics.partitions, Some(1), &[])
         .await?;
     }
     let passthroughs = CancellationToken::new();

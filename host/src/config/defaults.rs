@@ -47,9 +47,6 @@ pub(super) fn default_max_order_count() -> u32 {
 pub(super) fn default_partitions() -> i32 {
     3
 }
-pub(super) fn default_replication() -> i32 {
-    1
-}
 pub(super) fn default_order_topic() -> String {
     "pizza".into()
 }
@@ -72,7 +69,7 @@ impl Default for TopicsConfig {
     fn default() -> Self {
         Self {
             partitions: default_partitions(),
-            replication_factor: default_replication(),
+            replication_factor: None,
         }
     }
 }

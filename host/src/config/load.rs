@@ -66,7 +66,7 @@ impl Pipeline {
         if self.topics.partitions < 1 {
             return Err(invalid("topics.partitions must be at least 1".into()));
         }
-        if self.topics.replication_factor < 1 {
+        if self.topics.replication_factor.is_some_and(|r| r < 1) {
             return Err(invalid(
                 "topics.replication_factor must be at least 1".into(),
             ));

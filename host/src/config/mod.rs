@@ -248,9 +248,11 @@ pub struct TopicsConfig {
     /// Partitions of each topic the host creates. Existing topics are left as they are.
     #[serde(default = "default_partitions")]
     pub partitions: i32,
-    /// Replication factor of each topic the host creates.
-    #[serde(default = "default_replication")]
-    pub replication_factor: i32,
+    /// Replication factor of each topic the host creates; unset, as many brokers as the
+    /// cluster has, up to 3. At 3 or more the host also sets `min.insync.replicas` = 2 on
+    /// them, so an acknowledged record is on two brokers.
+    #[serde(default)]
+    pub replication_factor: Option<i32>,
 }
 
 /// Where orders enter the pipeline and where completed pizzas come out.

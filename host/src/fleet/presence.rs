@@ -82,7 +82,7 @@ pub struct InstanceTaken {
 pub async fn claim(
     kafka: &KafkaSettings,
     topic: &str,
-    replication: i32,
+    replication: Option<i32>,
     instance_id: &str,
     tasks: &TaskTracker,
     shutdown: CancellationToken,

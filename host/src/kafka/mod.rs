@@ -70,6 +70,10 @@ impl KafkaSettings {
         for (key, value) in &self.properties {
             config.set(key, value);
         }
+        // Partitions added to a topic (to spread a stage over more hosts) are found at the next
+        // metadata refresh, by the stage consuming it and by whoever produces to it: within
+        // seconds, not librdkafka's default 5 minutes.
+        config.set_if_absent("topic.metadata.refresh.interval.ms", "10000");
         config
     }
 
@@ -197,6 +201,9 @@ impl KafkaSettings {
         let mut config = self.base();
         config
             .set("enable.idempotence", "true")
+            // What idempotence implies anyway, said outright: a record counts as written
+            // once every in-sync replica has it.
+            .set("acks", "all")
             .set_if_absent("linger.ms", "5")
             .set_if_absent("compression.type", "lz4")
             .set_if_absent("queue.buffering.max.kbytes", PRODUCER_QUEUE_KIB);

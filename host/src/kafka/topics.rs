@@ -16,12 +16,14 @@ use super::{ADMIN_TIMEOUT, KafkaSettings};
 
 impl KafkaSettings {
     /// Creates each of `topics` that does not exist yet, with the topic-level `settings`
-    /// (`cleanup.policy`, …); existing topics are left as they are.
+    /// (`cleanup.policy`, …); existing topics are left as they are. `replication` unset means
+    /// as many replicas as the cluster has brokers, up to 3; with 3 or more, an acknowledged
+    /// record must be on 2 of them (`min.insync.replicas`), so one broker's loss loses nothing.
     pub async fn ensure_topics(
         &self,
         topics: &[&str],
         partitions: i32,
-        replication: i32,
+        replication: Option<i32>,
         settings: &[(&str, &str)],
     ) -> anyhow::Result<()> {
         // librdkafka crashes on a request that names a topic twice, and has nothing to do
@@ -31,6 +33,14 @@ impl KafkaSettings {
             return Ok(());
         }
         let admin = self.admin()?;
+        let replication = match replication {
+            Some(replication) => replication,
+            None => tokio::task::block_in_place(|| brokers(admin.inner()))?.min(3),
+        };
+        let mut settings = settings.to_vec();
+        if replication >= 3 {
+            settings.push(("min.insync.replicas", "2"));
+        }
         let new_topics: Vec<NewTopic<'_>> = topics
             .iter()
             .map(|topic| {
@@ -167,6 +177,14 @@ impl KafkaSettings {
         }
         Ok(())
     }
+}
+
+/// How many brokers the cluster has.
+fn brokers<C: ClientContext>(client: &Client<C>) -> anyhow::Result<i32> {
+    let metadata = client
+        .fetch_metadata(None, ADMIN_TIMEOUT)
+        .context("cannot ask the Kafka cluster how many brokers it has")?;
+    Ok(i32::try_from(metadata.brokers().len()).unwrap_or(i32::MAX))
 }
 
 /// The partitions of `topic`, once every one has a leader. A topic created moments ago may

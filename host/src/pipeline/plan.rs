@@ -105,7 +105,8 @@ pub struct Plan {
     pub view: ViewTopics,
     /// Every topic above, to create when missing.
     pub topics: BTreeSet<TopicSpec>,
-    replication: i32,
+    /// `[topics] replication_factor`: `None` leaves it to the cluster's size.
+    replication: Option<i32>,
 }
 
 impl Plan {
