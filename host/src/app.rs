@@ -87,8 +87,13 @@ pub async fn start(
         &tasks,
         shutdown.clone(),
     );
+    // Before any stage starts: a refusal later would leave their consumers to close mid-join.
+    crate::pipeline::join::check_co_partitioned(
+        &pipeline.joins,
+        pipeline.topics.partitions,
+        &kafka,
+    )?;
     let plan = running.apply_after(&pipeline, claim).await?;
-    crate::pipeline::join::check_co_partitioned(&plan.joins, &kafka)?;
     crate::pipeline::join::start(&plan.joins, &kafka, &tasks, &shutdown);
     let health = crate::kafka::health::spawn_probe(
         &kafka,

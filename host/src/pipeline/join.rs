@@ -32,6 +32,7 @@ use serde_json::{Map, Value};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use crate::config::JoinConfig;
 use crate::kafka::headers;
 use crate::kafka::transaction::{self, Idle, TXN_TIMEOUT, Transaction, TransactionalWork};
 use crate::kafka::{GroupConsumer, GroupState, KafkaSettings};
@@ -73,25 +74,41 @@ pub fn start(
     }
 }
 
-/// Refuses a join whose inputs differ in partition count: its consumer reads partition `p` of
-/// every input together, so the parts of one pizza would otherwise never meet.
-pub fn check_co_partitioned(joins: &[JoinRoute], kafka: &KafkaSettings) -> anyhow::Result<()> {
+/// Refuses a join whose inputs would differ in partition count (those that exist as they are,
+/// the missing ones as the host will create them, with `partitions`): its consumer reads
+/// partition `p` of every input together, so the parts of one pizza would otherwise never meet.
+pub fn check_co_partitioned(
+    joins: &[JoinConfig],
+    partitions: i32,
+    kafka: &KafkaSettings,
+) -> anyhow::Result<()> {
     if joins.is_empty() {
         return Ok(());
     }
     let admin = kafka.admin()?;
-    for route in joins {
-        let counts = route
-            .config
+    let metadata = tokio::task::block_in_place(|| {
+        admin
+            .inner()
+            .fetch_metadata(None, crate::kafka::ADMIN_TIMEOUT)
+    })
+    .context("cannot read the partition counts of the joins' inputs")?;
+    let existing: HashMap<&str, usize> = metadata
+        .topics()
+        .iter()
+        .map(|topic| (topic.name(), topic.partitions().len()))
+        .collect();
+    for join in joins {
+        let counts: Vec<(&str, usize)> = join
             .inputs
             .iter()
             .map(|topic| {
-                let partitions = tokio::task::block_in_place(|| {
-                    crate::kafka::topics::partitions(admin.inner(), topic)
-                })?;
-                Ok((topic.as_str(), partitions.len()))
+                let count = existing
+                    .get(topic.as_str())
+                    .copied()
+                    .unwrap_or(usize::try_from(partitions).unwrap_or_default());
+                (topic.as_str(), count)
             })
-            .collect::<anyhow::Result<Vec<_>>>()?;
+            .collect();
         if counts.iter().any(|&(_, n)| n != counts[0].1) {
             let listed: Vec<String> = counts
                 .iter()
@@ -100,7 +117,7 @@ pub fn check_co_partitioned(joins: &[JoinRoute], kafka: &KafkaSettings) -> anyho
             anyhow::bail!(
                 "join {}: its inputs must have the same number of partitions (be \
                  co-partitioned), but {}",
-                route.config.name,
+                join.name,
                 listed.join(", ")
             );
         }
