@@ -377,8 +377,10 @@ async fn a_killed_host_holds_its_partitions_until_its_sessions_time_out() {
     .await;
     let took = killed.elapsed();
     println!("partitions moved {took:?} after the kill");
+    // The session counts from the last heartbeat, which may have come up to one heartbeat
+    // interval (librdkafka's 3 s) before the kill.
     assert!(
-        took >= SESSION - Duration::from_secs(1),
+        took >= SESSION - Duration::from_secs(3),
         "the partitions moved after {took:?}, before the {SESSION:?} sessions timed out"
     );
 }

@@ -17,6 +17,25 @@ pub struct Answers {
     pub refused: Vec<String>,
 }
 
+impl Answers {
+    /// The refusals of orders cut off in a transaction (see [`is_cut_off`]).
+    pub fn cut_off(&self) -> Vec<&String> {
+        self.refused
+            .iter()
+            .filter(|error| is_cut_off(error))
+            .collect()
+    }
+}
+
+/// Whether a 503's `error` came from a transaction the host had begun, cut off by a fault,
+/// rather than from a refusal at the door (Kafka unreachable, shutting down, too busy): only
+/// such an order may still have reached Kafka.
+pub fn is_cut_off(error: &str) -> bool {
+    !["Kafka is unreachable", "shutting down", "too many requests"]
+        .iter()
+        .any(|at_the_door| error.contains(at_the_door))
+}
+
 pub struct Customers {
     answers: Arc<Mutex<Answers>>,
     done: Arc<AtomicBool>,

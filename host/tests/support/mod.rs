@@ -399,20 +399,40 @@ pub fn record_count_at(bootstrap: &str, topic: &str) -> i64 {
 /// The offsets `topic` spans, summed over its partitions: its records, the transaction markers
 /// between them and any aborted records.
 pub fn offsets_spanned(topic: &str) -> i64 {
-    let consumer: BaseConsumer = client_config(&bootstrap()).create().unwrap();
+    watermarks_at(&bootstrap(), topic)
+        .iter()
+        .map(|(low, high)| high - low)
+        .sum()
+}
+
+/// The (low, high) watermarks of each partition of `topic` on the cluster at `bootstrap`, in
+/// partition order.
+pub fn watermarks_at(bootstrap: &str, topic: &str) -> Vec<(i64, i64)> {
+    let (consumer, partitions) = partitions_at(bootstrap, topic);
+    partitions
+        .iter()
+        .map(|&(partition, _)| {
+            consumer
+                .fetch_watermarks(topic, partition, Duration::from_secs(10))
+                .unwrap()
+        })
+        .collect()
+}
+
+/// A client of the cluster at `bootstrap`, and each partition of `topic` with its leader's
+/// node id, in partition order.
+pub fn partitions_at(bootstrap: &str, topic: &str) -> (BaseConsumer, Vec<(i32, i32)>) {
+    let consumer: BaseConsumer = client_config(bootstrap).create().unwrap();
     let metadata = consumer
         .fetch_metadata(Some(topic), Duration::from_secs(10))
         .unwrap();
-    metadata.topics()[0]
+    let mut partitions: Vec<(i32, i32)> = metadata.topics()[0]
         .partitions()
         .iter()
-        .map(|partition| {
-            let (low, high) = consumer
-                .fetch_watermarks(topic, partition.id(), Duration::from_secs(10))
-                .unwrap();
-            high - low
-        })
-        .sum()
+        .map(|p| (p.id(), p.leader()))
+        .collect();
+    partitions.sort_unstable();
+    (consumer, partitions)
 }
 
 /// How many records of `topic` lie beyond what `group` committed: what a restart would redo.
@@ -617,4 +637,54 @@ pub fn assert_every_pizza_exactly_once(bootstrap: &str, topics: &Topics, total: 
             "{topic}.dlq"
         );
     }
+}
+
+/// After a run that broke something while customers ordered, as `read_committed` readers on
+/// the cluster at `bootstrap` see it: every order of `placed` (those answered 200) is in Kafka,
+/// each with all its pizzas, and no pizza of another order. An order answered 503 is not in
+/// Kafka, unless its commit had reached the broker before a fault cut the host's wait for the
+/// answer short: at most `cut_off` such orders, and those are whole too. Then every pizza
+/// went through every stage exactly once. Returns how many pizzas that is.
+pub fn assert_orders_exactly_once(
+    bootstrap: &str,
+    topics: &Topics,
+    placed: &[String],
+    cut_off: usize,
+) -> usize {
+    let limit = Duration::from_secs(120);
+    let order_records = record_count_at(bootstrap, &topics.order_records()) as usize;
+    let committed: HashMap<String, i64> =
+        read_records_at(bootstrap, &topics.order_records(), order_records, limit)
+            .iter()
+            .map(|record| {
+                let order: serde_json::Value = serde_json::from_slice(&record.value).unwrap();
+                let id = order["order_id"].as_str().unwrap().to_owned();
+                (id, order["count"].as_i64().unwrap())
+            })
+            .collect();
+    assert_eq!(committed.len(), order_records, "an order record twice");
+    for id in placed {
+        assert!(
+            committed.contains_key(id),
+            "placed order {id} is not in Kafka"
+        );
+    }
+    let placed: std::collections::HashSet<&String> = placed.iter().collect();
+    let unanswered = committed.len() - placed.len();
+    assert!(
+        unanswered <= cut_off,
+        "{unanswered} orders in Kafka whose customers were told they failed ({cut_off} cut off)"
+    );
+    let total: i64 = committed.values().sum();
+    let pizzas = read_records_at(bootstrap, topics.orders(), total as usize, limit);
+    let mut per_order: HashMap<String, i64> = HashMap::new();
+    for pizza in &pizzas {
+        *per_order.entry(pizza.key.clone().unwrap()).or_default() += 1;
+    }
+    assert_eq!(
+        per_order, committed,
+        "each order's pizzas, all of them and no others"
+    );
+    assert_every_pizza_exactly_once(bootstrap, topics, total as usize);
+    total as usize
 }

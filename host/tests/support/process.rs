@@ -2,6 +2,7 @@
 //! broker of the test's own that it can stop and start.
 
 use std::path::{Path, PathBuf};
+
 use std::time::{Duration, Instant};
 
 use super::*;
@@ -141,18 +142,29 @@ impl HostProcess {
         }
     }
 
-    /// How many partitions of its input each of its stages holds, as `/readyz` says.
-    pub async fn partitions_per_stage(&self) -> Vec<usize> {
+    /// How many partitions of its input each of its stages holds, by stage name, as `/readyz`
+    /// says.
+    pub async fn partitions_by_stage(&self) -> std::collections::BTreeMap<String, usize> {
         let Ok(response) = reqwest::get(format!("{}/readyz", self.url)).await else {
-            return Vec::new();
+            return Default::default();
         };
         let ready: serde_json::Value = response.json().await.unwrap_or_default();
-        ready["stages"].as_array().map_or(Vec::new(), |stages| {
-            stages
-                .iter()
-                .map(|s| s["partitions"].as_array().map_or(0, Vec::len))
-                .collect()
-        })
+        ready["stages"]
+            .as_array()
+            .map_or(Default::default(), |stages| {
+                stages
+                    .iter()
+                    .map(|s| {
+                        let held = s["partitions"].as_array().map_or(0, Vec::len);
+                        (s["name"].as_str().unwrap_or_default().to_owned(), held)
+                    })
+                    .collect()
+            })
+    }
+
+    /// How many partitions of its input each of its stages holds, in the order of `/readyz`.
+    pub async fn partitions_per_stage(&self) -> Vec<usize> {
+        self.partitions_by_stage().await.into_values().collect()
     }
 
     /// How many of its stages hold partitions of their input.
@@ -331,4 +343,123 @@ impl Drop for OwnBroker {
         // Its data and logs: a broker's worth of files per run otherwise.
         let _ = std::fs::remove_dir_all(&self.state);
     }
+}
+
+/// A three-broker cluster of one test's own (`dev/kafka.sh --brokers 3` on free ports, in a
+/// folder of its own), whose nodes a test can kill, stop and start. Stopped when dropped.
+pub struct OwnCluster {
+    state: PathBuf,
+    ports: Vec<u16>,
+    controller_ports: Vec<u16>,
+}
+
+impl OwnCluster {
+    pub fn start(test: &str) -> Self {
+        let cluster = Self {
+            state: temp_dir(&format!("{test}-cluster")),
+            ports: (0..3).map(|_| free_port()).collect(),
+            controller_ports: (0..3).map(|_| free_port()).collect(),
+        };
+        cluster.run(&["start"]);
+        cluster
+    }
+
+    pub fn bootstrap(&self) -> String {
+        let addresses: Vec<String> = self
+            .ports
+            .iter()
+            .map(|p| format!("127.0.0.1:{p}"))
+            .collect();
+        addresses.join(",")
+    }
+
+    /// `kill -9` of node `node` (1 to 3).
+    pub fn kill_node(&self, node: i32) {
+        self.run(&["kill-node", &node.to_string()]);
+    }
+
+    /// Stops node `node` gracefully.
+    pub fn stop_node(&self, node: i32) {
+        self.run(&["stop-node", &node.to_string()]);
+    }
+
+    /// Starts node `node` again on its data; returns once it is ready.
+    pub fn start_node(&self, node: i32) {
+        self.run(&["start-node", &node.to_string()]);
+    }
+
+    /// The node leading `partition` of `topic` now.
+    pub fn leader(&self, topic: &str, partition: i32) -> i32 {
+        let (_, partitions) = partitions_at(&self.bootstrap(), topic);
+        partitions
+            .iter()
+            .find(|&&(id, _)| id == partition)
+            .map(|&(_, leader)| leader)
+            .unwrap_or_else(|| panic!("{topic} has no partition {partition}"))
+    }
+
+    /// The end offset of each partition of `topic`, in partition order.
+    pub fn high_watermarks(&self, topic: &str) -> Vec<i64> {
+        watermarks_at(&self.bootstrap(), topic)
+            .iter()
+            .map(|&(_, high)| high)
+            .collect()
+    }
+
+    /// The node coordinating the transactions of `transactional_id`.
+    pub fn transaction_coordinator(&self, transactional_id: &str) -> i32 {
+        self.leader(
+            "__transaction_state",
+            coordinator_partition(transactional_id),
+        )
+    }
+
+    /// The node coordinating the consumer group `group`.
+    pub fn group_coordinator(&self, group: &str) -> i32 {
+        self.leader("__consumer_offsets", coordinator_partition(group))
+    }
+
+    fn run(&self, args: &[&str]) {
+        let list = |ports: &[u16]| {
+            ports
+                .iter()
+                .map(u16::to_string)
+                .collect::<Vec<_>>()
+                .join(" ")
+        };
+        let status = std::process::Command::new(workspace_root().join("dev/kafka.sh"))
+            .args(args)
+            .args(["--brokers", "3"])
+            .env_remove("KAFKA_BOOTSTRAP")
+            .env("KAFKA_STATE", &self.state)
+            .env("KAFKA_PORTS", list(&self.ports))
+            .env("KAFKA_CONTROLLER_PORTS", list(&self.controller_ports))
+            .status()
+            .unwrap();
+        assert!(status.success(), "dev/kafka.sh {args:?} --brokers 3 failed");
+    }
+}
+
+impl Drop for OwnCluster {
+    fn drop(&mut self) {
+        // Killed, not stopped: its data goes anyway, and a graceful stop of the last nodes
+        // waits for a quorum that has left.
+        for node in ["1", "2", "3"] {
+            let _ = std::process::Command::new(workspace_root().join("dev/kafka.sh"))
+                .args(["kill-node", node, "--brokers", "3"])
+                .env("KAFKA_STATE", &self.state)
+                .status();
+        }
+        let _ = std::fs::remove_dir_all(&self.state);
+    }
+}
+
+/// The partition of `__consumer_offsets` or `__transaction_state` that coordinates `key` (a
+/// group or a transactional id), as the broker picks it: Java's `String.hashCode`, made
+/// positive, modulo the 3 partitions `dev/kafka.sh` gives both topics.
+fn coordinator_partition(key: &str) -> i32 {
+    let hash = key.encode_utf16().fold(0i32, |hash, unit| {
+        hash.wrapping_mul(31).wrapping_add(i32::from(unit))
+    });
+    (hash & 0x7fff_ffff) % 3
 }
