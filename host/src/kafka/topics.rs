@@ -35,7 +35,10 @@ impl KafkaSettings {
         let admin = self.admin()?;
         let replication = match replication {
             Some(replication) => replication,
-            None => tokio::task::block_in_place(|| brokers(admin.inner()))?.min(3),
+            None => {
+                let any = topics.first().copied().unwrap_or_default();
+                tokio::task::block_in_place(|| brokers(admin.inner(), any))?.min(3)
+            }
         };
         let mut settings = settings.to_vec();
         if replication >= 3 {
@@ -179,10 +182,11 @@ impl KafkaSettings {
     }
 }
 
-/// How many brokers the cluster has.
-fn brokers<C: ClientContext>(client: &Client<C>) -> anyhow::Result<i32> {
+/// How many brokers the cluster has. Every metadata answer lists them, so it asks about one
+/// `topic` (existing or not) rather than for every topic of a cluster that may hold thousands.
+fn brokers<C: ClientContext>(client: &Client<C>, topic: &str) -> anyhow::Result<i32> {
     let metadata = client
-        .fetch_metadata(None, ADMIN_TIMEOUT)
+        .fetch_metadata(Some(topic), ADMIN_TIMEOUT)
         .context("cannot ask the Kafka cluster how many brokers it has")?;
     Ok(i32::try_from(metadata.brokers().len()).unwrap_or(i32::MAX))
 }
