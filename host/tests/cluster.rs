@@ -230,14 +230,7 @@ async fn a_host_frozen_past_its_session_is_fenced_when_it_wakes_and_doubles_noth
     let cluster = OwnCluster::start("zombie");
     let topics = Topics::unique("zombie");
     let pipeline = process_pipeline("zombie", &topics, &cluster.bootstrap());
-    let awake = HostProcess::start_named(&pipeline, "zombie-awake").await;
-    let zombie = HostProcess::start_named(&pipeline, "zombie-frozen").await;
-    wait_for(WITHIN, "both hosts to hold partitions", || async {
-        (awake.stages_holding_partitions().await == STAGES.len()
-            && zombie.stages_holding_partitions().await == STAGES.len())
-        .then_some(())
-    })
-    .await;
+    let (awake, zombie) = start_pair(&pipeline, ["zombie-awake", "zombie-frozen"]).await;
     let customers = Customers::start(&awake.url, 4, PIZZAS);
     wait_for(WITHIN, "the host to be frozen to work", || async {
         (stage_records_in(&zombie.url, "sauce").await > 0.0).then_some(())

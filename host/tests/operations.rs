@@ -315,13 +315,8 @@ async fn a_host_stopped_for_good_hands_its_partitions_to_the_others_at_once() {
     let topics = Topics::unique("handover");
     let pipeline = temp_dir("handover").join("pipeline.toml");
     std::fs::write(&pipeline, pipeline_toml(&topics)).unwrap();
-    let staying = HostProcess::start_named(&pipeline, "handover-a").await;
-    let leaving = HostProcess::start_named(&pipeline, "handover-b").await;
     // Both hold partitions before one leaves: each stage's group has rebalanced.
-    wait_for(WITHIN, "the second host to get partitions", || async {
-        (leaving.stages_holding_partitions().await == STAGES.len()).then_some(())
-    })
-    .await;
+    let (staying, leaving) = start_pair(&pipeline, ["handover-a", "handover-b"]).await;
     assert_eq!(leaving.terminate(Duration::from_secs(60)), Some(0));
     // It beat on the hosts topic while it ran, and its last record there is a tombstone.
     let hosts_topic = format!("test-{}-hosts", topics.suffix);
@@ -360,14 +355,7 @@ async fn a_killed_host_holds_its_partitions_until_its_sessions_time_out() {
     const SESSION: Duration = Duration::from_secs(6);
     let topics = Topics::unique("held");
     let pipeline = process_pipeline("held", &topics, &bootstrap());
-    let staying = HostProcess::start_named(&pipeline, "held-a").await;
-    let dying = HostProcess::start_named(&pipeline, "held-b").await;
-    wait_for(WITHIN, "both hosts to hold partitions", || async {
-        (staying.stages_holding_partitions().await == STAGES.len()
-            && dying.stages_holding_partitions().await == STAGES.len())
-        .then_some(())
-    })
-    .await;
+    let (staying, dying) = start_pair(&pipeline, ["held-a", "held-b"]).await;
     dying.kill();
     let killed = Instant::now();
     wait_for(WITHIN, "the other host to hold every partition", || async {

@@ -182,6 +182,24 @@ impl HostProcess {
     }
 }
 
+/// Two hosts of `pipeline`, named `names`, returned once each holds partitions of every stage:
+/// every stage's group has rebalanced over both.
+pub async fn start_pair(pipeline: &Path, names: [&str; 2]) -> (HostProcess, HostProcess) {
+    let first = HostProcess::start_named(pipeline, names[0]).await;
+    let second = HostProcess::start_named(pipeline, names[1]).await;
+    wait_for(
+        Duration::from_secs(90),
+        "both hosts to hold partitions",
+        || async {
+            (first.stages_holding_partitions().await == STAGES.len()
+                && second.stages_holding_partitions().await == STAGES.len())
+            .then_some(())
+        },
+    )
+    .await;
+    (first, second)
+}
+
 /// Runs `pizza-host run` on `pipeline` as a host named `name` that is expected to refuse to
 /// start; returns its exit status and log. Panics (killing it) if it is still running after
 /// `limit`.
