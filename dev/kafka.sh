@@ -210,6 +210,8 @@ await_node() {
 start() {
   if answers "$bootstrap"; then
     log "a broker answers at $bootstrap; reusing it"
+    # Tests start brokers of their own beside it, several at once: they need the jars here.
+    if [[ -z "${KAFKA_BOOTSTRAP:-}" ]] && command -v mvn >/dev/null; then provision; fi
     return
   fi
   if [[ -n "${KAFKA_BOOTSTRAP:-}" ]]; then
