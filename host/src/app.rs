@@ -102,7 +102,20 @@ pub async fn start(
         shutdown.clone(),
     )?;
 
-    let book = crate::orders::book::OrderBook::bounded(pipeline.orders.max_pizzas_in_memory);
+    let store_path = pipeline
+        .storage
+        .dir
+        .clone()
+        .unwrap_or_else(crate::config::default_storage_dir)
+        .join(&pipeline.group_prefix)
+        .join(&pipeline.instance_id)
+        .join("orders.redb");
+    let retention = (pipeline.storage.retention_days > 0).then(|| {
+        std::time::Duration::from_secs(u64::from(pipeline.storage.retention_days) * 86_400)
+    });
+    let store =
+        tokio::task::block_in_place(|| crate::orders::store::Store::open(&store_path, retention))?;
+    let book = crate::orders::book::OrderBook::new(store);
     let reader = kafka.reader(&format!("{}-order-view", pipeline.group_prefix))?;
     let view = crate::orders::view::start(
         book.clone(),

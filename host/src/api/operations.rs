@@ -1,6 +1,7 @@
 //! What operators scrape and probe: `GET /metrics` (Prometheus), `GET /healthz` (the process
-//! answers) and `GET /readyz` (Kafka answers and every stage has joined its group; the body
-//! is the stage table, also when not ready).
+//! answers) and `GET /readyz` (Kafka answers, every stage has joined its group and the order
+//! view has caught up; the body is the stage table and the view's rebuild, also when not
+//! ready).
 
 use axum::Json;
 use axum::extract::State;
@@ -16,7 +17,12 @@ pub(crate) async fn metrics(
     State(state): State<AppState>,
 ) -> ([(HeaderName, &'static str); 1], String) {
     let stages = state.stages.list().await;
-    let text = state.metrics.render(&stages, state.book.counts());
+    // A store that cannot be read shows no order counts rather than no metrics.
+    let counts = state.book.counts().unwrap_or_else(|err| {
+        tracing::warn!("metrics: cannot count the orders: {err:#}");
+        Default::default()
+    });
+    let text = state.metrics.render(&stages, counts);
     (
         [(
             header::CONTENT_TYPE,
@@ -35,7 +41,8 @@ pub(crate) async fn healthz() -> Json<Health> {
     })
 }
 
-/// Ready when Kafka answers and every stage's consumer has joined its group.
+/// Ready when Kafka answers, every stage's consumer has joined its group and the order view
+/// has read the history it found at startup.
 #[utoipa::path(get, path = "/readyz", tag = "operations",
     responses(
         (status = 200, description = "Ready", body = Readiness),
@@ -48,6 +55,16 @@ pub(crate) async fn readyz(State(state): State<AppState>) -> (StatusCode, Json<R
         .filter(|s| !s.joined)
         .map(|s| format!("stage {} has not joined its consumer group yet", s.name))
         .collect();
+    let order_view = state.book.rebuild().state();
+    if !state.book.rebuild().is_ready() {
+        waiting.insert(
+            0,
+            format!(
+                "the order view is rebuilding: {} of {} records read",
+                order_view.applied, order_view.total
+            ),
+        );
+    }
     if let Some(cause) = state.health.unreachable() {
         waiting.insert(0, format!("Kafka is unreachable: {cause}"));
     }
@@ -63,6 +80,7 @@ pub(crate) async fn readyz(State(state): State<AppState>) -> (StatusCode, Json<R
         ready: waiting.is_empty(),
         waiting_for: waiting,
         stages,
+        order_view,
     };
     (status, Json(body))
 }

@@ -13,6 +13,7 @@ use axum::http::StatusCode;
 
 use crate::api::AppState;
 use crate::api::types::{ApiError, ErrorBody, OrderPlaced, OrderView};
+use crate::orders::book::Lookup;
 use crate::orders::publisher;
 
 /// Orders `count` random pizzas.
@@ -88,6 +89,8 @@ pub(crate) async fn place_order(
         (status = 400, description = "detail is neither true nor false", body = ErrorBody),
         (status = 414, description = "The path is longer than 512 bytes", body = ErrorBody),
         (status = 404, description = "No order with this id", body = ErrorBody),
+        (status = 500, description = "The order store cannot be read", body = ErrorBody),
+        (status = 503, description = "Not known yet: the order view is still reading the history (`Retry-After` says when to ask again)", body = ErrorBody),
     ))]
 pub(crate) async fn get_order(
     State(state): State<AppState>,
@@ -104,9 +107,24 @@ pub(crate) async fn get_order(
             ));
         }
     };
-    match state.book.get(&id, detail) {
-        Some(order) => Ok(Json(order)),
-        None => Err(ApiError::new(
+    let lookup = state.book.get(&id, detail).map_err(|err| {
+        tracing::error!(id, "cannot read the order store: {err:#}");
+        ApiError::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            format!("cannot read the order store: {err:#}"),
+        )
+    })?;
+    match lookup {
+        Lookup::Found(order) => Ok(Json(order)),
+        Lookup::NotYet(rebuild) => Err(ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!(
+                "order {id:?} is not known yet: the order view is rebuilding ({} of {} records read)",
+                rebuild.applied, rebuild.total
+            ),
+        )
+        .retry_after(1)),
+        Lookup::Unknown => Err(ApiError::new(
             StatusCode::NOT_FOUND,
             format!("no order with id {id:?}"),
         )),

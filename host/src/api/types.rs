@@ -9,7 +9,7 @@ use axum::response::{IntoResponse, Response};
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
-pub use crate::orders::book::{FailedPizza, OrderView, Status};
+pub use crate::orders::book::{FailedPizza, OrderView, RebuildState, Status};
 pub use crate::pipeline::report::ReportInfo;
 pub use crate::pipeline::stages::{ErrorInfo, PartitionInfo, StageInfo};
 
@@ -27,6 +27,8 @@ pub struct ApiError {
     pub status: StatusCode,
     /// The body.
     pub body: ErrorBody,
+    /// Seconds after which the request may succeed (`Retry-After`).
+    pub retry_after: Option<u32>,
 }
 
 impl ApiError {
@@ -37,13 +39,28 @@ impl ApiError {
             body: ErrorBody {
                 error: message.into(),
             },
+            retry_after: None,
+        }
+    }
+
+    /// The same error, saying the request may succeed in `seconds`.
+    pub fn retry_after(self, seconds: u32) -> Self {
+        Self {
+            retry_after: Some(seconds),
+            ..self
         }
     }
 }
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        (self.status, Json(self.body)).into_response()
+        let mut response = (self.status, Json(self.body)).into_response();
+        if let Some(seconds) = self.retry_after {
+            response
+                .headers_mut()
+                .insert(header::RETRY_AFTER, seconds.into());
+        }
+        response
     }
 }
 
@@ -87,4 +104,7 @@ pub struct Readiness {
     pub waiting_for: Vec<String>,
     /// The stage table.
     pub stages: Vec<StageInfo>,
+    /// How far the order view has read the history it found at startup.
+    #[serde(default)]
+    pub order_view: RebuildState,
 }

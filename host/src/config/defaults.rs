@@ -3,7 +3,7 @@
 
 use std::net::SocketAddr;
 
-use super::{HttpConfig, OrdersConfig, TopicsConfig};
+use super::{HttpConfig, OrdersConfig, StorageConfig, TopicsConfig};
 
 pub(super) fn default_group_prefix() -> String {
     "pizza-host".into()
@@ -17,8 +17,8 @@ pub(super) fn default_instance_id() -> String {
 pub(super) fn default_timeout_ms() -> u64 {
     1_000
 }
-pub(super) fn default_max_pizzas_in_memory() -> usize {
-    100_000
+pub(super) fn default_retention_days() -> u32 {
+    7
 }
 
 pub(super) fn default_keep_fields() -> Vec<String> {
@@ -79,7 +79,14 @@ impl Default for OrdersConfig {
             topic: default_order_topic(),
             completed_topic: default_completed_topic(),
             orders_topic: default_orders_topic(),
-            max_pizzas_in_memory: default_max_pizzas_in_memory(),
+        }
+    }
+}
+impl Default for StorageConfig {
+    fn default() -> Self {
+        Self {
+            dir: None,
+            retention_days: default_retention_days(),
         }
     }
 }

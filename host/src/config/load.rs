@@ -6,7 +6,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use super::{ConfigError, DEMO_SAMPLE, Pipeline, default_compile_cache};
+use super::{ConfigError, DEMO_SAMPLE, Pipeline, default_compile_cache, default_storage_dir};
 
 impl Pipeline {
     /// Reads and validates `path`; component paths come back resolved against its folder.
@@ -53,6 +53,11 @@ impl Pipeline {
         pipeline.compile_cache = Some(match cache {
             Some(dir) => base.join(dir),
             None => default_compile_cache(),
+        });
+        let stores = pipeline.storage.dir.take();
+        pipeline.storage.dir = Some(match stores {
+            Some(dir) => base.join(dir),
+            None => default_storage_dir(),
         });
         pipeline.validate()?;
         Ok(pipeline)

@@ -53,13 +53,25 @@ pub enum ConfigError {
 /// folder (`$XDG_CACHE_HOME/pizza-host`, else `~/.cache/pizza-host`), never a shared one: the
 /// cache's entries are loaded as native code.
 pub fn default_compile_cache() -> PathBuf {
+    per_user_dir("XDG_CACHE_HOME", ".cache")
+}
+
+/// Where the hosts of this user keep their stores unless `[storage] dir` says otherwise
+/// (`$XDG_DATA_HOME/pizza-host`, else `~/.local/share/pizza-host`).
+pub fn default_storage_dir() -> PathBuf {
+    per_user_dir("XDG_DATA_HOME", ".local/share")
+}
+
+/// `$<xdg>/pizza-host`, else `~/<under_home>/pizza-host`, else a folder of this user's in the
+/// temporary folder.
+fn per_user_dir(xdg: &str, under_home: &str) -> PathBuf {
     let from_env = |name: &str| {
         std::env::var_os(name)
             .filter(|v| !v.is_empty())
             .map(PathBuf::from)
     };
-    from_env("XDG_CACHE_HOME")
-        .or_else(|| from_env("HOME").map(|home| home.join(".cache")))
+    from_env(xdg)
+        .or_else(|| from_env("HOME").map(|home| home.join(under_home)))
         .unwrap_or_else(|| std::env::temp_dir().join(format!("pizza-host-{}", whoami())))
         .join("pizza-host")
 }
@@ -159,6 +171,9 @@ pub struct Pipeline {
     /// Where orders enter the pipeline and where completed pizzas come out.
     #[serde(default)]
     pub orders: OrdersConfig,
+    /// The host's local, durable state.
+    #[serde(default)]
+    pub storage: StorageConfig,
     /// The stages, in pipeline order (`[[stage]]` tables).
     #[serde(default, rename = "stage")]
     pub stages: Vec<StageConfig>,
@@ -268,10 +283,22 @@ pub struct OrdersConfig {
     /// Topic of order records (id and count), from which every host rebuilds its order view.
     #[serde(default = "default_orders_topic")]
     pub orders_topic: String,
-    /// The order view holds the most recent orders up to this many pizzas in all, and forgets
-    /// older ones (`GET` then answers 404; Kafka still has them). About 1 KiB per pizza.
-    #[serde(default = "default_max_pizzas_in_memory")]
-    pub max_pizzas_in_memory: usize,
+}
+
+/// The host's local, durable state: the order view's store.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct StorageConfig {
+    /// Folder of the stores (relative to this file; default: `~/.local/share/pizza-host`, see
+    /// [`default_storage_dir`]). A host keeps its order view in
+    /// `<dir>/<group_prefix>/<instance_id>/orders.redb`; deleting it makes the host rebuild it
+    /// from Kafka.
+    #[serde(default)]
+    pub dir: Option<PathBuf>,
+    /// Orders first seen longer ago than this are dropped from the order view (`GET` then
+    /// answers 404; Kafka may still hold them). 0 keeps them as long as the store lives.
+    #[serde(default = "default_retention_days")]
+    pub retention_days: u32,
 }
 
 /// One stage: a component between an input and an output topic.

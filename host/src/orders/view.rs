@@ -1,16 +1,20 @@
-//! Fills the [`OrderBook`] from Kafka, so orders survive a restart and any host can answer for
-//! an order placed on another: order records from the orders topic, completed pizzas from the
-//! completed topic, failed ones from the stages' dead-letter topics.
+//! Fills the [`OrderBook`]'s store from Kafka, so orders survive a restart and any host can
+//! answer for an order placed on another: order records from the orders topic, completed
+//! pizzas from the completed topic, failed ones from the stages' dead-letter topics.
 //!
-//! Every topic is read from its beginning. [`start`] returns once the view has caught up with
-//! what the topics held when it began, so `GET /order/{id}` never answers from half a history.
-//! The view follows the pipeline: a dead-letter topic that a live edit adds (a stage added or
-//! moved) is read from its beginning as soon as the edit is applied.
+//! Each topic is read from where the store's checkpoint says the view stopped (from its
+//! beginning when the store is new or was deleted), in batches that the store applies each
+//! in one transaction with the offsets after it. [`start`] returns at once; until the view
+//! has caught up with what the topics held at startup, the book says it is rebuilding (and
+//! `/readyz` and `GET /order` say so). The view follows the pipeline: a dead-letter topic that
+//! a live edit adds (a stage added or moved) is read from its beginning as soon as the edit is
+//! applied.
 
 use std::collections::HashMap;
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::Context as _;
+use futures::FutureExt as _;
 use rdkafka::consumer::{Consumer, StreamConsumer};
 use rdkafka::message::{BorrowedMessage, Headers};
 use rdkafka::{Message, Offset, TopicPartitionList};
@@ -20,16 +24,21 @@ use tokio_util::sync::CancellationToken;
 
 use crate::kafka::{self, headers};
 use crate::orders::book::{CompletedPizza, FailedPizza, OrderBook, Outcome};
+use crate::orders::store::{Change, Store, Timed};
 use crate::pipeline::plan::ViewTopics;
 use crate::telemetry::events::Events;
 
 /// How often catching up looks at the consumer's position when no record arrives.
 const POSITION_CHECK: Duration = Duration::from_millis(100);
-/// How long startup may spend reading the history before serving with what it has.
-const CATCH_UP_LIMIT: Duration = Duration::from_secs(120);
+/// Most records applied in one store transaction.
+const MAX_BATCH: usize = 5_000;
+/// How often a rebuild logs how far it has got.
+const PROGRESS_EVERY: Duration = Duration::from_secs(5);
+/// How often orders past their retention are dropped.
+const RETENTION_EVERY: Duration = Duration::from_secs(60);
 
-/// Reads the history of `topics` into `book`, then returns the task that keeps reading until
-/// `shutdown`.
+/// Assigns the view's consumer every partition of `topics`, from the store's checkpoint, and
+/// returns the task that reads them into `book` until `shutdown`.
 pub async fn start(
     book: OrderBook,
     consumer: StreamConsumer,
@@ -38,75 +47,77 @@ pub async fn start(
     shutdown: CancellationToken,
 ) -> anyhow::Result<impl Future<Output = ()> + use<>> {
     let mut topics = follow.borrow_and_update().clone();
-    let mut assignment = TopicPartitionList::new();
-    // Where each partition ended when we began: caught up once every one is reached.
-    let mut behind: HashMap<(String, i32), i64> = HashMap::new();
-    let all = [&topics.orders, &topics.completed]
-        .into_iter()
-        .chain(&topics.dead_letters);
-    for topic in all {
-        for id in tokio::task::block_in_place(|| kafka::partitions(consumer.client(), topic))? {
-            let (low, high) =
-                tokio::task::block_in_place(|| kafka::watermarks(&consumer, topic, id))?;
-            if high > low {
-                behind.insert((topic.clone(), id), high);
-            }
-            assignment.add_partition_offset(topic, id, Offset::Beginning)?;
+    let store = book.store().clone();
+    let (assignment, behind, total) = match tokio::task::block_in_place(|| {
+        plan_reads(&consumer, &topics, &store)
+    })? {
+        Some(plan) => plan,
+        None => {
+            tracing::warn!(
+                "order view: a topic holds fewer records than the store has read: it was recreated; rebuilding the store from the topics"
+            );
+            tokio::task::block_in_place(|| store.clear())?;
+            tokio::task::block_in_place(|| plan_reads(&consumer, &topics, &store))?
+                .context("the order topics changed while the view started")?
         }
-    }
+    };
     consumer
         .assign(&assignment)
         .context("cannot read the order topics")?;
-
-    let started = Instant::now();
-    let total: i64 = behind.values().sum();
-    // Caught up when the consumer's position passed each end: counting records would not
-    // do, since transaction markers take offsets too.
-    while !behind.is_empty() {
-        if started.elapsed() > CATCH_UP_LIMIT {
-            tracing::warn!(
-                partitions = behind.len(),
-                "order view: history not read in {CATCH_UP_LIMIT:?}; serving what is read so far"
-            );
-            break;
-        }
-        let received = tokio::select! {
-            _ = shutdown.cancelled() => break,
-            received = tokio::time::timeout(POSITION_CHECK, consumer.recv()) => received,
-        };
-        match received {
-            Ok(Ok(message)) => apply(&book, &topics, &events, &message),
-            Ok(Err(err)) => tracing::warn!("order view: consumer error: {err}"),
-            Err(_) => {} // quiet: look at the positions
-        }
-        let positions = consumer
-            .position()
-            .context("cannot read the order view's position")?;
-        behind.retain(|(topic, partition), end| {
-            let at = positions
-                .find_partition(topic, *partition)
-                .map(|e| e.offset());
-            !matches!(at, Some(Offset::Offset(at)) if at >= *end)
-        });
-    }
+    book.rebuild().begin(total.max(0) as u64);
+    let mut catch_up = CatchUp {
+        behind,
+        started: Instant::now(),
+        last_report: Instant::now(),
+        total,
+    };
     tracing::info!(
         records = total,
-        ms = started.elapsed().as_millis() as u64,
-        "order view rebuilt from Kafka"
+        "order view: reading what came after its checkpoint"
     );
 
     Ok(async move {
         let mut errors = kafka::ConsumerErrors::default();
+        let mut retention = tokio::time::interval(RETENTION_EVERY);
         // Until the pipeline can no longer change: a host that does not watch its file drops
         // the sender once started, and a closed channel answers `changed` at once, every time.
         let mut following = true;
+        catch_up.check(&consumer, &book);
         loop {
             tokio::select! {
                 _ = shutdown.cancelled() => break,
                 received = consumer.recv() => match received {
-                    Ok(message) => apply(&book, &topics, &events, &message),
+                    Ok(first) => {
+                        let mut batch = Batch::default();
+                        batch.add(&topics, &events, &first);
+                        drop(first);
+                        while batch.len() < MAX_BATCH {
+                            match consumer.recv().now_or_never() {
+                                Some(Ok(message)) => batch.add(&topics, &events, &message),
+                                Some(Err(err)) => errors.log("order view", &err),
+                                None => break,
+                            }
+                        }
+                        if let Err(err) = batch.apply(&book) {
+                            // The batch's offsets are not stored: it is read again after a
+                            // restart. Going on would store later offsets past it.
+                            tracing::error!("order view: cannot write to the store, so it stops following Kafka: {err:#}");
+                            break;
+                        }
+                        catch_up.check(&consumer, &book);
+                    }
                     Err(err) => errors.log("order view", &err),
                 },
+                _ = tokio::time::sleep(POSITION_CHECK), if !book.rebuild().is_ready() => {
+                    catch_up.check(&consumer, &book);
+                }
+                _ = retention.tick() => {
+                    match tokio::task::block_in_place(|| store.drop_expired()) {
+                        Ok(0) => {}
+                        Ok(dropped) => tracing::info!(dropped, "order view: dropped orders past their retention"),
+                        Err(err) => tracing::warn!("order view: cannot drop old orders: {err:#}"),
+                    }
+                }
                 changed = follow.changed(), if following => {
                     if changed.is_err() {
                         following = false;
@@ -120,9 +131,100 @@ pub async fn start(
                 }
             }
         }
+        if let Err(err) = tokio::task::block_in_place(|| store.flush()) {
+            tracing::warn!("order view: cannot flush the store on the way out: {err:#}");
+        }
     })
 }
 
+/// Where to read each partition of the view's topics from, and where each that is behind
+/// ended at startup; `None` if a partition ends before the store's checkpoint (the topic was
+/// recreated since).
+fn plan_reads(
+    consumer: &StreamConsumer,
+    topics: &ViewTopics,
+    store: &Store,
+) -> anyhow::Result<Option<Reads>> {
+    let checkpoint: HashMap<(String, i32), i64> = store.offsets()?.into_iter().collect();
+    let mut assignment = TopicPartitionList::new();
+    // Where each partition that is behind ended at startup.
+    let mut behind: HashMap<(String, i32), i64> = HashMap::new();
+    let mut total = 0;
+    let all = [&topics.orders, &topics.completed]
+        .into_iter()
+        .chain(&topics.dead_letters);
+    for topic in all {
+        for id in kafka::partitions(consumer.client(), topic)? {
+            let (low, high) = kafka::watermarks(consumer, topic, id)?;
+            let from = match checkpoint.get(&(topic.clone(), id)) {
+                Some(&next) if next > high => return Ok(None),
+                Some(&next) if next > low => next,
+                _ => low,
+            };
+            if high > from {
+                behind.insert((topic.clone(), id), high);
+                total += high - from;
+            }
+            let offset = if from > low {
+                Offset::Offset(from)
+            } else {
+                Offset::Beginning
+            };
+            assignment.add_partition_offset(topic, id, offset)?;
+        }
+    }
+    Ok(Some((assignment, behind, total)))
+}
+
+/// What [`plan_reads`] finds: the assignment, the startup end of each partition that is
+/// behind, and how many offsets they are behind in all.
+type Reads = (TopicPartitionList, HashMap<(String, i32), i64>, i64);
+
+/// Tells the book when the view has read what the topics held at startup.
+struct CatchUp {
+    /// Partitions not read to their startup end yet → that end.
+    behind: HashMap<(String, i32), i64>,
+    started: Instant,
+    last_report: Instant,
+    total: i64,
+}
+
+impl CatchUp {
+    fn check(&mut self, consumer: &StreamConsumer, book: &OrderBook) {
+        if book.rebuild().is_ready() {
+            return;
+        }
+        // Caught up once the consumer's position passed each end: counting records would
+        // not do, since transaction markers take offsets too.
+        let Ok(positions) = consumer.position() else {
+            return;
+        };
+        self.behind.retain(|(topic, partition), end| {
+            let at = positions
+                .find_partition(topic, *partition)
+                .map(|e| e.offset());
+            !matches!(at, Some(Offset::Offset(at)) if at >= *end)
+        });
+        let left = self.behind.len();
+        let state = book.rebuild().state();
+        if left == 0 {
+            book.rebuild().finish();
+            tracing::info!(
+                records = state.applied,
+                ms = self.started.elapsed().as_millis() as u64,
+                "order view caught up"
+            );
+        } else if self.last_report.elapsed() >= PROGRESS_EVERY {
+            self.last_report = Instant::now();
+            tracing::info!(
+                applied = state.applied,
+                of = self.total,
+                partitions_left = left,
+                "order view: rebuilding"
+            );
+        }
+    }
+}
 /// Adds the dead-letter topics that `next` has and `current` has not to what `consumer`
 /// reads, from their beginning; the partitions it reads already keep their positions.
 fn read_new_topics(
@@ -150,9 +252,76 @@ fn read_new_topics(
     Ok(())
 }
 
-/// Applies one record of any of the view's topics to the book.
-fn apply(book: &OrderBook, topics: &ViewTopics, events: &Events, message: &BorrowedMessage<'_>) {
+/// Records read together, applied to the store in one transaction.
+#[derive(Default)]
+struct Batch {
+    changes: Vec<Timed>,
+    /// (topic, partition) → the offset after the last record read.
+    positions: HashMap<(String, i32), i64>,
+    records: u64,
+}
+
+impl Batch {
+    fn len(&self) -> usize {
+        self.records as usize
+    }
+
+    /// Adds what one record of any of the view's topics says (and tells who follows the
+    /// order live).
+    fn add(&mut self, topics: &ViewTopics, events: &Events, message: &BorrowedMessage<'_>) {
+        self.records += 1;
+        self.positions.insert(
+            (message.topic().to_owned(), message.partition()),
+            message.offset() + 1,
+        );
+        if let Some(change) = change_of(topics, events, message) {
+            let at_ms = message
+                .timestamp()
+                .to_millis()
+                .and_then(|ms| u64::try_from(ms).ok())
+                .unwrap_or_else(now_ms);
+            self.changes.push(Timed { change, at_ms });
+        }
+    }
+
+    /// Writes the batch to the store, with the offsets after it.
+    fn apply(self, book: &OrderBook) -> anyhow::Result<()> {
+        let positions: Vec<(String, i32, i64)> = self
+            .positions
+            .into_iter()
+            .map(|((topic, partition), next)| (topic, partition, next))
+            .collect();
+        let opened = tokio::task::block_in_place(|| book.store().apply(&self.changes, &positions))?;
+        book.read_back(&opened);
+        if !book.rebuild().is_ready() {
+            book.rebuild().applied(self.records);
+        }
+        Ok(())
+    }
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+/// What one record of any of the view's topics says about an order, if anything.
+fn change_of(
+    topics: &ViewTopics,
+    events: &Events,
+    message: &BorrowedMessage<'_>,
+) -> Option<Change> {
     let key = message.key().and_then(|k| std::str::from_utf8(k).ok());
+    // A pizza without an id is told apart by where its record is.
+    let at = || {
+        format!(
+            "{}/{}/{}",
+            message.topic(),
+            message.partition(),
+            message.offset()
+        )
+    };
     if message.topic() == topics.completed {
         let visits = message
             .headers()
@@ -169,17 +338,21 @@ fn apply(book: &OrderBook, topics: &ViewTopics, events: &Events, message: &Borro
                 offset = message.offset(),
                 "order view: completed record is not a JSON object"
             );
-            return;
+            return None;
         };
         let Some(order_id) = key.or(pizza.order_id()).map(str::to_owned) else {
             no_order_id(message);
-            return;
+            return None;
         };
-        events.publish_for_order(&order_id, || {
-            json!({"type": "complete", "pizza": pizza.to_value()})
+        events.publish_for_order(
+            &order_id,
+            || json!({"type": "complete", "pizza": pizza.to_value()}),
+        );
+        return Some(Change::Outcome {
+            key: pizza.pizza_id().map_or_else(at, str::to_owned),
+            order_id,
+            outcome: Outcome::Completed(pizza),
         });
-        book.record(&order_id, Outcome::Completed(pizza));
-        return;
     }
     let json: Option<Map<String, Value>> = message
         .payload()
@@ -189,39 +362,44 @@ fn apply(book: &OrderBook, topics: &ViewTopics, events: &Events, message: &Borro
         .or_else(|| json.as_ref()?.get("order_id")?.as_str().map(str::to_owned));
     let Some(order_id) = order_id else {
         no_order_id(message);
-        return;
+        return None;
     };
     if message.topic() == topics.orders {
         let count = json
             .as_ref()
             .and_then(|j| j.get("count")?.as_u64())
             .and_then(|c| u32::try_from(c).ok());
-        match count {
-            Some(count) => book.open(&order_id, count),
-            None => tracing::warn!(order_id, "order view: order record without a count"),
-        }
-    } else {
-        let header = |name: &str| {
-            message
-                .headers()
-                .and_then(|h| h.iter().find(|h| h.key == name))
-                .and_then(|h| h.value)
-                .map(|v| String::from_utf8_lossy(v).into_owned())
-                .unwrap_or_default()
+        let Some(count) = count else {
+            tracing::warn!(order_id, "order view: order record without a count");
+            return None;
         };
-        let failed = FailedPizza {
-            pizza_id: json
-                .as_ref()
-                .and_then(|j| j.get("pizza_id")?.as_str().map(str::to_owned)),
-            stage: header(headers::STAGE),
-            kind: header(headers::ERROR_KIND),
-            error: header(headers::ERROR),
-        };
-        events.publish_for_order(&order_id, || {
-            json!({"type": "failed", "order_id": order_id, "failure": failed})
-        });
-        book.record(&order_id, Outcome::Failed(failed));
+        return Some(Change::Open { order_id, count });
     }
+    let header = |name: &str| {
+        message
+            .headers()
+            .and_then(|h| h.iter().find(|h| h.key == name))
+            .and_then(|h| h.value)
+            .map(|v| String::from_utf8_lossy(v).into_owned())
+            .unwrap_or_default()
+    };
+    let failed = FailedPizza {
+        pizza_id: json
+            .as_ref()
+            .and_then(|j| j.get("pizza_id")?.as_str().map(str::to_owned)),
+        stage: header(headers::STAGE),
+        kind: header(headers::ERROR_KIND),
+        error: header(headers::ERROR),
+    };
+    events.publish_for_order(
+        &order_id,
+        || json!({"type": "failed", "order_id": order_id, "failure": failed}),
+    );
+    Some(Change::Outcome {
+        key: failed.pizza_id.clone().unwrap_or_else(at),
+        order_id,
+        outcome: Outcome::Failed(failed),
+    })
 }
 
 fn no_order_id(message: &BorrowedMessage<'_>) {

@@ -281,7 +281,7 @@ pub fn applied(current: &Pipeline, edited: &Pipeline) -> Pipeline {
     }
 }
 
-/// The settings (as dotted keys, e.g. `orders.max_pizzas_in_memory`) that differ between
+/// The settings (as dotted keys, e.g. `storage.retention_days`) that differ between
 /// `current` and `edited` and that an edit does not apply: they take effect at the next
 /// restart.
 pub fn restart_only_changes(current: &Pipeline, edited: &Pipeline) -> Vec<String> {
@@ -386,7 +386,7 @@ mod tests {
         edited.guarantee = Guarantee::AtLeastOnce;
         edited.instance_id = "other".into();
         edited.compile_cache = Some("/elsewhere".into());
-        edited.orders.max_pizzas_in_memory = 7;
+        edited.storage.retention_days = 30;
         edited.stages[0].retries = 9;
         edited.stages[1].dead_letter = Some("bad-cheese".into());
         edited.reports.clear();
@@ -397,7 +397,7 @@ mod tests {
                 "compile_cache",
                 "guarantee",
                 "instance_id",
-                "orders.max_pizzas_in_memory"
+                "storage.retention_days"
             ]
         );
         let after = applied(&current, &edited);

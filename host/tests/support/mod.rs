@@ -85,7 +85,14 @@ impl Topics {
     }
 }
 
-/// The demo pipeline on `topics`, listening on a free port.
+/// The folder of the tests' order stores: one store per group prefix and instance id, as the
+/// host lays them out, so hosts of different tests never share one.
+pub fn test_stores() -> PathBuf {
+    std::env::temp_dir().join("pizza-host-test-stores")
+}
+
+/// The demo pipeline on `topics`, listening on a free port, its order store under
+/// [`test_stores`].
 pub fn pipeline_toml(topics: &Topics) -> String {
     let mut toml = format!(
         r#"
@@ -98,7 +105,10 @@ listen = "127.0.0.1:0"
 topic = "{orders}"
 completed_topic = "{completed}"
 orders_topic = "{order_records}"
+[storage]
+dir = "{stores}"
 "#,
+        stores = test_stores().display(),
         suffix = topics.suffix,
         bootstrap = bootstrap(),
         orders = topics.orders(),
