@@ -52,6 +52,21 @@ pub async fn start(
     let kafka = KafkaSettings::new(pipeline.kafka_properties().map_err(anyhow::Error::msg)?)
         .with_instance_id(&pipeline.instance_id);
     let admin_token = pipeline.admin.token()?;
+    // Before any stage starts: a store held by another host refuses this one, and a refusal
+    // once consumers are joining their groups would leave them to close mid-join.
+    let store_path = pipeline
+        .storage
+        .dir
+        .clone()
+        .unwrap_or_else(crate::config::default_storage_dir)
+        .join(&pipeline.group_prefix)
+        .join(&pipeline.instance_id)
+        .join("orders.redb");
+    let retention = (pipeline.storage.retention_days > 0).then(|| {
+        std::time::Duration::from_secs(u64::from(pipeline.storage.retention_days) * 86_400)
+    });
+    let store =
+        tokio::task::block_in_place(|| crate::orders::store::Store::open(&store_path, retention))?;
     // Stages, the order view and file watching run on `tasks`; the HTTP and admin servers
     // on `servers`, which stop only once `tasks` are done (see `stop_servers_after`).
     let tasks = TaskTracker::new();
@@ -102,19 +117,6 @@ pub async fn start(
         shutdown.clone(),
     )?;
 
-    let store_path = pipeline
-        .storage
-        .dir
-        .clone()
-        .unwrap_or_else(crate::config::default_storage_dir)
-        .join(&pipeline.group_prefix)
-        .join(&pipeline.instance_id)
-        .join("orders.redb");
-    let retention = (pipeline.storage.retention_days > 0).then(|| {
-        std::time::Duration::from_secs(u64::from(pipeline.storage.retention_days) * 86_400)
-    });
-    let store =
-        tokio::task::block_in_place(|| crate::orders::store::Store::open(&store_path, retention))?;
     let book = crate::orders::book::OrderBook::new(store);
     let reader = kafka.reader(&format!("{}-order-view", pipeline.group_prefix))?;
     let view = crate::orders::view::start(

@@ -56,6 +56,7 @@ const E2E_ORDER_SIZE: usize = 100;
 
 mod intake;
 mod machine;
+mod startup;
 
 fn main() -> anyhow::Result<()> {
     if let Ok(hop) = std::env::var(HOP_ENV) {
@@ -70,7 +71,8 @@ async fn bench() -> anyhow::Result<()> {
         .and_then(|n| n.parse().ok())
         .unwrap_or(REPEATS)
         .max(1);
-    // BENCH_ONLY=table,e2e,intake,curve,rss (any of them, comma-separated) runs those parts.
+    // BENCH_ONLY=table,e2e,intake,curve,rss,startup (any of them, comma-separated) runs those
+    // parts.
     let only = std::env::var("BENCH_ONLY").unwrap_or_default();
     let runs = |part: &str| only.is_empty() || only.split(',').any(|p| p.trim() == part);
     let python = original_python();
@@ -159,6 +161,9 @@ async fn bench() -> anyhow::Result<()> {
     }
     if runs("intake") {
         intake::bench(repeats).await?;
+    }
+    if runs("startup") {
+        startup::bench().await?;
     }
     println!();
     println!(
@@ -461,10 +466,12 @@ fn pipeline_toml(
     let mut toml = format!(
         "guarantee = \"{guarantee}\"\ngroup_prefix = \"bench-{run}\"\n[kafka]\n\"bootstrap.servers\" = \"{}\"\n{kafka}\
          [topics]\npartitions = {partitions}\n[http]\nlisten = \"{listen}\"\nmax_order_count = {ORDER_SIZE}\n\
-         [orders]\ntopic = \"{}\"\ncompleted_topic = \"{}\"\norders_topic = \"bench-orders-{run}\"\n",
+         [orders]\ntopic = \"{}\"\ncompleted_topic = \"{}\"\norders_topic = \"bench-orders-{run}\"\n\
+         [storage]\ndir = {:?}\n",
         bootstrap(),
         topic(run, 0),
-        topic(run, 4)
+        topic(run, 4),
+        std::env::temp_dir().join("pizza-host-bench-stores"),
     );
     let part = |stage: &str| format!("bench-part-{stage}-{run}");
     for (i, stage) in STAGES.iter().enumerate() {

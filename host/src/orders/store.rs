@@ -7,10 +7,11 @@
 //! loses the whole batch, which is read again). A lost or deleted file is rebuilt from the
 //! topics.
 //!
-//! Batches commit without waiting for the disk, and once a second with it: a process kill
-//! loses nothing (the file's pages are in the operating system's hands), a power loss at most
-//! the last second, which is read again from Kafka. The durable commits also save the
-//! allocator's state, so opening after a crash is a quick check, not a scan of the file.
+//! Batches commit without waiting for the disk, and once a second with it: a crash (a kill,
+//! a power loss) rolls the store back to the last durable commit, at most about a second of
+//! batches, offsets included, so they are read again from Kafka and applied once. The durable
+//! commits also save the allocator's state, so opening after a crash is a quick check, not a
+//! scan of the file.
 //!
 //! Why redb: it is pure Rust (no C or C++ to build: it adds about 20 s to a cold build on two
 //! cores, against minutes for RocksDB), it has ordered tables with tuple keys (an order's
