@@ -120,12 +120,41 @@ async fn the_cheese_report_matches_the_orders_survives_a_swap_and_outlives_its_s
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn killing_the_host_mid_run_neither_loses_nor_double_counts_a_cheese() {
-    let topics = Topics::unique("report-crash");
-    let pipeline = process_pipeline("report-crash", &topics, &bootstrap());
-    let toml = std::fs::read_to_string(&pipeline).unwrap();
-    std::fs::write(&pipeline, with_cheese_report(&toml, &topics)).unwrap();
+    kill_mid_run("report-crash", "").await;
+}
 
-    let host = HostProcess::start_named(&pipeline, "report-crash").await;
+/// The same with the state keyed by cheese: each cheese's count is folded and saved on its
+/// own (a record per cheese on the changelog), and a kill between saving the keys and saving
+/// the position still counts each pizza once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_report_keyed_by_cheese_survives_a_kill_and_saves_each_cheese_on_its_own() {
+    let topics = kill_mid_run("report-keyed", "state_key = \"cheese\"\n").await;
+    let changelog = format!("test-{}-report-cheese", topics.suffix);
+    let saved = record_count(&changelog) as usize;
+    let keys: std::collections::BTreeSet<String> = read_records(&changelog, saved, WITHIN)
+        .iter()
+        .filter_map(|record| record.key.clone())
+        .filter_map(|key| key.strip_prefix("report-keyed/state/").map(str::to_owned))
+        .collect();
+    assert!(
+        keys.len() >= 2,
+        "a changelog record per cheese, found keys for {keys:?}"
+    );
+}
+
+/// Kills a host whose cheese report (with `extra` added to its table) is counting, restarts
+/// it, and checks the report against the report's topic read directly.
+async fn kill_mid_run(test: &str, extra: &str) -> Topics {
+    let topics = Topics::unique(test);
+    let pipeline = process_pipeline(test, &topics, &bootstrap());
+    let toml = std::fs::read_to_string(&pipeline).unwrap();
+    std::fs::write(
+        &pipeline,
+        format!("{}{extra}", with_cheese_report(&toml, &topics)),
+    )
+    .unwrap();
+
+    let host = HostProcess::start_named(&pipeline, test).await;
     let orders = host.orders(5, 1_000).await;
     // Kill it while the report is counting.
     wait_for(WITHIN, "the report to be counting", || async {
@@ -136,7 +165,7 @@ async fn killing_the_host_mid_run_neither_loses_nor_double_counts_a_cheese() {
     })
     .await;
     host.kill();
-    let host = HostProcess::start_named(&pipeline, "report-crash").await;
+    let host = HostProcess::start_named(&pipeline, test).await;
     host.wait_complete(&orders, 1_000, WITHIN).await;
 
     // The truth: the cheese of every pizza on the report's topic, read directly.
@@ -150,6 +179,7 @@ async fn killing_the_host_mid_run_neither_loses_nor_double_counts_a_cheese() {
         report_with_total(&host.url, 5_000).await,
         cheese_counts(&pizzas)
     );
+    topics
 }
 
 /// A report skips an event its component cannot fold, counts it as `failed` and goes on; it

@@ -56,6 +56,7 @@ const E2E_ORDER_SIZE: usize = 100;
 
 mod intake;
 mod machine;
+mod report;
 mod startup;
 
 fn main() -> anyhow::Result<()> {
@@ -71,8 +72,8 @@ async fn bench() -> anyhow::Result<()> {
         .and_then(|n| n.parse().ok())
         .unwrap_or(REPEATS)
         .max(1);
-    // BENCH_ONLY=table,e2e,intake,curve,rss,startup (any of them, comma-separated) runs those
-    // parts.
+    // BENCH_ONLY=table,e2e,intake,curve,rss,startup,report (any of them, comma-separated)
+    // runs those parts.
     let only = std::env::var("BENCH_ONLY").unwrap_or_default();
     let runs = |part: &str| only.is_empty() || only.split(',').any(|p| p.trim() == part);
     let python = original_python();
@@ -164,6 +165,9 @@ async fn bench() -> anyhow::Result<()> {
     }
     if runs("startup") {
         startup::bench().await?;
+    }
+    if runs("report") {
+        report::bench().await?;
     }
     println!();
     println!(

@@ -371,6 +371,12 @@ pub struct ReportConfig {
     /// Compacted topic where the state is saved together with the position in `input`
     /// (default `<group_prefix>-report-<name>`).
     pub changelog: Option<String>,
+    /// The event field whose value keys the state (e.g. `cheese`): the component folds each
+    /// event into the state of its key only, so an event costs the same however many keys
+    /// there are, and each key's state is saved as a record of its own. `render` gets the
+    /// states of all keys merged into one object. Unset, one state holds everything. Changing
+    /// it starts the report over from the beginning of its input.
+    pub state_key: Option<String>,
     /// Settings the component reads through the `pizza:stage/config` import.
     #[serde(default, deserialize_with = "component_config")]
     pub config: BTreeMap<String, String>,

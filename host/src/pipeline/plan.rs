@@ -55,6 +55,8 @@ pub struct ReportRoute {
     pub changelog: String,
     /// This host's key on the changelog (its instance id).
     pub key: String,
+    /// The event field that keys the state, if it is keyed.
+    pub state_key: Option<String>,
 }
 
 /// Where a join reads from and writes to.
@@ -153,6 +155,7 @@ impl Plan {
                     input: config.input.clone(),
                     changelog: config.changelog_topic().to_owned(),
                     key: instance.clone(),
+                    state_key: config.state_key.clone(),
                 };
                 (config.clone(), route)
             })

@@ -10,8 +10,16 @@
 //! so no event is counted twice or missed. The input is read `read_committed`, so a stage's
 //! aborted transactions are never counted. Each host keeps its own copy of every report (its
 //! own key), so any host answers for it.
+//!
+//! # Keyed state
+//! With `state_key`, the state is one state per value of that event field, and an event is
+//! folded into its key's state alone. A save writes each key changed since the last one as a
+//! record of its own (`<instance>/state/<key>`: the key's state and the input position it
+//! reaches), then the position record (`<instance>`). A crash between the two leaves keys
+//! ahead of the position: the events folded again after a restart are skipped for a key whose
+//! saved position is past them, so each event still counts once.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::{Mutex, PoisonError};
 use std::time::{Duration, SystemTime};
 
@@ -42,7 +50,8 @@ pub struct ReportShared {
     last_error: Mutex<Option<LastError>>,
 }
 
-/// The state and how far into the input it reaches; saved as one record.
+/// The state and how far into the input it reaches; saved as one record (a keyed report's
+/// keys are saved as records of their own, see [`KeyState`]).
 #[derive(Debug, Clone, Serialize, Deserialize)]
 struct Folded {
     /// The state as the component last returned it (JSON text; `null` before any event).
@@ -53,6 +62,30 @@ struct Folded {
     events: u64,
     /// Events the component could not fold (skipped).
     failed: u64,
+    /// The event field that keys the state, if it is keyed.
+    #[serde(default)]
+    state_key: Option<String>,
+    /// Counts the times the report started over; saved keys of an earlier one are not its.
+    #[serde(default)]
+    generation: u64,
+    /// A keyed report's states, by key.
+    #[serde(skip)]
+    keyed: HashMap<String, KeyState>,
+    /// Keys changed since the last save.
+    #[serde(skip)]
+    changed: BTreeSet<String>,
+}
+
+/// One key's state, saved as a record of its own.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+struct KeyState {
+    /// The state as the component last returned it (JSON text).
+    state: String,
+    /// The input position when it was last saved: it holds every event before it.
+    saved_at: BTreeMap<i32, i64>,
+    /// The report's generation when it was saved.
+    #[serde(default)]
+    generation: u64,
 }
 
 impl Default for Folded {
@@ -62,7 +95,37 @@ impl Default for Folded {
             offsets: BTreeMap::new(),
             events: 0,
             failed: 0,
+            state_key: None,
+            generation: 0,
+            keyed: HashMap::new(),
+            changed: BTreeSet::new(),
         }
+    }
+}
+
+impl Folded {
+    /// The whole state: a keyed report's states merged into one object (a key whose state
+    /// is not an object appears under its key).
+    fn whole(&self) -> String {
+        if self.state_key.is_none() {
+            return self.state.clone();
+        }
+        let mut keys: Vec<_> = self.keyed.iter().collect();
+        keys.sort_by(|a, b| a.0.cmp(b.0));
+        let mut merged = serde_json::Map::new();
+        for (key, state) in keys {
+            match serde_json::from_str(&state.state) {
+                Ok(serde_json::Value::Object(fields)) => merged.extend(fields),
+                Ok(serde_json::Value::Null) => {}
+                Ok(other) => {
+                    merged.insert(key.clone(), other);
+                }
+                Err(_) => {
+                    merged.insert(key.clone(), state.state.clone().into());
+                }
+            }
+        }
+        serde_json::Value::Object(merged).to_string()
     }
 }
 
@@ -86,10 +149,11 @@ impl ReportShared {
         self.component.store(std::sync::Arc::new(component));
     }
 
-    /// The current state (JSON text), and the events folded and skipped so far.
+    /// The current state (JSON text; a keyed report's merged), and the events folded and
+    /// skipped so far.
     pub fn state(&self) -> (String, u64, u64) {
         let folded = self.lock();
-        (folded.state.clone(), folded.events, folded.failed)
+        (folded.whole(), folded.events, folded.failed)
     }
 
     /// The most recent event the component could not fold.
@@ -170,8 +234,9 @@ pub async fn run(
     Ok(())
 }
 
-/// Folds one record into the state; a record the component cannot fold is skipped, counted
-/// and logged (it stays in the input topic for anyone to inspect).
+/// Folds one record into the state (a keyed report's: into its key's); a record the
+/// component cannot fold is skipped, counted and logged (it stays in the input topic for
+/// anyone to inspect).
 fn fold(
     shared: &ReportShared,
     route: &ReportRoute,
@@ -179,81 +244,203 @@ fn fold(
     partition: i32,
     offset: i64,
 ) {
-    let component = shared.current();
-    let state = shared.lock().state.clone();
-    let folded = match value.map(std::str::from_utf8) {
-        Some(Ok(event)) => tokio::task::block_in_place(|| component.update(&state, event)),
-        Some(Err(_)) | None => Err(CallError::InvalidOutput(
-            "the record's value is not UTF-8 text".into(),
-        )),
+    let event = match value.map(std::str::from_utf8) {
+        Some(Ok(event)) => event,
+        Some(Err(_)) | None => {
+            let err = CallError::InvalidOutput("the record's value is not UTF-8 text".into());
+            return skip(shared, route, partition, offset, err);
+        }
     };
-    let mut current = shared.lock();
-    current.offsets.insert(partition, offset + 1);
-    match folded {
+    let key = match &route.state_key {
+        None => None,
+        Some(field) => match key_of(event, field) {
+            Ok(key) => Some(key),
+            Err(err) => return skip(shared, route, partition, offset, err),
+        },
+    };
+    let state = {
+        let mut current = shared.lock();
+        match &key {
+            None => current.state.clone(),
+            Some(key) => match current.keyed.get(key) {
+                // Its key was saved after this event was folded, and a crash came before the
+                // position was: the event is in the state already.
+                Some(saved)
+                    if saved
+                        .saved_at
+                        .get(&partition)
+                        .is_some_and(|&at| at > offset) =>
+                {
+                    current.offsets.insert(partition, offset + 1);
+                    current.events += 1;
+                    return;
+                }
+                Some(saved) => saved.state.clone(),
+                None => "null".into(),
+            },
+        }
+    };
+    let component = shared.current();
+    match tokio::task::block_in_place(|| component.update(&state, event)) {
         Ok(state) => {
-            current.state = state;
+            let mut current = shared.lock();
+            current.offsets.insert(partition, offset + 1);
             current.events += 1;
+            match key {
+                None => current.state = state,
+                Some(key) => {
+                    current.keyed.entry(key.clone()).or_default().state = state;
+                    current.changed.insert(key);
+                }
+            }
         }
-        Err(err) => {
-            current.failed += 1;
-            tracing::warn!(
-                report = route.name,
-                topic = route.input,
-                partition,
-                offset,
-                kind = err.kind(),
-                "event skipped: {err}"
-            );
-            *shared
-                .last_error
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner) = Some(LastError {
-                at: SystemTime::now(),
-                kind: err.kind(),
-                message: err.to_string(),
-            });
-        }
+        Err(err) => skip(shared, route, partition, offset, err),
     }
 }
 
-/// Saves the state and its position as one record, and waits for the broker to take it.
+/// The value of `field` in `event` as a state key: a string as it is, anything else as its
+/// JSON text.
+fn key_of(event: &str, field: &str) -> Result<String, CallError> {
+    let event: serde_json::Value = serde_json::from_str(event)
+        .map_err(|err| CallError::InvalidOutput(format!("the event is not JSON: {err}")))?;
+    match event.get(field) {
+        Some(serde_json::Value::String(key)) => Ok(key.clone()),
+        Some(serde_json::Value::Null) | None => Err(CallError::InvalidOutput(format!(
+            "the event has no {field:?}, which keys the report's state"
+        ))),
+        Some(other) => Ok(other.to_string()),
+    }
+}
+
+/// Counts and logs an event the report could not fold, and moves past it.
+fn skip(shared: &ReportShared, route: &ReportRoute, partition: i32, offset: i64, err: CallError) {
+    let mut current = shared.lock();
+    current.offsets.insert(partition, offset + 1);
+    current.failed += 1;
+    tracing::warn!(
+        report = route.name,
+        topic = route.input,
+        partition,
+        offset,
+        kind = err.kind(),
+        "event skipped: {err}"
+    );
+    *shared
+        .last_error
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner) = Some(LastError {
+        at: SystemTime::now(),
+        kind: err.kind(),
+        message: err.to_string(),
+    });
+}
+
+/// Saves the state and its position, and waits for the broker to take it: a keyed report's
+/// changed keys first, each as a record of its own, then the position (see the module doc).
 async fn save_state(
     shared: &ReportShared,
     route: &ReportRoute,
     producer: &rdkafka::producer::FutureProducer,
 ) -> anyhow::Result<()> {
-    let saved = serde_json::to_string(&*shared.lock())?;
+    let (keys, position) = {
+        let mut current = shared.lock();
+        let offsets = current.offsets.clone();
+        let generation = current.generation;
+        let changed = std::mem::take(&mut current.changed);
+        let mut keys = Vec::with_capacity(changed.len());
+        for key in changed {
+            let Some(state) = current.keyed.get_mut(&key) else {
+                continue;
+            };
+            state.saved_at = offsets.clone();
+            state.generation = generation;
+            keys.push((key_record(route, &key), serde_json::to_string(&*state)?));
+        }
+        (keys, serde_json::to_string(&*current)?)
+    };
+    let failed = |err| {
+        anyhow::Error::new(err).context(format!(
+            "cannot save report {} to {}",
+            route.name, route.changelog
+        ))
+    };
+    let sends = keys.iter().map(|(key, state)| {
+        producer.send(
+            FutureRecord::to(&route.changelog).key(key).payload(state),
+            SAVE_TIMEOUT,
+        )
+    });
+    for sent in futures::future::join_all(sends).await {
+        sent.map_err(|(err, _)| failed(err))?;
+    }
     producer
         .send(
             FutureRecord::to(&route.changelog)
                 .key(&route.key)
-                .payload(&saved),
+                .payload(&position),
             SAVE_TIMEOUT,
         )
         .await
-        .map_err(|(err, _)| err)
-        .with_context(|| format!("cannot save report {} to {}", route.name, route.changelog))?;
+        .map_err(|(err, _)| failed(err))?;
     Ok(())
 }
 
-/// Blocking: the last state saved under `route.key`, read from the whole changelog (a fresh
-/// state if there is none).
+/// The changelog key of one key's state.
+fn key_record(route: &ReportRoute, key: &str) -> String {
+    format!("{}/state/{key}", route.key)
+}
+
+/// Blocking: the last state saved under `route.key` (and a keyed report's keys), read from
+/// the whole changelog; a fresh state if there is none, or if it was keyed otherwise.
 fn restore(kafka: &KafkaSettings, route: &ReportRoute) -> anyhow::Result<Folded> {
     let mut latest: Option<Folded> = None;
+    let mut keyed: HashMap<String, KeyState> = HashMap::new();
+    let prefix = key_record(route, "");
     let reader = format!("report-restore-{}", route.name);
     kafka.read_to_end(&reader, &route.changelog, None, |message| {
-        if message.key() != Some(route.key.as_bytes()) {
-            return;
-        }
-        match message.payload().map(serde_json::from_slice::<Folded>) {
-            Some(Ok(folded)) => latest = Some(folded),
-            Some(Err(err)) => tracing::warn!(
+        let Some(key) = message.key() else { return };
+        let unreadable = |err: serde_json::Error| {
+            tracing::warn!(
                 report = route.name,
                 offset = message.offset(),
                 "unreadable saved state skipped: {err}"
-            ),
-            None => {}
+            );
+        };
+        if key == route.key.as_bytes() {
+            match message.payload().map(serde_json::from_slice::<Folded>) {
+                Some(Ok(folded)) => latest = Some(folded),
+                Some(Err(err)) => unreadable(err),
+                None => {}
+            }
+        } else if let Some(state_key) = key.strip_prefix(prefix.as_bytes()) {
+            match message.payload().map(serde_json::from_slice::<KeyState>) {
+                Some(Ok(state)) => {
+                    keyed.insert(String::from_utf8_lossy(state_key).into_owned(), state);
+                }
+                Some(Err(err)) => unreadable(err),
+                None => {}
+            }
         }
     })?;
-    Ok(latest.unwrap_or_default())
+    let mut folded = latest.unwrap_or_default();
+    if folded.state_key != route.state_key {
+        if folded.events > 0 {
+            tracing::warn!(
+                report = route.name,
+                "the report's state_key changed: it starts over from the beginning of {}",
+                route.input
+            );
+        }
+        // Keys saved before are of another generation: ignored from now on.
+        folded = Folded {
+            state_key: route.state_key.clone(),
+            generation: folded.generation + 1,
+            ..Folded::default()
+        };
+    }
+    if folded.state_key.is_some() {
+        keyed.retain(|_, state| state.generation == folded.generation);
+        folded.keyed = keyed;
+    }
+    Ok(folded)
 }
