@@ -39,6 +39,7 @@ async fn the_order_view_reads_the_dead_letters_of_a_stage_moved_by_add() {
             before: "veggies".into(),
             output: Some(oregano_topic.clone()),
             config: Default::default(),
+            from: None,
         },
     )
     .unwrap();

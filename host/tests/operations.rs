@@ -164,6 +164,31 @@ async fn health_readiness_and_the_status_command_describe_a_running_host() {
     }
     assert!(out.lines().last() == Some("ready"), "{out}");
 
+    // The same as JSON, its host named by the environment, as a script would have it.
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_pizza-host"))
+        .args(["status", "--output", "json"])
+        .env("PIZZA_HOST_URL", &host.url)
+        .output()
+        .unwrap();
+    assert!(output.status.success(), "{output:?}");
+    let status: Value = serde_json::from_slice(&output.stdout).unwrap();
+    assert_eq!(status["ready"], true);
+    assert_eq!(status["order_view"]["state"], "ready");
+    assert_eq!(status["stages"].as_array().map(Vec::len), Some(4));
+
+    // Completion scripts for the shells.
+    for shell in ["bash", "zsh", "fish"] {
+        let output = std::process::Command::new(env!("CARGO_BIN_EXE_pizza-host"))
+            .args(["completions", shell])
+            .output()
+            .unwrap();
+        let script = String::from_utf8_lossy(&output.stdout);
+        assert!(
+            output.status.success() && script.contains("pizza-host") && script.contains("status"),
+            "{shell}: {script}"
+        );
+    }
+
     // Errors stay JSON, with the right status.
     let client = reqwest::Client::new();
     let wrong_method = client
@@ -440,4 +465,47 @@ async fn oversized_requests_are_refused_with_json_errors() {
     // None of it placed an order.
     let metrics = scrape(&host.url).await;
     assert_eq!(metrics["pizza_host_orders_placed_total"], 0.0);
+}
+
+/// Every top-level setting of the pipeline file can come from the environment instead
+/// (`PIZZA_HOST_<NAME>`), as a container or a unit file sets them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn top_level_settings_come_from_the_environment() {
+    let topics = Topics::unique("env-settings");
+    let pipeline = process_pipeline("env-settings", &topics, &bootstrap());
+    let stores = temp_dir("env-stores");
+    let prefix = format!("env-{}", topics.suffix);
+    let host = HostProcess::start_with_env(
+        &pipeline,
+        "the-hostname",
+        &[
+            ("PIZZA_HOST_INSTANCE_ID", "from-env"),
+            ("PIZZA_HOST_STORAGE_DIR", stores.to_str().unwrap()),
+            ("PIZZA_HOST_GUARANTEE", "at-least-once"),
+            ("PIZZA_HOST_GROUP_PREFIX", &prefix),
+        ],
+    )
+    .await;
+    let orders = host.orders(2, 3).await;
+    host.wait_complete(&orders, 3, Duration::from_secs(90))
+        .await;
+    let store = stores.join(&prefix).join("from-env").join("orders.redb");
+    assert!(
+        store.is_file(),
+        "the store is where the environment says: {store:?}"
+    );
+    let log = std::fs::read_to_string(&host.log).unwrap();
+    let loaded = log
+        .lines()
+        .find(|line| line.contains("pipeline loaded"))
+        .unwrap_or_default();
+    assert!(
+        loaded.contains("AtLeastOnce") && loaded.contains("from-env"),
+        "{loaded}"
+    );
+    assert_eq!(
+        host.terminate(Duration::from_secs(30)),
+        Some(0),
+        "a clean exit"
+    );
 }

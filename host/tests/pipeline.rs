@@ -536,3 +536,52 @@ async fn a_failed_group_commit_answers_each_of_its_orders_with_an_error_and_publ
         );
     }
 }
+
+/// A new stage's `from`: `latest` skips what its input already holds, a time skips what was
+/// written before it, and the default (`earliest`) reads it all. Each run here has new consumer
+/// groups (a new `group_prefix`) over the same topics, as a new stage would.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_new_stage_starts_where_its_from_says() {
+    let topics = Topics::unique("from");
+    let first_run = pipeline_toml(&topics);
+    let host = TestHost::start_toml(&first_run).await;
+    let backlog = host.order(5).await;
+    host.wait_complete(&backlog, 5, COMPLETE_WITHIN).await;
+    host.stop(COMPLETE_WITHIN).await;
+    let after_backlog = humantime::format_rfc3339_millis(std::time::SystemTime::now()).to_string();
+
+    // Only sauce changes where it starts; the groups are new, so cheese reads everything.
+    let run = |prefix: &str, from: &str| {
+        first_run
+            .replace(
+                &format!("group_prefix = \"test-{}\"", topics.suffix),
+                &format!("group_prefix = \"test-{}-{prefix}\"", topics.suffix),
+            )
+            .replacen(
+                "name = \"sauce\"\n",
+                &format!("name = \"sauce\"\nfrom = \"{from}\"\n"),
+                1,
+            )
+    };
+    // The time first: the orders of each run are written after it.
+    for (prefix, from) in [("time", after_backlog.as_str()), ("latest", "latest")] {
+        let toml = run(prefix, from);
+        assert_ne!(toml, first_run);
+        let host = TestHost::start_toml(&toml).await;
+        let order = host.order(3).await;
+        host.wait_complete(&order, 3, COMPLETE_WITHIN).await;
+        // Cheese, reading from the beginning, caught up with the 5 pizzas of the backlog too.
+        wait_for(
+            COMPLETE_WITHIN,
+            "cheese to read the whole backlog",
+            || async { (stage_records_in(&host.url, "cheese").await >= 5.0 + 3.0).then_some(()) },
+        )
+        .await;
+        assert_eq!(
+            stage_records_in(&host.url, "sauce").await,
+            3.0,
+            "sauce with from = {from} took only the new order's pizzas"
+        );
+        host.stop(COMPLETE_WITHIN).await;
+    }
+}

@@ -28,6 +28,8 @@ pub struct NewStage {
     pub output: Option<String>,
     /// Its `config` table.
     pub config: BTreeMap<String, String>,
+    /// Where it starts reading when there is no position to take over (`from`).
+    pub from: Option<crate::config::StartFrom>,
 }
 
 /// What [`add_stage`] wrote.
@@ -112,6 +114,9 @@ pub fn add_stage(path: &Path, stage: &NewStage) -> anyhow::Result<Added> {
             .map(|(key, value)| format!("{} = {}", quoted(key), quoted(value)))
             .collect();
         entry.push_str(&format!("config = {{ {} }}\n", pairs.join(", ")));
+    }
+    if let Some(from) = stage.from {
+        entry.push_str(&format!("from = {}\n", quoted(&String::from(from))));
     }
     entry.push('\n');
 

@@ -46,17 +46,17 @@ pub enum Command {
     /// Runs the pipeline described by a pipeline.toml until Ctrl-C or SIGTERM.
     Run {
         /// The pipeline file.
+        #[arg(env = "PIZZA_HOST_PIPELINE")]
         pipeline: PathBuf,
         /// Listen on this address instead of the file's `http.listen`.
-        #[arg(long)]
+        #[arg(long, env = "PIZZA_HOST_LISTEN")]
         listen: Option<SocketAddr>,
         /// Do not watch the pipeline and component files for changes.
-        #[arg(long)]
+        #[arg(long, env = "PIZZA_HOST_NO_WATCH")]
         no_watch: bool,
-        /// Makes every stage's randomness and every order id reproducible (for tests and
-        /// demos): the same seed and the same orders give the same pizzas.
-        #[arg(long, env = "PIZZA_HOST_SEED")]
-        seed: Option<u64>,
+        /// In place of the file's top-level settings of the same names.
+        #[command(flatten)]
+        settings: SettingsArgs,
     },
     /// Says whether a file is a component that fits a stage, and what it imports and exports.
     Check {
@@ -107,6 +107,11 @@ pub enum Command {
         /// A setting for its `config` table (repeatable).
         #[arg(long = "config", value_name = "KEY=VALUE", value_parser = config_pair)]
         config: Vec<(String, String)>,
+        /// Where it starts reading: earliest, latest or an RFC 3339 time; an inserted stage
+        /// takes over the position of the stage it goes ahead of, so this applies only when
+        /// that stage has none.
+        #[arg(long)]
+        from: Option<crate::config::StartFrom>,
         /// The pipeline file.
         #[arg(long, default_value = "pipeline.toml")]
         pipeline: PathBuf,
@@ -120,16 +125,62 @@ pub enum Command {
         /// The component file (.wasm).
         component: PathBuf,
         /// The host's admin API.
-        #[arg(long, default_value = "http://127.0.0.1:5001")]
+        #[arg(
+            long,
+            default_value = "http://127.0.0.1:5001",
+            env = "PIZZA_HOST_ADMIN_URL"
+        )]
         host: String,
     },
     /// Prints the stage table of a running host and whether it is ready; exits non-zero
     /// when it is not.
     Status {
         /// The host's HTTP API.
-        #[arg(long, default_value = "http://127.0.0.1:5000")]
+        #[arg(long, default_value = "http://127.0.0.1:5000", env = "PIZZA_HOST_URL")]
         host: String,
+        /// A table for people, or the host's `/readyz` answer as JSON.
+        #[arg(long, value_enum, default_value_t = Output::Text, env = "PIZZA_HOST_OUTPUT")]
+        output: Output,
     },
+    /// Prints a completion script for a shell: `source <(pizza-host completions bash)`.
+    Completions {
+        /// The shell.
+        shell: clap_complete::Shell,
+    },
+}
+
+/// How a command prints what it found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+#[allow(missing_docs)] // a `///` here would change `--help`; `--output` says what they are
+pub enum Output {
+    Text,
+    Json,
+}
+
+/// `run`'s flags for the pipeline file's top-level settings; each also comes from the
+/// environment (`PIZZA_HOST_<NAME>`), so a container or a unit file sets them without
+/// editing the file.
+#[derive(Debug, Clone, clap::Args)]
+pub struct SettingsArgs {
+    /// This host's name among the hosts of the pipeline (`instance_id`).
+    #[arg(long, env = "PIZZA_HOST_INSTANCE_ID")]
+    pub instance_id: Option<String>,
+    /// `exactly-once` or `at-least-once` (`guarantee`).
+    #[arg(long, value_enum, env = "PIZZA_HOST_GUARANTEE")]
+    pub guarantee: Option<crate::config::Guarantee>,
+    /// Prefix of the consumer group ids and transactional ids (`group_prefix`).
+    #[arg(long, env = "PIZZA_HOST_GROUP_PREFIX")]
+    pub group_prefix: Option<String>,
+    /// Folder of compiled components (`compile_cache`).
+    #[arg(long, env = "PIZZA_HOST_COMPILE_CACHE")]
+    pub compile_cache: Option<PathBuf>,
+    /// Folder of the order view's store (`[storage] dir`).
+    #[arg(long, env = "PIZZA_HOST_STORAGE_DIR")]
+    pub storage_dir: Option<PathBuf>,
+    /// Makes every stage's randomness and every order id reproducible (for tests and
+    /// demos): the same seed and the same orders give the same pizzas (`seed`).
+    #[arg(long, env = "PIZZA_HOST_SEED")]
+    pub seed: Option<u64>,
 }
 
 /// Carries out `command`.
@@ -139,13 +190,26 @@ pub fn dispatch(command: Command) -> anyhow::Result<()> {
             pipeline,
             listen,
             no_watch,
-            seed,
+            settings,
         } => async_runtime()?.block_on(run::run(run::RunOptions {
             pipeline,
-            listen,
             watch: !no_watch,
-            seed,
+            overrides: crate::config::Overrides {
+                listen,
+                seed: settings.seed,
+                instance_id: settings.instance_id,
+                guarantee: settings.guarantee,
+                group_prefix: settings.group_prefix,
+                compile_cache: settings.compile_cache,
+                storage_dir: settings.storage_dir,
+            },
         })),
+        Command::Completions { shell } => {
+            use clap::CommandFactory as _;
+            let mut command = Cli::command();
+            clap_complete::generate(shell, &mut command, "pizza-host", &mut std::io::stdout());
+            Ok(())
+        }
         Command::Check { component } => check::run(&component),
         Command::Invoke {
             component,
@@ -169,6 +233,7 @@ pub fn dispatch(command: Command) -> anyhow::Result<()> {
             before,
             output,
             config,
+            from,
             pipeline,
         } => {
             let stage = add::NewStage {
@@ -177,6 +242,7 @@ pub fn dispatch(command: Command) -> anyhow::Result<()> {
                 before,
                 output,
                 config: config.into_iter().collect(),
+                from,
             };
             add::run(&pipeline, &stage)
         }
@@ -185,7 +251,7 @@ pub fn dispatch(command: Command) -> anyhow::Result<()> {
             component,
             host,
         } => async_runtime()?.block_on(deploy::run(&stage, &component, &host)),
-        Command::Status { host } => async_runtime()?.block_on(status::run(&host)),
+        Command::Status { host, output } => async_runtime()?.block_on(status::run(&host, output)),
     }
 }
 

@@ -1,7 +1,6 @@
 //! `pizza-host run`: loads the pipeline, starts the host, and runs it until Ctrl-C or
 //! SIGTERM; a second signal exits at once.
 
-use std::net::SocketAddr;
 use std::path::PathBuf;
 
 use tokio_util::sync::CancellationToken;
@@ -13,23 +12,19 @@ use crate::config::{Overrides, Pipeline};
 pub struct RunOptions {
     /// The pipeline file.
     pub pipeline: PathBuf,
-    /// Listen here instead of the file's `http.listen`.
-    pub listen: Option<SocketAddr>,
     /// Watch the pipeline and component files and apply changes live.
     pub watch: bool,
-    /// Makes every stage's randomness and every order id reproducible.
-    pub seed: Option<u64>,
+    /// Settings in place of the file's.
+    pub overrides: Overrides,
 }
 
 /// Runs the pipeline until a signal, then waits for the graceful shutdown to finish.
 pub async fn run(options: RunOptions) -> anyhow::Result<()> {
     let RunOptions {
         pipeline: path,
-        listen,
         watch,
-        seed,
+        overrides,
     } = options;
-    let overrides = Overrides { listen, seed };
     let pipeline = overrides.apply(Pipeline::load(&path)?);
     tracing::info!(
         file = %path.display(),

@@ -1,12 +1,20 @@
 //! `pizza-host status`: prints the stage table of a running host and whether it is ready
-//! ([`crate::api::client::Client::readiness`]); not ready is an error, so the exit code says it.
+//! ([`crate::api::client::Client::readiness`]), or with `--output json` the host's answer as it
+//! is; not ready is an error, so the exit code says it.
 
 use crate::api::client::Client;
 use crate::api::types::{PartitionInfo, StageInfo};
+use crate::cli::Output;
 
-/// Prints the table and the readiness of the host at `host`.
-pub async fn run(host: &str) -> anyhow::Result<()> {
+/// Prints the table and the readiness of the host at `host` (or, as JSON, its `/readyz`
+/// answer).
+pub async fn run(host: &str, output: Output) -> anyhow::Result<()> {
     let readiness = Client::new(host).readiness().await?;
+    if output == Output::Json {
+        println!("{}", serde_json::to_string_pretty(&readiness)?);
+        anyhow::ensure!(readiness.ready, "the host at {host} is not ready");
+        return Ok(());
+    }
     println!(
         "{:<12} {:<40} {:<14} {:>10} {:>6}  partitions (lag)",
         "stage", "input -> output", "digest", "processed", "dead"

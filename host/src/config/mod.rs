@@ -97,6 +97,7 @@ pub fn default_stage_settings(config: BTreeMap<String, String>) -> crate::runtim
         memory_mib: default_memory_mib(),
         retries: default_retries(),
         dead_letter: None,
+        from: StartFrom::Earliest,
         max_output_bytes: None,
         config,
         reuse_instances: true,
@@ -107,23 +108,50 @@ pub fn default_stage_settings(config: BTreeMap<String, String>) -> crate::runtim
     .settings()
 }
 
-/// What the command line sets over the file: it wins at startup and over every later edit.
-#[derive(Debug, Clone, Copy, Default)]
+/// What the command line (or the environment) sets over the file: it wins at startup and over
+/// every later edit.
+#[derive(Debug, Clone, Default)]
 pub struct Overrides {
     /// `run --listen`.
     pub listen: Option<SocketAddr>,
     /// `run --seed`.
     pub seed: Option<u64>,
+    /// `run --instance-id`.
+    pub instance_id: Option<String>,
+    /// `run --guarantee`.
+    pub guarantee: Option<Guarantee>,
+    /// `run --group-prefix`.
+    pub group_prefix: Option<String>,
+    /// `run --compile-cache` (relative to the working folder).
+    pub compile_cache: Option<PathBuf>,
+    /// `run --storage-dir` (relative to the working folder).
+    pub storage_dir: Option<PathBuf>,
 }
 
 impl Overrides {
     /// `pipeline` with these settings in place of the file's.
     pub fn apply(&self, mut pipeline: Pipeline) -> Pipeline {
+        let absolute = |path: &PathBuf| std::path::absolute(path).unwrap_or_else(|_| path.clone());
         if let Some(listen) = self.listen {
             pipeline.http.listen = listen;
         }
         if self.seed.is_some() {
             pipeline.seed = self.seed;
+        }
+        if let Some(instance_id) = &self.instance_id {
+            pipeline.instance_id = instance_id.clone();
+        }
+        if let Some(guarantee) = self.guarantee {
+            pipeline.guarantee = guarantee;
+        }
+        if let Some(prefix) = &self.group_prefix {
+            pipeline.group_prefix = prefix.clone();
+        }
+        if let Some(cache) = &self.compile_cache {
+            pipeline.compile_cache = Some(absolute(cache));
+        }
+        if let Some(dir) = &self.storage_dir {
+            pipeline.storage.dir = Some(absolute(dir));
         }
         pipeline
     }
@@ -185,8 +213,57 @@ pub struct Pipeline {
     pub joins: Vec<JoinConfig>,
 }
 
-/// How often each event is processed and published.
+/// Where a new consumer group starts reading a topic.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(try_from = "String", into = "String")]
+pub enum StartFrom {
+    /// Everything the topic holds.
+    #[default]
+    Earliest,
+    /// Only what arrives from now on.
+    Latest,
+    /// The first record written at or after this time.
+    Time(std::time::SystemTime),
+}
+
+impl std::str::FromStr for StartFrom {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Self, String> {
+        match text {
+            "earliest" => Ok(Self::Earliest),
+            "latest" => Ok(Self::Latest),
+            time => humantime::parse_rfc3339_weak(time)
+                .map(Self::Time)
+                .map_err(|err| {
+                    format!(
+                        "from must be \"earliest\", \"latest\" or a time like \"2026-12-01T00:00:00Z\", got {time:?} ({err})"
+                    )
+                }),
+        }
+    }
+}
+
+impl TryFrom<String> for StartFrom {
+    type Error = String;
+
+    fn try_from(text: String) -> Result<Self, String> {
+        text.parse()
+    }
+}
+
+impl From<StartFrom> for String {
+    fn from(from: StartFrom) -> String {
+        match from {
+            StartFrom::Earliest => "earliest".into(),
+            StartFrom::Latest => "latest".into(),
+            StartFrom::Time(time) => humantime::format_rfc3339_millis(time).to_string(),
+        }
+    }
+}
+
+/// How often each event is processed and published.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize, clap::ValueEnum)]
 #[serde(rename_all = "kebab-case")]
 pub enum Guarantee {
     /// Kafka transactions: each stage's results and input offsets are committed together,
@@ -324,6 +401,13 @@ pub struct StageConfig {
     pub retries: u32,
     /// Where records the stage cannot process go (default `<input>.dlq`).
     pub dead_letter: Option<String>,
+    /// Where a new stage starts reading its input: `"earliest"` (the default: everything the
+    /// topic holds), `"latest"` (only what arrives from now on) or a time (RFC 3339, e.g.
+    /// `"2026-12-01T00:00:00Z"`: the first record written at or after it). It applies only
+    /// while the stage's consumer group has no committed position; after that the stage goes
+    /// on from where it stopped.
+    #[serde(default)]
+    pub from: StartFrom,
     /// The largest output record (value, key and headers) the stage may send; a larger result
     /// goes to the dead-letter topic as `too-large` (default, and upper bound: what the
     /// producer may send, `[kafka] message.max.bytes`, 1,000,000 unless set).

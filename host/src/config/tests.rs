@@ -267,3 +267,50 @@ proptest::proptest! {
         }
     }
 }
+
+#[test]
+fn a_stage_starts_from_earliest_unless_from_says_latest_or_a_time() {
+    let p = Pipeline::parse(MINIMAL, Path::new("/")).expect("valid");
+    assert_eq!(p.stages[0].from, StartFrom::Earliest);
+    let with = |from: &str| {
+        Pipeline::parse(
+            &MINIMAL.replace(
+                "output = \"pizza-with-sauce\"",
+                &format!("output = \"pizza-with-sauce\"\nfrom = \"{from}\""),
+            ),
+            Path::new("/"),
+        )
+    };
+    assert_eq!(
+        with("latest").expect("valid").stages[0].from,
+        StartFrom::Latest
+    );
+    let at = with("2026-12-01T10:00:00.250Z").expect("valid").stages[0].from;
+    assert_eq!(
+        String::from(at),
+        "2026-12-01T10:00:00.250Z",
+        "a time round-trips"
+    );
+    let err = with("yesterday").expect_err("not a position").to_string();
+    assert!(
+        err.contains("earliest") && err.contains("yesterday"),
+        "{err}"
+    );
+}
+
+#[test]
+fn the_store_defaults_to_a_per_user_data_folder_and_a_week_of_orders() {
+    let p = Pipeline::parse(MINIMAL, Path::new("/")).expect("valid");
+    assert_eq!(p.storage.dir, Some(default_storage_dir()));
+    assert_eq!(p.storage.retention_days, 7);
+    let p = Pipeline::parse(
+        &format!("[storage]\ndir = \"stores\"\nretention_days = 0\n{MINIMAL}"),
+        Path::new("/srv/pizza"),
+    )
+    .expect("valid");
+    assert_eq!(
+        p.storage.dir.as_deref(),
+        Some(Path::new("/srv/pizza/stores"))
+    );
+    assert_eq!(p.storage.retention_days, 0);
+}

@@ -92,6 +92,93 @@ impl KafkaSettings {
         .await?
     }
 
+    /// Makes group `group` start reading `topic` at `from`, by committing that position for
+    /// it, if it has no committed position on `topic` yet (a new stage); otherwise it changes
+    /// nothing. A group that another host already joined keeps what that host set.
+    pub async fn start_group_at(
+        &self,
+        group: &str,
+        topic: &str,
+        from: crate::config::StartFrom,
+    ) -> anyhow::Result<()> {
+        let settings = self.clone();
+        let (group, topic) = (group.to_owned(), topic.to_owned());
+        tokio::task::spawn_blocking(move || settings.start_group_at_blocking(&group, &topic, from))
+            .await?
+    }
+
+    fn start_group_at_blocking(
+        &self,
+        group: &str,
+        topic: &str,
+        from: crate::config::StartFrom,
+    ) -> anyhow::Result<()> {
+        use crate::config::StartFrom;
+        let mut config = self.base();
+        config
+            .set("group.id", group)
+            .set("enable.auto.commit", "false");
+        let client: BaseConsumer = config.create()?;
+        let mut partitions = TopicPartitionList::new();
+        for partition in self::partitions(client.client(), topic)? {
+            partitions.add_partition(topic, partition);
+        }
+        let committed = client.committed_offsets(partitions.clone(), ADMIN_TIMEOUT)?;
+        if committed
+            .elements()
+            .iter()
+            .any(|element| matches!(element.offset(), Offset::Offset(_)))
+        {
+            return Ok(());
+        }
+        let mut start = TopicPartitionList::new();
+        let at_time = match from {
+            StartFrom::Time(time) => {
+                let ms = time
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map_or(0, |d| d.as_millis() as i64);
+                let mut query = TopicPartitionList::new();
+                for element in partitions.elements() {
+                    query.add_partition_offset(topic, element.partition(), Offset::Offset(ms))?;
+                }
+                Some(client.offsets_for_times(query, ADMIN_TIMEOUT)?)
+            }
+            StartFrom::Earliest | StartFrom::Latest => None,
+        };
+        for element in partitions.elements() {
+            let partition = element.partition();
+            let (low, high) = client.fetch_watermarks(topic, partition, ADMIN_TIMEOUT)?;
+            let offset = match (&from, &at_time) {
+                (StartFrom::Earliest, _) => low,
+                (StartFrom::Latest, _) => high,
+                // No record at or after the time: from the end.
+                (StartFrom::Time(_), Some(found)) => {
+                    match found.find_partition(topic, partition).map(|e| e.offset()) {
+                        Some(Offset::Offset(offset)) => offset,
+                        _ => high,
+                    }
+                }
+                (StartFrom::Time(_), None) => high,
+            };
+            start.add_partition_offset(topic, partition, Offset::Offset(offset))?;
+        }
+        match client.commit(&start, CommitMode::Sync) {
+            Ok(()) => {
+                tracing::info!(group, topic, from = %String::from(from), "new consumer group starts at its `from`");
+                Ok(())
+            }
+            // Another host's member joined the group first: the position is its to set.
+            Err(err) => {
+                tracing::warn!(
+                    group,
+                    topic,
+                    "the start position was not set ({err}); another host's member started the group first"
+                );
+                Ok(())
+            }
+        }
+    }
+
     fn copy_committed_offsets_blocking(
         &self,
         from: &str,

@@ -13,7 +13,7 @@
 
 use std::collections::BTreeSet;
 
-use crate::config::{Guarantee, JoinConfig, Pipeline, ReportConfig, StageConfig};
+use crate::config::{Guarantee, JoinConfig, Pipeline, ReportConfig, StageConfig, StartFrom};
 use crate::kafka::KafkaSettings;
 
 /// Where a stage reads from and writes to.
@@ -39,6 +39,8 @@ pub struct StageRoute {
     /// The largest output record the stage sends; a larger one is dead-lettered as
     /// `too-large` (a send the producer refuses for its size would stall the partition).
     pub max_output_bytes: usize,
+    /// Where the stage starts reading while its group has no committed position.
+    pub from: StartFrom,
 }
 
 /// What librdkafka's producers send at most unless `message.max.bytes` says otherwise.
@@ -142,6 +144,7 @@ impl Plan {
                     max_output_bytes: config
                         .max_output_bytes
                         .map_or(producer_max, |max| max.min(producer_max)),
+                    from: config.from,
                 };
                 (config.clone(), route)
             })

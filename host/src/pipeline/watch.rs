@@ -68,7 +68,7 @@ pub async fn watch(
         loop {
             if let Err(err) = changes(
                 &pipeline_path,
-                overrides,
+                &overrides,
                 &mut current,
                 &running,
                 &mut events,
@@ -111,7 +111,7 @@ async fn watch_folders(
 /// Waits for the next batch of file changes and applies it. Errs when watching is over.
 async fn changes(
     pipeline_path: &Path,
-    overrides: Overrides,
+    overrides: &Overrides,
     current: &mut Pipeline,
     running: &Running,
     events: &mut mpsc::UnboundedReceiver<Vec<PathBuf>>,
@@ -145,7 +145,7 @@ async fn changes(
 /// was. Returns the pipeline that runs afterwards.
 async fn apply_pipeline_edit(
     path: &Path,
-    overrides: Overrides,
+    overrides: &Overrides,
     current: Pipeline,
     running: &Running,
 ) -> Pipeline {

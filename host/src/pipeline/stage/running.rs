@@ -9,7 +9,7 @@ use tokio::task::JoinHandle;
 use tokio_util::task::TaskTracker;
 
 use super::{StageShared, StopSignals, at_least_once, exactly_once};
-use crate::config::StageConfig;
+use crate::config::{StageConfig, StartFrom};
 use crate::kafka::KafkaSettings;
 use crate::pipeline::plan::StageRoute;
 use crate::pipeline::stages::{ErrorInfo, PartitionInfo, Source, StageInfo, SwapReport};
@@ -81,6 +81,11 @@ async fn run_supervised(
 ) {
     let name = format!("stage {}", route.name);
     supervise(&name, &signals.stop, || async {
+        if route.from != StartFrom::Earliest {
+            kafka
+                .start_group_at(&route.group_id, &route.input, route.from)
+                .await?;
+        }
         match &route.transactional_id {
             Some(id) => exactly_once::run(&shared, &route, &kafka, &signals, id).await,
             None => at_least_once::run(&shared, &route, &kafka, &signals).await,
