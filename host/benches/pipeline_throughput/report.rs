@@ -12,6 +12,8 @@ use std::time::{Duration, Instant};
 
 use pizza_host::config::Pipeline;
 use rdkafka::ClientConfig;
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::client::DefaultClientContext;
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use serde_json::Value;
 use tokio_util::sync::CancellationToken;
@@ -66,6 +68,19 @@ async fn measure(keyed: bool) -> anyhow::Result<(Duration, Duration)> {
             ""
         },
     ));
+    // The broker creates no topic on its own; the host would create it only when it starts.
+    let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
+        .set("bootstrap.servers", crate::bootstrap())
+        .create()?;
+    for created in admin
+        .create_topics(
+            &[NewTopic::new(&input, 3, TopicReplication::Fixed(1))],
+            &AdminOptions::new(),
+        )
+        .await?
+    {
+        created.map_err(|(topic, err)| anyhow::anyhow!("cannot create {topic}: {err}"))?;
+    }
     let producer: FutureProducer = ClientConfig::new()
         .set("bootstrap.servers", crate::bootstrap())
         .set("linger.ms", "20")
