@@ -52,8 +52,6 @@ pub async fn start(
     let kafka = KafkaSettings::new(pipeline.kafka_properties().map_err(anyhow::Error::msg)?)
         .with_instance_id(&pipeline.instance_id);
     let admin_token = pipeline.admin.token()?;
-    // Before any stage starts: a store held by another host refuses this one, and a refusal
-    // once consumers are joining their groups would leave them to close mid-join.
     let store_path = pipeline
         .storage
         .dir
@@ -65,8 +63,6 @@ pub async fn start(
     let retention = (pipeline.storage.retention_days > 0).then(|| {
         std::time::Duration::from_secs(u64::from(pipeline.storage.retention_days) * 86_400)
     });
-    let store =
-        tokio::task::block_in_place(|| crate::orders::store::Store::open(&store_path, retention))?;
     // Stages, the order view and file watching run on `tasks`; the HTTP and admin servers
     // on `servers`, which stop only once `tasks` are done (see `stop_servers_after`).
     let tasks = TaskTracker::new();
@@ -108,7 +104,19 @@ pub async fn start(
         pipeline.topics.partitions,
         &kafka,
     )?;
-    let plan = running.apply_after(&pipeline, claim).await?;
+    // The store opens once the claim holds (a twin of this instance on the same machine is
+    // refused by the claim, which says why) and before any stage starts (a refusal once
+    // consumers are joining their groups would leave them to close mid-join).
+    let mut store = None;
+    let claimed_and_opened = async {
+        claim.await?;
+        store = Some(tokio::task::block_in_place(|| {
+            crate::orders::store::Store::open(&store_path, retention)
+        })?);
+        anyhow::Ok(())
+    };
+    let plan = running.apply_after(&pipeline, claimed_and_opened).await?;
+    let store = store.context("the order store was not opened")?;
     crate::pipeline::join::start(&plan.joins, &kafka, &tasks, &shutdown);
     let health = crate::kafka::health::spawn_probe(
         &kafka,
