@@ -172,6 +172,15 @@ async fn a_second_host_answers_for_orders_placed_on_the_first() {
     let first = TestHost::start(&topics).await;
     let second = TestHost::start(&topics).await;
     let id = first.order(4).await;
+    // Asked at once, before the second host can have read it: "not yet", never "no such order".
+    let response = reqwest::get(format!("{}/order/{id}", second.url))
+        .await
+        .unwrap();
+    let status = response.status().as_u16();
+    assert!(
+        status == 200 || (status == 503 && response.headers().contains_key("retry-after")),
+        "a new order placed on another host answered {status}"
+    );
     first.wait_complete(&id, 4, WITHIN).await;
     let order: Value = second.wait_complete(&id, 4, WITHIN).await;
     assert_eq!(order["count"], 4);

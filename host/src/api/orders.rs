@@ -90,7 +90,7 @@ pub(crate) async fn place_order(
         (status = 414, description = "The path is longer than 512 bytes", body = ErrorBody),
         (status = 404, description = "No order with this id", body = ErrorBody),
         (status = 500, description = "The order store cannot be read", body = ErrorBody),
-        (status = 503, description = "Not known yet: the order view is still reading the history (`Retry-After` says when to ask again)", body = ErrorBody),
+        (status = 503, description = "Not known yet: the order view is still reading the history, or the id was made in the last minute and the order may come from another host (`Retry-After` says when to ask again)", body = ErrorBody),
     ))]
 pub(crate) async fn get_order(
     State(state): State<AppState>,
@@ -118,10 +118,16 @@ pub(crate) async fn get_order(
         Lookup::Found(order) => Ok(Json(order)),
         Lookup::NotYet(rebuild) => Err(ApiError::new(
             StatusCode::SERVICE_UNAVAILABLE,
-            format!(
-                "order {id:?} is not known yet: the order view is rebuilding ({} of {} records read)",
-                rebuild.applied, rebuild.total
-            ),
+            if rebuild.state == "ready" {
+                format!(
+                    "order {id:?} is not known yet: it is new, and may have been placed on another host moments ago"
+                )
+            } else {
+                format!(
+                    "order {id:?} is not known yet: the order view is rebuilding ({} of {} records read)",
+                    rebuild.applied, rebuild.total
+                )
+            },
         )
         .retry_after(1)),
         Lookup::Unknown => Err(ApiError::new(

@@ -19,6 +19,9 @@ use serde_json::value::RawValue;
 use crate::orders::event_ids::EventIds;
 use crate::orders::store::Store;
 
+/// An unknown order whose id was made less than this ago may have been placed on another host
+/// and not be read here yet: it is answered "not yet" (503, `Retry-After`), not 404.
+const RECENT: std::time::Duration = std::time::Duration::from_secs(60);
 /// Orders placed here and not read back yet that the book remembers; beyond this (the view is
 /// far behind or stopped), it starts over: they are still answered once the view reads them.
 const MAX_PLACED: usize = 100_000;
@@ -200,7 +203,8 @@ pub struct RebuildState {
 pub enum Lookup {
     /// The order as it stands.
     Found(OrderView),
-    /// Not known yet: the view is still reading the history.
+    /// Not known yet: the view is still reading the history, or the id is new enough that
+    /// another host may have just placed it.
     NotYet(RebuildState),
     /// No such order.
     Unknown,
@@ -247,6 +251,9 @@ impl OrderBook {
         Ok(match self.store.get(id, detail, placed)? {
             Some(order) => Lookup::Found(order),
             None if !self.rebuild.is_ready() => Lookup::NotYet(self.rebuild.state()),
+            None if crate::orders::publisher::placed_recently(id, RECENT) => {
+                Lookup::NotYet(self.rebuild.state())
+            }
             None => Lookup::Unknown,
         })
     }

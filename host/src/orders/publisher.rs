@@ -28,8 +28,10 @@ use crate::telemetry::trace_context;
 /// How long `POST /order` waits for the broker to take the order.
 pub const PUBLISH_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// Hands out new order ids: the decimal form of a random 128-bit UUID, like the original
-/// service's; with a seed, the same sequence of ids on every run.
+/// Hands out new order ids: the decimal form of a 128-bit UUID, like the original service's.
+/// A version 7 UUID (its first 48 bits are the time it was made, the rest random), so a host
+/// that has not read an order yet can tell a new id from one that never was (see
+/// [`placed_recently`]); with a seed, a reproducible sequence of random ones.
 pub struct OrderIds(Option<std::sync::Mutex<StdRng>>);
 
 impl OrderIds {
@@ -41,7 +43,7 @@ impl OrderIds {
     /// The next order's id.
     pub fn next(&self) -> String {
         let uuid = match &self.0 {
-            None => uuid::Uuid::new_v4(),
+            None => uuid::Uuid::now_v7(),
             Some(rng) => {
                 let mut rng = rng
                     .lock()
@@ -51,6 +53,26 @@ impl OrderIds {
         };
         uuid.as_u128().to_string()
     }
+}
+
+/// Whether `id` is an order id made within `window` of now (give or take `window` of clock
+/// difference between hosts): one another host may have placed that this host has not read
+/// yet.
+pub fn placed_recently(id: &str, window: Duration) -> bool {
+    let Ok(bits) = id.parse::<u128>() else {
+        return false;
+    };
+    let uuid = uuid::Uuid::from_u128(bits);
+    let Some(made) = uuid.get_timestamp().filter(|_| uuid.get_version_num() == 7) else {
+        return false;
+    };
+    let (seconds, nanos) = made.to_unix();
+    let made = std::time::UNIX_EPOCH + Duration::new(seconds, nanos);
+    let now = std::time::SystemTime::now();
+    let apart = now
+        .duration_since(made)
+        .unwrap_or_else(|early| early.duration());
+    apart <= window
 }
 
 /// The pizza events of a new order, in the original demo's shape (every topping empty) plus
@@ -332,6 +354,23 @@ mod tests {
     use serde_json::Value;
 
     use super::*;
+
+    #[test]
+    fn a_new_order_id_is_told_apart_from_one_that_never_was() {
+        let minute = Duration::from_secs(60);
+        let id = OrderIds::new(None).next();
+        assert!(id.parse::<u128>().is_ok(), "a decimal 128-bit number: {id}");
+        assert!(placed_recently(&id, minute));
+        let old = uuid::Uuid::new_v7(uuid::Timestamp::from_unix(
+            uuid::NoContext,
+            1_700_000_000,
+            0,
+        ));
+        assert!(!placed_recently(&old.as_u128().to_string(), minute));
+        let random = uuid::Uuid::new_v4().as_u128().to_string();
+        assert!(!placed_recently(&random, minute), "no time in a v4 id");
+        assert!(!placed_recently("not-an-id", minute));
+    }
 
     #[test]
     fn a_group_takes_whole_orders_up_to_256_orders_or_10_000_records() {
