@@ -13,6 +13,11 @@
 //! commits also save the allocator's state, so opening after a crash is a quick check, not a
 //! scan of the file.
 //!
+//! A stage stamps one visit on a whole batch of pizzas, so visits are stored once each, under
+//! a digest, and a pizza keeps their ids (a pizza's four visits are twice its size). Retention
+//! drops orders and their pizzas, not visits: they cost a few bytes per pizza ever read. A
+//! store written in another layout ([`FORMAT`]) is emptied when opened and rebuilt from Kafka.
+//!
 //! Why redb: it is pure Rust (no C or C++ to build: it adds about 20 s to a cold build on two
 //! cores, against minutes for RocksDB), it has ordered tables with tuple keys (an order's
 //! pizzas are one range), crash-safe transactions, and a bounded page cache.
@@ -22,7 +27,9 @@ use std::path::Path;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::Context as _;
-use redb::{Database, Durability, ReadableDatabase, ReadableTable, TableDefinition};
+use redb::{
+    Database, Durability, ReadableDatabase, ReadableTable, ReadableTableMetadata, TableDefinition,
+};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use serde_json::value::RawValue;
@@ -40,6 +47,13 @@ const BY_AGE: TableDefinition<(u64, &str), ()> = TableDefinition::new("orders_by
 const OFFSETS: TableDefinition<(&str, i32), i64> = TableDefinition::new("offsets");
 /// Orders by status (`in_progress`, `complete`, `failed`), kept with every change.
 const COUNTS: TableDefinition<&str, u64> = TableDefinition::new("counts");
+/// Stage visit id → the visit (JSON): a stage stamps one visit on a whole batch of pizzas,
+/// so a pizza keeps ids and the batch shares one copy (a visit is twice a pizza's size).
+const VISITS: TableDefinition<u64, &str> = TableDefinition::new("visits");
+/// `format` → the layout of the tables; a store of another layout is emptied and rebuilt.
+const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
+/// The layout this code writes.
+const FORMAT: u64 = 2;
 
 /// The most a commit waits for the disk: at most this much of the view is read again after a
 /// power loss.
@@ -110,14 +124,14 @@ impl Header {
     }
 }
 
-/// A stored pizza: completed (`pizza`, `stages`) or failed.
+/// A stored pizza: completed (`pizza`, `stages`: ids in [`VISITS`]) or failed.
 #[derive(Serialize, Deserialize)]
 struct Row<'a> {
     seq: u32,
     #[serde(borrow, default, skip_serializing_if = "Option::is_none")]
     pizza: Option<&'a RawValue>,
-    #[serde(borrow, default, skip_serializing_if = "Vec::is_empty")]
-    stages: Vec<&'a RawValue>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    stages: Vec<u64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     failed: Option<FailedPizza>,
 }
@@ -134,7 +148,12 @@ impl Store {
     /// Opens the store at `path`, creating it (and its folder) if missing.
     pub fn open(path: &Path, retention: Option<Duration>) -> anyhow::Result<Self> {
         if let Some(dir) = path.parent() {
-            std::fs::create_dir_all(dir)
+            use std::os::unix::fs::DirBuilderExt as _;
+            // The orders are the customers' business: folders it makes are this user's alone.
+            std::fs::DirBuilder::new()
+                .recursive(true)
+                .mode(0o700)
+                .create(dir)
                 .with_context(|| format!("cannot create the store folder {}", dir.display()))?;
         }
         let db = Database::builder()
@@ -155,7 +174,22 @@ impl Store {
             last_durable: std::sync::Mutex::new(Instant::now()),
         };
         // Every table exists from the start, so readers never meet a missing one.
-        store.write(true, |_| Ok(()))?;
+        let format = store.write(true, |t| {
+            let format = t.meta.borrow().get("format")?.map(|v| v.value());
+            let empty = t.orders.borrow().is_empty()? && t.offsets.borrow().is_empty()?;
+            Ok(if empty { Some(FORMAT) } else { format })
+        })?;
+        if format != Some(FORMAT) {
+            tracing::warn!(
+                store = %path.display(),
+                "the order store was written by another version: emptied, it is rebuilt from Kafka"
+            );
+            store.clear()?;
+        }
+        store.write(true, |t| {
+            t.meta.borrow_mut().insert("format", FORMAT)?;
+            Ok(())
+        })?;
         Ok(store)
     }
 
@@ -184,6 +218,9 @@ impl Store {
                 by_age: RefCell::new(txn.open_table(BY_AGE)?),
                 offsets: RefCell::new(txn.open_table(OFFSETS)?),
                 counts: RefCell::new(txn.open_table(COUNTS)?),
+                visits: RefCell::new(txn.open_table(VISITS)?),
+                meta: RefCell::new(txn.open_table(META)?),
+                stored_visits: RefCell::default(),
             };
             change(&tables)?
         };
@@ -279,12 +316,19 @@ impl Store {
             .collect::<Result<_, _>>()?;
         parsed.sort_by_key(|row| row.seq);
         parsed.truncate(count as usize);
+        let visits = txn.open_table(VISITS)?;
         let mut pizzas = Vec::new();
         let mut failed = Vec::new();
         for row in parsed {
             if let Some(pizza) = row.pizza {
                 pizzas.push(if detail {
-                    with_stages(pizza, &row.stages)
+                    let mut stages = Vec::with_capacity(row.stages.len());
+                    for id in &row.stages {
+                        if let Some(visit) = visits.get(id)? {
+                            stages.push(visit.value().to_owned());
+                        }
+                    }
+                    with_stages(pizza, &stages)
                 } else {
                     pizza.to_owned()
                 });
@@ -367,6 +411,7 @@ impl Store {
             t.by_age.borrow_mut().retain(|_, _| false)?;
             t.offsets.borrow_mut().retain(|_, _| false)?;
             t.counts.borrow_mut().retain(|_, _| false)?;
+            t.visits.borrow_mut().retain(|_, _| false)?;
             Ok(())
         })
     }
@@ -396,6 +441,10 @@ struct Tables<'t> {
     by_age: RefCell<redb::Table<'t, (u64, &'static str), ()>>,
     offsets: RefCell<redb::Table<'t, (&'static str, i32), i64>>,
     counts: RefCell<redb::Table<'t, &'static str, u64>>,
+    visits: RefCell<redb::Table<'t, u64, &'static str>>,
+    meta: RefCell<redb::Table<'t, &'static str, u64>>,
+    /// Visits known to be stored, so the pizzas of a batch look theirs up once.
+    stored_visits: RefCell<std::collections::HashSet<u64>>,
 }
 
 impl Tables<'_> {
@@ -442,10 +491,14 @@ impl Tables<'_> {
         let row = match outcome {
             Outcome::Completed(pizza) => {
                 header.completed += 1;
+                let mut stages = Vec::new();
+                for visit in pizza.visits() {
+                    stages.push(self.visit_id(visit.get())?);
+                }
                 Row {
                     seq: header.stored,
                     pizza: Some(pizza.json()),
-                    stages: pizza.visits().collect(),
+                    stages,
                     failed: None,
                 }
             }
@@ -464,6 +517,17 @@ impl Tables<'_> {
             .borrow_mut()
             .insert((id, key), serde_json::to_vec(&row)?.as_slice())?;
         Ok(())
+    }
+
+    /// The id of `visit`, stored once: the first 8 bytes of its SHA-256.
+    fn visit_id(&self, visit: &str) -> anyhow::Result<u64> {
+        use sha2::Digest as _;
+        let digest = sha2::Sha256::digest(visit.as_bytes());
+        let id = u64::from_be_bytes(digest[..8].try_into().expect("8 bytes"));
+        if self.stored_visits.borrow_mut().insert(id) && self.visits.borrow().get(id)?.is_none() {
+            self.visits.borrow_mut().insert(id, visit)?;
+        }
+        Ok(id)
     }
 
     /// Moves an order from the count of `before` to that of `after`.
@@ -493,12 +557,12 @@ fn status_key(status: Status) -> &'static str {
 }
 
 /// `pizza` with its stage visits added as `stages`.
-fn with_stages(pizza: &RawValue, visits: &[&RawValue]) -> Box<RawValue> {
+fn with_stages(pizza: &RawValue, visits: &[String]) -> Box<RawValue> {
     let mut pizza: Value = serde_json::from_str(pizza.get()).unwrap_or_default();
     if let Value::Object(fields) = &mut pizza {
         let stages = visits
             .iter()
-            .map(|visit| serde_json::from_str(visit.get()).unwrap_or_default())
+            .map(|visit| serde_json::from_str(visit).unwrap_or_default())
             .collect();
         fields.insert("stages".into(), Value::Array(stages));
     }
@@ -644,6 +708,70 @@ mod tests {
         assert!(store.offsets().expect("offsets").is_empty());
         assert!(get(&store, "1").is_none());
         assert_eq!(store.counts().expect("counts").complete, 0);
+    }
+
+    #[test]
+    fn a_batch_of_pizzas_shares_one_copy_of_each_stage_visit() {
+        let dir = tempfile::tempdir().expect("dir");
+        let store = store(&dir, None);
+        store
+            .apply(&[open("1", 2), pizza("1", 0), pizza("1", 1)], &[])
+            .expect("apply");
+        let visits = store
+            .write(false, |t| Ok(t.visits.borrow().len()?))
+            .expect("read");
+        assert_eq!(visits, 1, "both pizzas carry the same visit");
+    }
+
+    #[test]
+    fn a_store_of_another_layout_is_emptied_to_be_rebuilt() {
+        let dir = tempfile::tempdir().expect("dir");
+        {
+            let store = store(&dir, None);
+            let positions = [("orders".to_owned(), 0, 41)];
+            store.apply(&[open("1", 1)], &positions).expect("apply");
+            store
+                .write(true, |t| {
+                    t.meta.borrow_mut().insert("format", FORMAT - 1)?;
+                    Ok(())
+                })
+                .expect("older layout");
+        }
+        let store = store(&dir, None);
+        assert!(store.offsets().expect("offsets").is_empty(), "read again");
+        assert!(get(&store, "1").is_none());
+        drop(store);
+        let store = self::store(&dir, None);
+        store.apply(&[open("2", 1)], &[]).expect("apply");
+        drop(store);
+        assert!(
+            get(&self::store(&dir, None), "2").is_some(),
+            "kept once current"
+        );
+    }
+
+    #[test]
+    fn a_store_in_use_refuses_a_second_host_and_says_why() {
+        let dir = tempfile::tempdir().expect("dir");
+        let _first = store(&dir, None);
+        let second = Store::open(&dir.path().join("orders.redb"), None);
+        let err = format!("{:#}", second.err().expect("refused"));
+        assert!(err.contains("in use by another host"), "{err}");
+    }
+
+    #[test]
+    fn the_folders_a_store_makes_are_its_users_alone() {
+        use std::os::unix::fs::PermissionsExt as _;
+        let dir = tempfile::tempdir().expect("dir");
+        let path = dir.path().join("prefix/instance/orders.redb");
+        Store::open(&path, None).expect("store");
+        for folder in ["prefix", "prefix/instance"] {
+            let mode = std::fs::metadata(dir.path().join(folder))
+                .expect("made")
+                .permissions()
+                .mode();
+            assert_eq!(mode & 0o777, 0o700, "{folder}");
+        }
     }
 
     #[test]
