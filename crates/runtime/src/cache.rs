@@ -3,7 +3,9 @@
 //!
 //! Entries are keyed by the component's SHA-256 and, on disk, by the engine's compatibility
 //! hash too, so a host built with another wasmtime or other settings never loads an entry it
-//! cannot use. A cache entry that fails to load is recompiled and rewritten.
+//! cannot use. A cache entry that fails to load is recompiled and rewritten. The disk cache is
+//! trimmed to [`MAX_DISK_BYTES`] whenever an entry is written, the entries used longest ago
+//! first (a load marks an entry used).
 //!
 //! Entries are loaded as native code without being verified, so whoever can write the folder
 //! can run code in the host: the folder must belong to this user and be writable by nobody
@@ -21,6 +23,9 @@ use wasmtime::component::Component;
 
 /// Compiled components kept in memory (swapping back to a known version does not recompile).
 const MAX_IN_MEMORY: usize = 32;
+/// The most the disk cache holds, all engines' entries together: beyond it, the entries used
+/// longest ago are deleted (a compiled component is a few MiB; every rebuild adds one).
+pub const MAX_DISK_BYTES: u64 = 1 << 30;
 
 /// Where a component came from when it was loaded.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -71,7 +76,10 @@ impl CompileCache {
             .as_ref()
             .map(|dir| dir.join(format!("{}.cwasm", digest.replace(':', "-"))));
         let from_disk = file.as_ref().filter(|f| f.exists()).and_then(|f| match deserialize(engine, f) {
-            Ok(component) => Some(component),
+            Ok(component) => {
+                mark_used(f);
+                Some(component)
+            }
             Err(err) => {
                 tracing::warn!(file = %f.display(), "compile cache entry unusable, recompiling: {err:#}");
                 None
@@ -81,10 +89,18 @@ impl CompileCache {
             Some(component) => (component, Origin::Disk),
             None => {
                 let component = compile()?;
-                if let Some(file) = &file
-                    && let Err(err) = persist(&component, file)
-                {
-                    tracing::warn!(file = %file.display(), "cannot write the compile cache: {err:#}");
+                if let Some(file) = &file {
+                    if let Err(err) = persist(&component, file) {
+                        tracing::warn!(file = %file.display(), "cannot write the compile cache: {err:#}");
+                    } else if let Some(root) = file.parent().and_then(|dir| dir.parent()) {
+                        match trim(root, file, MAX_DISK_BYTES) {
+                            Ok(0) => {}
+                            Ok(deleted) => {
+                                tracing::info!(deleted, "compile cache trimmed to its size")
+                            }
+                            Err(err) => tracing::warn!("cannot trim the compile cache: {err:#}"),
+                        }
+                    }
                 }
                 (component, Origin::Compiled)
             }
@@ -157,4 +173,92 @@ fn persist(component: &Component, file: &std::path::Path) -> anyhow::Result<()> 
     std::io::Write::write_all(&mut temporary, &bytes)?;
     temporary.persist(file)?;
     Ok(())
+}
+
+/// Marks a cache entry as used now, so trimming keeps it over entries used longer ago.
+fn mark_used(file: &std::path::Path) {
+    if let Ok(entry) = std::fs::File::options().append(true).open(file) {
+        let _ = entry.set_modified(std::time::SystemTime::now());
+    }
+}
+
+/// Deletes the entries (`*.cwasm`) under `root`'s engine folders used longest ago until they
+/// hold at most `max` bytes, never `keep`; returns how many it deleted.
+fn trim(root: &std::path::Path, keep: &std::path::Path, max: u64) -> anyhow::Result<usize> {
+    let mut entries = Vec::new();
+    let mut total = 0;
+    for engine in std::fs::read_dir(root)? {
+        let engine = engine?.path();
+        if !engine.is_dir() {
+            continue;
+        }
+        for entry in std::fs::read_dir(&engine)? {
+            let path = entry?.path();
+            if path.extension().is_none_or(|ext| ext != "cwasm") {
+                continue;
+            }
+            let metadata = std::fs::metadata(&path)?;
+            total += metadata.len();
+            entries.push((metadata.modified()?, metadata.len(), path));
+        }
+    }
+    entries.sort();
+    let mut deleted = 0;
+    for (_, size, path) in entries {
+        if total <= max {
+            break;
+        }
+        if path == keep {
+            continue;
+        }
+        std::fs::remove_file(&path)?;
+        total -= size;
+        deleted += 1;
+    }
+    Ok(deleted)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::{Duration, SystemTime};
+
+    use super::*;
+
+    #[test]
+    fn trimming_deletes_the_entries_used_longest_ago_never_the_new_one() {
+        let root = tempfile::tempdir().expect("dir");
+        let (this, other) = (root.path().join("aaaa"), root.path().join("bbbb"));
+        std::fs::create_dir_all(&this).expect("dir");
+        std::fs::create_dir_all(&other).expect("dir");
+        let now = SystemTime::now();
+        let entry = |dir: &std::path::Path, name: &str, age_s: u64| {
+            let path = dir.join(name);
+            std::fs::write(&path, vec![0u8; 100]).expect("write");
+            let file = std::fs::File::options()
+                .append(true)
+                .open(&path)
+                .expect("open");
+            file.set_modified(now - Duration::from_secs(age_s))
+                .expect("mtime");
+            path
+        };
+        let oldest = entry(&other, "old-engine.cwasm", 300);
+        let old = entry(&this, "old.cwasm", 200);
+        let used = entry(&this, "used.cwasm", 100);
+        let new = entry(&this, "new.cwasm", 400); // just written, its time notwithstanding
+        std::fs::write(this.join("notes.txt"), vec![0u8; 1000]).expect("write");
+        mark_used(&used);
+
+        assert_eq!(trim(root.path(), &new, 250).expect("trim"), 2);
+        assert!(
+            !oldest.exists() && !old.exists(),
+            "the two used longest ago went"
+        );
+        assert!(used.exists() && new.exists());
+        assert!(
+            this.join("notes.txt").exists(),
+            "only entries are counted and deleted"
+        );
+        assert_eq!(trim(root.path(), &new, 250).expect("trim"), 0);
+    }
 }
