@@ -4,11 +4,7 @@
 //! the front door as usual, so the pizzas are made too; under exactly-once concurrent orders
 //! share transactions (group commit).
 
-use std::path::Path;
 use std::time::{Duration, Instant};
-
-use pizza_host::config::Pipeline;
-use tokio_util::sync::CancellationToken;
 
 use crate::machine::Cpu;
 use crate::{Topology, median_of, ms};
@@ -87,13 +83,7 @@ pub async fn bench(repeats: usize) -> anyhow::Result<()> {
 async fn measure(guarantee: &str, clients: usize) -> anyhow::Result<Intake> {
     let run = uuid::Uuid::new_v4().simple().to_string();
     let toml = crate::pipeline_toml(Topology::Chain, guarantee, 3, &run, "127.0.0.1:0")?;
-    let shutdown = CancellationToken::new();
-    let host = pizza_host::start(
-        Pipeline::parse(&toml, Path::new("/"))?,
-        None,
-        shutdown.clone(),
-    )
-    .await?;
+    let (host, shutdown) = crate::start_host(&toml).await?;
     let url = format!("http://{}", host.http_addr);
     // Warm-up: consumer groups joined, components hot, the publisher's producer started.
     crate::complete(&reqwest::Client::new(), &url, 1).await?;

@@ -434,6 +434,18 @@ async fn measure(config: &Config) -> anyhow::Result<Run> {
     })
 }
 
+/// Starts a host in this process on the pipeline `toml`; it runs until the token is cancelled.
+async fn start_host(toml: &str) -> anyhow::Result<(pizza_host::RunningHost, CancellationToken)> {
+    let shutdown = CancellationToken::new();
+    let host = pizza_host::start(
+        Pipeline::parse(toml, Path::new("/"))?,
+        None,
+        shutdown.clone(),
+    )
+    .await?;
+    Ok((host, shutdown))
+}
+
 fn bootstrap() -> String {
     std::env::var("KAFKA_BOOTSTRAP").unwrap_or_else(|_| "127.0.0.1:9092".into())
 }

@@ -10,13 +10,11 @@
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use pizza_host::config::Pipeline;
 use rdkafka::ClientConfig;
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use serde_json::Value;
-use tokio_util::sync::CancellationToken;
 
 use crate::Topology;
 
@@ -102,13 +100,7 @@ async fn measure(keyed: bool) -> anyhow::Result<(Duration, Duration)> {
         delivery.await?.map_err(|(err, _)| err)?;
     }
 
-    let shutdown = CancellationToken::new();
-    let host = pizza_host::start(
-        Pipeline::parse(&toml, Path::new("/"))?,
-        None,
-        shutdown.clone(),
-    )
-    .await?;
+    let (host, shutdown) = crate::start_host(&toml).await?;
     let url = format!("http://{}/report", host.http_addr);
     // When the report had folded each count of events, polled.
     let mut crossed: Vec<(u64, Instant)> = Vec::new();
