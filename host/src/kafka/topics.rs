@@ -114,15 +114,8 @@ impl KafkaSettings {
         from: crate::config::StartFrom,
     ) -> anyhow::Result<()> {
         use crate::config::StartFrom;
-        let mut config = self.base();
-        config
-            .set("group.id", group)
-            .set("enable.auto.commit", "false");
-        let client: BaseConsumer = config.create()?;
-        let mut partitions = TopicPartitionList::new();
-        for partition in self::partitions(client.client(), topic)? {
-            partitions.add_partition(topic, partition);
-        }
+        let client = self.group_client(group)?;
+        let partitions = every_partition(&client, topic)?;
         let committed = client.committed_offsets(partitions.clone(), ADMIN_TIMEOUT)?;
         if committed
             .elements()
@@ -179,24 +172,24 @@ impl KafkaSettings {
         }
     }
 
+    /// A client acting for consumer group `group` without joining it: it reads and commits
+    /// the group's positions.
+    fn group_client(&self, group: &str) -> anyhow::Result<BaseConsumer> {
+        let mut config = self.base();
+        config
+            .set("group.id", group)
+            .set("enable.auto.commit", "false");
+        Ok(config.create()?)
+    }
+
     fn copy_committed_offsets_blocking(
         &self,
         from: &str,
         to: &str,
         topic: &str,
     ) -> anyhow::Result<()> {
-        let group_client = |group: &str| -> anyhow::Result<BaseConsumer> {
-            let mut config = self.base();
-            config
-                .set("group.id", group)
-                .set("enable.auto.commit", "false");
-            Ok(config.create()?)
-        };
-        let source = group_client(from)?;
-        let mut partitions = TopicPartitionList::new();
-        for partition in self::partitions(source.client(), topic)? {
-            partitions.add_partition(topic, partition);
-        }
+        let source = self.group_client(from)?;
+        let partitions = every_partition(&source, topic)?;
         let committed = source.committed_offsets(partitions, ADMIN_TIMEOUT)?;
         let mut handover = TopicPartitionList::new();
         for element in committed.elements() {
@@ -209,7 +202,7 @@ impl KafkaSettings {
             }
         }
         if handover.count() > 0 {
-            group_client(to)?
+            self.group_client(to)?
                 .commit(&handover, CommitMode::Sync)
                 .with_context(|| format!("cannot commit offsets of {topic} for group {to}"))?;
         }
@@ -326,4 +319,13 @@ pub fn watermarks<C: ConsumerContext>(
             }
         }
     }
+}
+
+/// Every partition of `topic`, without offsets.
+fn every_partition(client: &BaseConsumer, topic: &str) -> anyhow::Result<TopicPartitionList> {
+    let mut partitions = TopicPartitionList::new();
+    for partition in self::partitions(client.client(), topic)? {
+        partitions.add_partition(topic, partition);
+    }
+    Ok(partitions)
 }
