@@ -107,7 +107,13 @@ impl HostProcess {
             if let Some(status) = self.child.try_wait().unwrap() {
                 return status.code();
             }
-            assert!(Instant::now() < deadline, "no exit within {limit:?}");
+            if Instant::now() >= deadline {
+                panic!(
+                    "no exit within {limit:?}; the last lines of its log ({}):\n{}",
+                    self.log.display(),
+                    log_tail(&self.log, 60)
+                );
+            }
             std::thread::sleep(Duration::from_millis(50));
         }
     }
@@ -480,4 +486,16 @@ fn coordinator_partition(key: &str) -> i32 {
         hash.wrapping_mul(31).wrapping_add(i32::from(unit))
     });
     (hash & 0x7fff_ffff) % 3
+}
+
+/// The last `lines` lines of the log at `path` (or why it cannot be read), for a failure
+/// message: CI keeps the test's output, not the temporary folder the log is in.
+pub fn log_tail(path: &Path, lines: usize) -> String {
+    match std::fs::read_to_string(path) {
+        Ok(log) => {
+            let all: Vec<&str> = log.lines().collect();
+            all[all.len().saturating_sub(lines)..].join("\n")
+        }
+        Err(err) => format!("(cannot read it: {err})"),
+    }
 }
