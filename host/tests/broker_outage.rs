@@ -187,6 +187,41 @@ async fn beyond_256_requests_in_flight_the_rest_are_refused_at_once_and_streams_
     drop(streams);
 }
 
+/// A shutdown is bounded: a host whose broker hangs (SIGSTOP) cannot leave its groups, yet
+/// it exits once its shutdown timeout has passed, with status 1 and a log line that names
+/// the stages that had not stopped.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_shutdown_that_cannot_finish_ends_at_its_timeout_and_names_the_stages_left() {
+    let broker = OwnBroker::start("shutdown-timeout");
+    let topics = Topics::unique("shutdown-timeout");
+    let pipeline = process_pipeline("shutdown-timeout", &topics, &broker.bootstrap());
+    let host = HostProcess::start_with_env(
+        &pipeline,
+        "shutdown-timeout",
+        &[("PIZZA_HOST_SHUTDOWN_TIMEOUT", "1s")],
+    )
+    .await;
+    wait_for(WITHIN, "every stage to hold partitions", || async {
+        (host.stages_holding_partitions().await == STAGES.len()).then_some(())
+    })
+    .await;
+
+    broker.freeze();
+    let log = host.log.clone();
+    let signalled = Instant::now();
+    let status = host.terminate(Duration::from_secs(15));
+    let took = signalled.elapsed();
+    broker.thaw();
+    let tail = log_tail(&log, 40);
+    assert_eq!(status, Some(1), "{tail}");
+    let log = std::fs::read_to_string(&log).unwrap();
+    assert!(
+        log.contains("shutdown did not finish within 1s") && log.contains("still running: stage "),
+        "{tail}"
+    );
+    println!("exited {took:?} after SIGTERM with its broker frozen");
+}
+
 async fn post(client: &reqwest::Client, url: &str) -> (u16, Value) {
     let response = client
         .post(format!("{url}/order/1"))

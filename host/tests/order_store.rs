@@ -342,6 +342,13 @@ impl Fixture {
 
         let (host, started) = fixture.start().await;
         wait_ready(&host, started, "the start that creates the topics").await;
+        // The view is ready before the stages have joined their new groups. A SIGTERM that
+        // came mid-join once went unanswered for 30 s on CI (not seen again in 60 tries
+        // here; a shutdown is bounded since): this start is only to create the topics.
+        wait_for(READY_LIMIT, "every stage to hold partitions", || async {
+            (host.stages_holding_partitions().await == STAGES.len()).then_some(())
+        })
+        .await;
         assert_eq!(
             host.terminate(STOP_LIMIT),
             Some(0),

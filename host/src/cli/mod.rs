@@ -54,6 +54,10 @@ pub enum Command {
         /// Do not watch the pipeline and component files for changes.
         #[arg(long, env = "PIZZA_HOST_NO_WATCH")]
         no_watch: bool,
+        /// How long a graceful shutdown may take before the host exits anyway, with status 1
+        /// and the stages that had not stopped named in the log (e.g. `20s`, `2m`).
+        #[arg(long, default_value = "20s", value_parser = humantime::parse_duration, env = "PIZZA_HOST_SHUTDOWN_TIMEOUT")]
+        shutdown_timeout: std::time::Duration,
         /// In place of the file's top-level settings of the same names.
         #[command(flatten)]
         settings: SettingsArgs,
@@ -190,10 +194,12 @@ pub fn dispatch(command: Command) -> anyhow::Result<()> {
             pipeline,
             listen,
             no_watch,
+            shutdown_timeout,
             settings,
         } => async_runtime()?.block_on(run::run(run::RunOptions {
             pipeline,
             watch: !no_watch,
+            shutdown_timeout,
             overrides: crate::config::Overrides {
                 listen,
                 seed: settings.seed,

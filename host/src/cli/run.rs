@@ -2,6 +2,7 @@
 //! SIGTERM; a second signal exits at once.
 
 use std::path::PathBuf;
+use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
 
@@ -16,6 +17,12 @@ pub struct RunOptions {
     pub watch: bool,
     /// Settings in place of the file's.
     pub overrides: Overrides,
+    /// How long a graceful shutdown may take before the host exits anyway: a worker stuck
+    /// on a broker call must not keep the process alive until the orchestrator kills it
+    /// (Kubernetes does at 30 s unless told otherwise), and a stop that is bounded and names
+    /// what hung is what an operator can act on. Leaving early loses nothing: what was not
+    /// committed is redone by whoever takes the partitions.
+    pub shutdown_timeout: Duration,
 }
 
 /// Runs the pipeline until a signal, then waits for the graceful shutdown to finish.
@@ -24,6 +31,7 @@ pub async fn run(options: RunOptions) -> anyhow::Result<()> {
         pipeline: path,
         watch,
         overrides,
+        shutdown_timeout,
     } = options;
     let pipeline = overrides.apply(Pipeline::load(&path)?);
     tracing::info!(
@@ -35,10 +43,33 @@ pub async fn run(options: RunOptions) -> anyhow::Result<()> {
     );
     let shutdown = CancellationToken::new();
     tokio::spawn(watch_signals(shutdown.clone()));
-    let host = crate::start(pipeline, watch.then_some((path, overrides)), shutdown).await?;
-    host.wait().await;
+    let host = crate::start(
+        pipeline,
+        watch.then_some((path, overrides)),
+        shutdown.clone(),
+    )
+    .await?;
+    let stages = host.stages.clone();
+    tokio::select! {
+        () = host.wait() => {}
+        () = overdue(&shutdown, shutdown_timeout) => {
+            tracing::error!(
+                "shutdown did not finish within {shutdown_timeout:?}; exiting without waiting \
+                 further (records not committed are redone by whoever takes the partitions, \
+                 none are lost); {}",
+                stages.describe_unstopped()
+            );
+            std::process::exit(1);
+        }
+    }
     tracing::info!("stopped");
     Ok(())
+}
+
+/// Completes `limit` after `shutdown` was cancelled.
+async fn overdue(shutdown: &CancellationToken, limit: Duration) {
+    shutdown.cancelled().await;
+    tokio::time::sleep(limit).await;
 }
 
 /// The first Ctrl-C or SIGTERM starts a graceful shutdown; a second one exits at once.

@@ -225,9 +225,9 @@ impl Stages {
                 .keys()
                 .filter(|name| {
                     !plan.stages.iter().any(|(s, _)| &s.name == *name)
-                        || loaded.iter().any(|l| {
-                            &l.config.name == *name && matches!(l.change, Change::Restart)
-                        })
+                        || loaded
+                            .iter()
+                            .any(|l| &l.config.name == *name && matches!(l.change, Change::Restart))
                 })
                 .cloned()
                 .collect::<Vec<_>>()
@@ -401,6 +401,32 @@ impl Stages {
     pub async fn list(&self) -> Vec<StageInfo> {
         let running = self.running.lock().await;
         running.values().map(RunningStage::info).collect()
+    }
+
+    /// Which stages have not stopped yet, and where each stands in its group, for the log of a
+    /// shutdown that took too long. Does not wait: the registry may be held by what hangs.
+    pub fn describe_unstopped(&self) -> String {
+        let Ok(running) = self.running.try_lock() else {
+            return "the stage registry is busy (a pipeline edit did not finish)".into();
+        };
+        let unstopped: Vec<String> = running
+            .values()
+            .filter(|stage| !stage.task.is_finished())
+            .map(|stage| {
+                let group = &stage.shared.group;
+                format!(
+                    "stage {} (joined its group: {}, partitions held: {:?})",
+                    stage.config.name,
+                    group.joined(),
+                    group.partitions().keys().collect::<Vec<_>>()
+                )
+            })
+            .collect();
+        if unstopped.is_empty() {
+            "every stage stopped; a report, a join or the order view did not".into()
+        } else {
+            format!("still running: {}", unstopped.join(", "))
+        }
     }
 
     /// Names and component files of the running stages, for the file watcher.
