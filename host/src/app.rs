@@ -46,9 +46,12 @@ pub async fn start(
     watch: Option<(PathBuf, Overrides)>,
     shutdown: CancellationToken,
 ) -> anyhow::Result<RunningHost> {
-    let runtime = Runtime::new(pipeline.compile_cache.clone())
-        .context("cannot start the WebAssembly runtime")?
-        .with_seed(pipeline.seed);
+    let runtime = Runtime::with_cache_limit(
+        pipeline.compile_cache.clone(),
+        pipeline.compile_cache_max_mib.saturating_mul(1 << 20),
+    )
+    .context("cannot start the WebAssembly runtime")?
+    .with_seed(pipeline.seed);
     let kafka = KafkaSettings::new(pipeline.kafka_properties().map_err(anyhow::Error::msg)?)
         .with_instance_id(&pipeline.instance_id);
     let admin_token = pipeline.admin.token()?;

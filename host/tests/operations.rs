@@ -474,6 +474,7 @@ async fn top_level_settings_come_from_the_environment() {
     let topics = Topics::unique("env-settings");
     let pipeline = process_pipeline("env-settings", &topics, &bootstrap());
     let stores = temp_dir("env-stores");
+    let cache = temp_dir("env-compile-cache");
     let prefix = format!("env-{}", topics.suffix);
     let host = HostProcess::start_with_env(
         &pipeline,
@@ -483,6 +484,9 @@ async fn top_level_settings_come_from_the_environment() {
             ("PIZZA_HOST_STORAGE_DIR", stores.to_str().unwrap()),
             ("PIZZA_HOST_GUARANTEE", "at-least-once"),
             ("PIZZA_HOST_GROUP_PREFIX", &prefix),
+            ("PIZZA_HOST_COMPILE_CACHE", cache.to_str().unwrap()),
+            // Less than one compiled stage: each new entry deletes the one before it.
+            ("PIZZA_HOST_COMPILE_CACHE_MAX_MIB", "1"),
         ],
     )
     .await;
@@ -493,6 +497,15 @@ async fn top_level_settings_come_from_the_environment() {
     assert!(
         store.is_file(),
         "the store is where the environment says: {store:?}"
+    );
+    let compiled: Vec<_> = walk(&cache)
+        .into_iter()
+        .filter(|file| file.extension().is_some_and(|e| e == "cwasm"))
+        .collect();
+    assert_eq!(
+        compiled.len(),
+        1,
+        "four stages compiled into a cache of at most 1 MiB keep only the newest: {compiled:?}"
     );
     let log = std::fs::read_to_string(&host.log).unwrap();
     let loaded = log

@@ -4,7 +4,7 @@
 mod support;
 
 use pizza_host::runtime::{Origin, Runtime, Settings};
-use support::{component, temp_dir};
+use support::{component, temp_dir, walk};
 
 #[test]
 fn a_component_is_compiled_once_then_taken_from_memory_or_disk() {
@@ -53,19 +53,6 @@ fn without_a_cache_folder_every_runtime_compiles() {
         );
         assert_eq!(loaded.expect("loads").origin(), Origin::Compiled);
     }
-}
-
-fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
-    let mut files = Vec::new();
-    for entry in std::fs::read_dir(dir).expect("read dir").flatten() {
-        let path = entry.path();
-        if path.is_dir() {
-            files.extend(walk(&path));
-        } else {
-            files.push(path);
-        }
-    }
-    files
 }
 
 /// Runs `pizza-host <args>` with `stdin`, returning (success, stdout, stderr).

@@ -4,8 +4,9 @@
 //! Entries are keyed by the component's SHA-256 and, on disk, by the engine's compatibility
 //! hash too, so a host built with another wasmtime or other settings never loads an entry it
 //! cannot use. A cache entry that fails to load is recompiled and rewritten. The disk cache is
-//! trimmed to [`MAX_DISK_BYTES`] whenever an entry is written, the entries used longest ago
-//! first (a load marks an entry used).
+//! trimmed to its size ([`DEFAULT_MAX_DISK_BYTES`] unless set) whenever an entry is written,
+//! the entries used longest ago first (a load marks an entry used); the entry just written is
+//! always kept.
 //!
 //! Entries are loaded as native code without being verified, so whoever can write the folder
 //! can run code in the host: the folder must belong to this user and be writable by nobody
@@ -23,9 +24,10 @@ use wasmtime::component::Component;
 
 /// Compiled components kept in memory (swapping back to a known version does not recompile).
 const MAX_IN_MEMORY: usize = 32;
-/// The most the disk cache holds, all engines' entries together: beyond it, the entries used
-/// longest ago are deleted (a compiled component is a few MiB; every rebuild adds one).
-pub const MAX_DISK_BYTES: u64 = 1 << 30;
+/// The most the disk cache holds unless set otherwise, all engines' entries together: beyond
+/// it, the entries used longest ago are deleted (a compiled component is a few MiB; every
+/// rebuild adds one).
+pub const DEFAULT_MAX_DISK_BYTES: u64 = 1 << 30;
 
 /// Where a component came from when it was loaded.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -43,12 +45,15 @@ pub struct CompileCache {
     memory: Mutex<HashMap<String, Component>>,
     /// `<cache dir>/<engine compatibility hash>`, if the disk cache is on.
     dir: Option<PathBuf>,
+    /// The most the disk cache holds.
+    max_disk_bytes: u64,
 }
 
 impl CompileCache {
-    /// A cache for `engine`, persisting under `dir` if given; fails if `dir` cannot be created
-    /// or is not safe to load code from (see the module docs).
-    pub fn new(engine: &Engine, dir: Option<PathBuf>) -> anyhow::Result<Self> {
+    /// A cache for `engine`, persisting under `dir` if given, up to `max_disk_bytes` there;
+    /// fails if `dir` cannot be created or is not safe to load code from (see the module
+    /// docs).
+    pub fn new(engine: &Engine, dir: Option<PathBuf>, max_disk_bytes: u64) -> anyhow::Result<Self> {
         if let Some(dir) = &dir {
             prepare(dir)?;
         }
@@ -58,6 +63,7 @@ impl CompileCache {
         Ok(Self {
             memory: Mutex::default(),
             dir,
+            max_disk_bytes,
         })
     }
 
@@ -93,7 +99,7 @@ impl CompileCache {
                     if let Err(err) = persist(&component, file) {
                         tracing::warn!(file = %file.display(), "cannot write the compile cache: {err:#}");
                     } else if let Some(root) = file.parent().and_then(|dir| dir.parent()) {
-                        match trim(root, file, MAX_DISK_BYTES) {
+                        match trim(root, file, self.max_disk_bytes) {
                             Ok(0) => {}
                             Ok(deleted) => {
                                 tracing::info!(deleted, "compile cache trimmed to its size")

@@ -32,7 +32,7 @@ mod sandbox;
 use sandbox::{Callee, StageState};
 
 use cache::CompileCache;
-pub use cache::Origin;
+pub use cache::{DEFAULT_MAX_DISK_BYTES as DEFAULT_MAX_CACHE_BYTES, Origin};
 
 mod output;
 mod report;
@@ -192,8 +192,17 @@ pub struct Runtime {
 
 impl Runtime {
     /// Creates the engine, links the sandboxed WASI interfaces, and starts the epoch ticker.
-    /// Compiled components are cached under `cache_dir` if given.
+    /// Compiled components are cached under `cache_dir` if given, up to
+    /// [`DEFAULT_MAX_CACHE_BYTES`] there.
     pub fn new(cache_dir: Option<PathBuf>) -> anyhow::Result<Self> {
+        Self::with_cache_limit(cache_dir, DEFAULT_MAX_CACHE_BYTES)
+    }
+
+    /// [`Runtime::new`] whose disk cache holds at most `max_cache_bytes`.
+    pub fn with_cache_limit(
+        cache_dir: Option<PathBuf>,
+        max_cache_bytes: u64,
+    ) -> anyhow::Result<Self> {
         let mut config = Config::new();
         config.wasm_component_model(true).epoch_interruption(true);
         // Stages are called synchronously, one event at a time. Concurrency support (the
@@ -207,7 +216,7 @@ impl Runtime {
         bindings::pizza::stage::log::add_to_linker::<_, HasSelf<_>>(&mut linker, |s| s)?;
         spawn_epoch_ticker(&engine)?;
         Ok(Self {
-            cache: Arc::new(CompileCache::new(&engine, cache_dir)?),
+            cache: Arc::new(CompileCache::new(&engine, cache_dir, max_cache_bytes)?),
             engine,
             linker: Arc::new(linker),
             seed: None,

@@ -178,6 +178,9 @@ pub struct SettingsArgs {
     /// Folder of compiled components (`compile_cache`).
     #[arg(long, env = "PIZZA_HOST_COMPILE_CACHE")]
     pub compile_cache: Option<PathBuf>,
+    /// The most the compile cache keeps on disk, in MiB (`compile_cache_max_mib`).
+    #[arg(long, env = "PIZZA_HOST_COMPILE_CACHE_MAX_MIB")]
+    pub compile_cache_max_mib: Option<u64>,
     /// Folder of the order view's store (`[storage] dir`).
     #[arg(long, env = "PIZZA_HOST_STORAGE_DIR")]
     pub storage_dir: Option<PathBuf>,
@@ -207,6 +210,7 @@ pub fn dispatch(command: Command) -> anyhow::Result<()> {
                 guarantee: settings.guarantee,
                 group_prefix: settings.group_prefix,
                 compile_cache: settings.compile_cache,
+                compile_cache_max_mib: settings.compile_cache_max_mib,
                 storage_dir: settings.storage_dir,
             },
         })),

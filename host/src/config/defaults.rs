@@ -8,6 +8,9 @@ use super::{HttpConfig, OrdersConfig, StorageConfig, TopicsConfig};
 pub(super) fn default_group_prefix() -> String {
     "pizza-host".into()
 }
+pub(super) fn default_compile_cache_max_mib() -> u64 {
+    crate::runtime::DEFAULT_MAX_CACHE_BYTES >> 20
+}
 pub(super) fn default_instance_id() -> String {
     std::env::var("HOSTNAME")
         .ok()

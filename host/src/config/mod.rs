@@ -124,6 +124,8 @@ pub struct Overrides {
     pub group_prefix: Option<String>,
     /// `run --compile-cache` (relative to the working folder).
     pub compile_cache: Option<PathBuf>,
+    /// `run --compile-cache-max-mib`.
+    pub compile_cache_max_mib: Option<u64>,
     /// `run --storage-dir` (relative to the working folder).
     pub storage_dir: Option<PathBuf>,
 }
@@ -149,6 +151,9 @@ impl Overrides {
         }
         if let Some(cache) = &self.compile_cache {
             pipeline.compile_cache = Some(absolute(cache));
+        }
+        if let Some(max) = self.compile_cache_max_mib {
+            pipeline.compile_cache_max_mib = max;
         }
         if let Some(dir) = &self.storage_dir {
             pipeline.storage.dir = Some(absolute(dir));
@@ -178,6 +183,10 @@ pub struct Pipeline {
     /// It must belong to this user and be writable by no one else: entries are native code.
     #[serde(default)]
     pub compile_cache: Option<PathBuf>,
+    /// The most the compile cache keeps on disk, in MiB (default 1024): beyond it, the
+    /// compiled components used longest ago are deleted (the newest is always kept).
+    #[serde(default = "default_compile_cache_max_mib")]
+    pub compile_cache_max_mib: u64,
     /// Makes every stage's randomness and every new order id reproducible: the same seed and
     /// the same orders give the same pizzas. For tests and demos only (two runs with one seed
     /// hand out the same order ids); without it randomness is secure. `run --seed` sets it too.

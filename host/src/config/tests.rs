@@ -25,6 +25,7 @@ fn defaults_match_the_original_demo() {
     assert_eq!(p.orders.completed_topic, "pizza-with-veggies");
     assert_eq!(p.stages[0].component, Path::new("/etc/pizza/sauce.wasm"));
     assert_eq!(p.guarantee, crate::config::Guarantee::ExactlyOnce);
+    assert_eq!(p.compile_cache_max_mib, 1024);
     let stage = &p.stages[0];
     assert_eq!((stage.timeout_ms, stage.memory_mib), (1_000, 64));
     assert_eq!(stage.keep_fields, ["order_id"]);
