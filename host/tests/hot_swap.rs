@@ -456,3 +456,110 @@ async fn pipeline_edits_add_and_remove_a_stage_while_orders_flow() {
     orders.extend([(with_oregano_id, 5), (id, 5)]);
     assert_all_complete_exactly_once(&host, &topics, &orders).await;
 }
+
+/// `pizza-host logs STAGE` prints a stage's recent log lines from a running host (its own
+/// lines and the component's), `--follow` goes on with each new one and only that stage's,
+/// an unknown stage is an error, and a follower ends when the host shuts down instead of
+/// holding it up. Run against the real binary: the lines are kept by its log subscriber.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_logs_command_prints_and_follows_one_stages_lines() {
+    use std::io::BufRead as _;
+    use std::sync::Mutex;
+
+    let dir = temp_dir("logs");
+    let topics = Topics::unique("logs");
+    let pipeline = write_pipeline(&dir, &topics, &component("sauce"));
+    // The components log each topping at debug level.
+    let host =
+        HostProcess::start_with_env(&pipeline, "logs", &[("RUST_LOG", "info,stage=debug")]).await;
+    wait_for(WITHIN, "every stage to hold partitions", || async {
+        (host.stages_holding_partitions().await == STAGES.len()).then_some(())
+    })
+    .await;
+    let log = std::fs::read_to_string(&host.log).unwrap();
+    let admin = log
+        .lines()
+        .find_map(|line| line.split("admin API listening on ").nth(1))
+        .unwrap_or_else(|| panic!("no admin address in the log:\n{log}"))
+        .trim()
+        .to_owned();
+    let logs = |args: &[&str]| {
+        let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_pizza-host"));
+        command
+            .arg("logs")
+            .args(args)
+            .args(["--host", &admin])
+            .env("PIZZA_HOST_ADMIN_TOKEN", ADMIN_TOKEN);
+        command
+    };
+
+    let recent = logs(&["sauce"]).output().unwrap();
+    let recent_text = String::from_utf8_lossy(&recent.stdout);
+    assert!(recent.status.success(), "{recent:?}");
+    assert!(
+        recent_text.contains("INFO stage started"),
+        "the host's own line about the stage: {recent_text}"
+    );
+
+    let unknown = logs(&["oregano"]).output().unwrap();
+    assert!(!unknown.status.success());
+    assert!(
+        String::from_utf8_lossy(&unknown.stderr).contains("no stage named `oregano`"),
+        "{unknown:?}"
+    );
+
+    let mut follower = logs(&["sauce", "--follow"])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let followed: Arc<Mutex<Vec<String>>> = Arc::default();
+    let reader = {
+        let (stdout, followed) = (follower.stdout.take().unwrap(), followed.clone());
+        std::thread::spawn(move || {
+            for line in std::io::BufReader::new(stdout).lines() {
+                followed.lock().unwrap().push(line.unwrap());
+            }
+        })
+    };
+    // The recent lines come first: once they are here, the follower is subscribed.
+    wait_for(WITHIN, "the follower's recent lines", || async {
+        let followed = followed.lock().unwrap();
+        followed
+            .iter()
+            .any(|line| line.contains("stage started"))
+            .then_some(())
+    })
+    .await;
+    let order = host.order(3).await;
+    host.wait_complete(std::slice::from_ref(&order), 3, WITHIN)
+        .await;
+    wait_for(WITHIN, "the component's three lines followed", || async {
+        let followed = followed.lock().unwrap();
+        (followed
+            .iter()
+            .filter(|line| line.contains("DEBUG sauce: "))
+            .count()
+            >= 3)
+            .then_some(())
+    })
+    .await;
+    {
+        let followed = followed.lock().unwrap();
+        assert!(
+            !followed.iter().any(|line| line.contains("cheese: ")),
+            "another stage's line: {followed:?}"
+        );
+    }
+
+    assert_eq!(
+        host.terminate(WITHIN),
+        Some(0),
+        "a follower holds nothing up"
+    );
+    let status = follower.wait().unwrap();
+    assert!(
+        status.success(),
+        "the follower ends with the host: {status:?}"
+    );
+    reader.join().unwrap();
+}

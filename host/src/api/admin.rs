@@ -1,6 +1,9 @@
 //! The admin API, on its own listener (localhost by default) and only when a token is
 //! configured: `GET /admin/stages` lists the stages, `PUT /admin/stages/{name}` swaps a stage to
-//! the uploaded component (validated and smoke-called first; `pizza-host deploy` uses it).
+//! the uploaded component (validated and smoke-called first; `pizza-host deploy` uses it), and
+//! `GET /admin/stages/{name}/logs[?follow=true]` gives the stage's recent log lines, then with
+//! `follow` each new one as it is logged, until the host shuts down (`pizza-host logs`). Logs
+//! are behind the token: a stage may log what its events carry.
 //!
 //! Every request must carry `Authorization: Bearer <token>`; the token is compared in
 //! constant time.
@@ -15,8 +18,14 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
 
+use axum::body::Body;
+use axum::extract::Query;
+use tokio::sync::broadcast::error::RecvError;
+use tokio_util::sync::CancellationToken;
+
 use crate::api::types::{ApiError, StageInfo};
 use crate::pipeline::stages::{Stages, SwapReport, UnknownStage};
+use crate::telemetry::stage_logs;
 
 /// Largest component upload accepted.
 pub const MAX_UPLOAD_BYTES: usize = 64 << 20;
@@ -25,17 +34,21 @@ pub const MAX_UPLOAD_BYTES: usize = 64 << 20;
 struct AdminState {
     stages: Arc<Stages>,
     token: Arc<str>,
+    /// Ends the log streams, so a follower never holds up a shutdown.
+    shutdown: CancellationToken,
 }
 
-/// The admin routes, guarded by `token`.
-pub fn router(stages: Arc<Stages>, token: String) -> Router {
+/// The admin routes, guarded by `token`; streams end at `shutdown`.
+pub fn router(stages: Arc<Stages>, token: String, shutdown: CancellationToken) -> Router {
     let state = AdminState {
         stages,
         token: token.into(),
+        shutdown,
     };
     Router::new()
         .route("/admin/stages", get(list))
         .route("/admin/stages/{name}", axum::routing::put(deploy))
+        .route("/admin/stages/{name}/logs", get(logs))
         .fallback(|| async { ApiError::new(StatusCode::NOT_FOUND, "no such route") })
         .layer(DefaultBodyLimit::max(MAX_UPLOAD_BYTES))
         .layer(middleware::from_fn_with_state(state.clone(), authorize))
@@ -78,4 +91,70 @@ async fn deploy(
             Err(ApiError::new(StatusCode::BAD_REQUEST, format!("{err:#}")))
         }
     }
+}
+
+/// Whether a log request follows new lines.
+#[derive(Debug, serde::Deserialize)]
+struct LogsQuery {
+    #[serde(default)]
+    follow: bool,
+}
+
+/// The stage's recent log lines as text, one per line; with `follow`, the response goes on
+/// with each new line until the client leaves or the host shuts down.
+async fn logs(
+    State(state): State<AdminState>,
+    Path(name): Path<String>,
+    Query(query): Query<LogsQuery>,
+) -> Result<Response, ApiError> {
+    if !state
+        .stages
+        .list()
+        .await
+        .iter()
+        .any(|stage| stage.name == name)
+    {
+        return Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            format!("no stage named `{name}`"),
+        ));
+    }
+    let (recent, following) = stage_logs::global().recent_and_follow(&name);
+    let mut text = String::new();
+    for line in recent {
+        text.push_str(&line);
+        text.push('\n');
+    }
+    let plain = [(header::CONTENT_TYPE, "text/plain; charset=utf-8")];
+    if !query.follow {
+        return Ok((plain, text).into_response());
+    }
+    let name: Arc<str> = name.into();
+    let new_lines = futures::stream::unfold(
+        (following, state.shutdown.clone(), name),
+        |(mut following, shutdown, name)| async move {
+            loop {
+                let text = tokio::select! {
+                    _ = shutdown.cancelled() => return None,
+                    received = following.recv() => match received {
+                        Ok(line) if line.stage == name => format!("{}\n", line.text),
+                        Ok(_) => continue,
+                        Err(RecvError::Lagged(missed)) => {
+                            format!("… {missed} lines of all stages missed: this reader fell behind\n")
+                        }
+                        Err(RecvError::Closed) => return None,
+                    },
+                };
+                return Some((
+                    Ok::<_, std::convert::Infallible>(text),
+                    (following, shutdown, name),
+                ));
+            }
+        },
+    );
+    let body = futures::StreamExt::chain(
+        futures::stream::once(std::future::ready(Ok(text))),
+        new_lines,
+    );
+    Ok((plain, Body::from_stream(body)).into_response())
 }

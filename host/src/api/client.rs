@@ -81,14 +81,42 @@ impl AdminClient {
     /// `GET /admin/stages`: the stage table.
     pub async fn stages(&self, token: &str) -> anyhow::Result<Vec<StageInfo>> {
         let url = format!("{}/admin/stages", self.base);
-        let response = self
-            .http
-            .get(&url)
+        let response = self.get(&url, token).await?;
+        read(&url, response).await
+    }
+
+    async fn get(&self, url: &str, token: &str) -> anyhow::Result<Response> {
+        self.http
+            .get(url)
             .bearer_auth(token)
             .send()
             .await
-            .with_context(|| format!("cannot reach {url}"))?;
-        read(&url, response).await
+            .with_context(|| format!("cannot reach {url}"))
+    }
+
+    /// `GET /admin/stages/{stage}/logs`: hands each piece of the stage's log text to `write`
+    /// as it arrives: the recent lines, then with `follow` each new one until the host shuts
+    /// down.
+    pub async fn logs(
+        &self,
+        stage: &str,
+        follow: bool,
+        token: &str,
+        mut write: impl FnMut(&[u8]) -> anyhow::Result<()>,
+    ) -> anyhow::Result<()> {
+        let url = format!("{}/admin/stages/{stage}/logs?follow={follow}", self.base);
+        let mut response = self.get(&url, token).await?;
+        if !response.status().is_success() {
+            return Err(error_of(&url, response).await);
+        }
+        while let Some(piece) = response
+            .chunk()
+            .await
+            .with_context(|| format!("{url}: the stream broke off"))?
+        {
+            write(&piece)?;
+        }
+        Ok(())
     }
 }
 
@@ -102,12 +130,18 @@ async fn read<T: DeserializeOwned>(url: &str, response: Response) -> anyhow::Res
             .await
             .with_context(|| format!("{url} answered {status} without JSON"));
     }
-    let message = response
-        .json::<ErrorBody>()
-        .await
-        .map(|body| body.error)
-        .with_context(|| format!("{url} answered {status} without JSON"))?;
-    anyhow::bail!("{url} answered {status}: {message}")
+    Err(error_of(url, response).await)
+}
+
+/// The error an answer with an error status stands for, with the host's `{"error": …}`
+/// message.
+async fn error_of(url: &str, response: Response) -> anyhow::Error {
+    let status = response.status();
+    let message = response.json::<ErrorBody>().await.map(|body| body.error);
+    match message {
+        Ok(message) => anyhow::anyhow!("{url} answered {status}: {message}"),
+        Err(_) => anyhow::anyhow!("{url} answered {status} without JSON"),
+    }
 }
 
 #[cfg(test)]

@@ -14,6 +14,7 @@ pub mod add;
 pub mod check;
 pub mod deploy;
 pub mod invoke;
+pub mod logs;
 pub mod new;
 pub mod run;
 pub mod status;
@@ -128,6 +129,22 @@ pub enum Command {
         stage: String,
         /// The component file (.wasm).
         component: PathBuf,
+        /// The host's admin API.
+        #[arg(
+            long,
+            default_value = "http://127.0.0.1:5001",
+            env = "PIZZA_HOST_ADMIN_URL"
+        )]
+        host: String,
+    },
+    /// Prints a stage's recent log lines from a running host's admin API (token from
+    /// PIZZA_HOST_ADMIN_TOKEN); with --follow, goes on printing new ones.
+    Logs {
+        /// The stage.
+        stage: String,
+        /// Keep printing new lines as the stage logs them.
+        #[arg(long, short)]
+        follow: bool,
         /// The host's admin API.
         #[arg(
             long,
@@ -261,6 +278,11 @@ pub fn dispatch(command: Command) -> anyhow::Result<()> {
             component,
             host,
         } => async_runtime()?.block_on(deploy::run(&stage, &component, &host)),
+        Command::Logs {
+            stage,
+            follow,
+            host,
+        } => async_runtime()?.block_on(logs::run(&stage, follow, &host)),
         Command::Status { host, output } => async_runtime()?.block_on(status::run(&host, output)),
     }
 }
