@@ -216,7 +216,7 @@ pub fn dispatch(command: Command) -> anyhow::Result<()> {
             no_watch,
             shutdown_timeout,
             settings,
-        } => async_runtime()?.block_on(run::run(run::RunOptions {
+        } => block_on(run::run(run::RunOptions {
             pipeline,
             watch: !no_watch,
             shutdown_timeout,
@@ -277,21 +277,31 @@ pub fn dispatch(command: Command) -> anyhow::Result<()> {
             stage,
             component,
             host,
-        } => async_runtime()?.block_on(deploy::run(&stage, &component, &host)),
+        } => block_on(deploy::run(&stage, &component, &host)),
         Command::Logs {
             stage,
             follow,
             host,
-        } => async_runtime()?.block_on(logs::run(&stage, follow, &host)),
-        Command::Status { host, output } => async_runtime()?.block_on(status::run(&host, output)),
+        } => block_on(logs::run(&stage, follow, &host)),
+        Command::Status { host, output } => block_on(status::run(&host, output)),
     }
 }
 
-fn async_runtime() -> anyhow::Result<tokio::runtime::Runtime> {
-    tokio::runtime::Builder::new_multi_thread()
+/// How long the async runtime may take to wind down once a command has finished: dropping it
+/// would wait without end for blocking work still running (a librdkafka call left behind by a
+/// stopped worker), and a host that has logged "stopped" must exit.
+const RUNTIME_EXIT_LIMIT: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// Runs `command` on a multi-threaded async runtime, then shuts the runtime down within
+/// [`RUNTIME_EXIT_LIMIT`].
+fn block_on<T>(command: impl std::future::Future<Output = anyhow::Result<T>>) -> anyhow::Result<T> {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
-        .context("cannot start the async runtime")
+        .context("cannot start the async runtime")?;
+    let result = runtime.block_on(command);
+    runtime.shutdown_timeout(RUNTIME_EXIT_LIMIT);
+    result
 }
 
 /// Parses a `--config key=value` argument.
