@@ -504,7 +504,7 @@ async fn the_logs_command_prints_and_follows_one_stages_lines() {
     let unknown = logs(&["oregano"]).output().unwrap();
     assert!(!unknown.status.success());
     assert!(
-        String::from_utf8_lossy(&unknown.stderr).contains("no stage named `oregano`"),
+        String::from_utf8_lossy(&unknown.stderr).contains("no stage named \"oregano\""),
         "{unknown:?}"
     );
 
@@ -562,4 +562,65 @@ async fn the_logs_command_prints_and_follows_one_stages_lines() {
         "the follower ends with the host: {status:?}"
     );
     reader.join().unwrap();
+}
+
+/// `pizza-host pause STAGE` stops a stage on a host, committed, without making the host
+/// unready; orders wait at its input; `resume` goes on from its committed offsets and every
+/// pizza is made exactly once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_paused_stage_holds_orders_and_resumes_them_exactly_once() {
+    let dir = temp_dir("pause");
+    let topics = Topics::unique("pause");
+    let host = TestHost::start_watching(&write_pipeline(&dir, &topics, &component("sauce"))).await;
+    let first = host.order(2).await;
+    host.wait_complete(&first, 2, WITHIN).await;
+    let cli = |args: &[&str]| {
+        let output = std::process::Command::new(env!("CARGO_BIN_EXE_pizza-host"))
+            .args(args)
+            .args(["--host", &host.admin_url()])
+            .env("PIZZA_HOST_ADMIN_TOKEN", ADMIN_TOKEN)
+            .output()
+            .unwrap();
+        (
+            output.status.success(),
+            String::from_utf8_lossy(&output.stdout).into_owned()
+                + &String::from_utf8_lossy(&output.stderr),
+        )
+    };
+
+    assert_eq!(
+        cli(&["pause", "sauce"]),
+        (true, "stage sauce: paused\n".into())
+    );
+    assert_eq!(
+        cli(&["pause", "sauce"]),
+        (true, "stage sauce: already paused\n".into())
+    );
+    let sauce = host.stage("sauce").await.unwrap();
+    assert!(sauce.paused && sauce.partitions.is_empty(), "{sauce:?}");
+    let ready = reqwest::get(format!("{}/readyz", host.url)).await.unwrap();
+    assert_eq!(ready.status(), 200, "a paused stage leaves the host ready");
+    let (ok, said) = cli(&["pause", "oregano"]);
+    assert!(!ok && said.contains("no stage named \"oregano\""), "{said}");
+
+    let held = host.order(5).await;
+    let sauce_group = format!("test-{}-sauce", topics.suffix);
+    wait_for(
+        WITHIN,
+        "the order's pizzas waiting at the paused stage",
+        || async { (records_after_commit(&sauce_group, topics.orders()) == 5).then_some(()) },
+    )
+    .await;
+    assert_eq!(
+        record_count(&topics.chain[1]),
+        2,
+        "nothing passed the paused stage"
+    );
+
+    assert_eq!(
+        cli(&["resume", "sauce"]),
+        (true, "stage sauce: resumed\n".into())
+    );
+    host.wait_complete(&held, 5, WITHIN).await;
+    assert_every_pizza_exactly_once(&bootstrap(), &topics, 7);
 }

@@ -3,7 +3,9 @@
 //! the uploaded component (validated and smoke-called first; `pizza-host deploy` uses it), and
 //! `GET /admin/stages/{name}/logs[?follow=true]` gives the stage's recent log lines, then with
 //! `follow` each new one as it is logged, until the host shuts down (`pizza-host logs`). Logs
-//! are behind the token: a stage may log what its events carry.
+//! are behind the token: a stage may log what its events carry. `POST
+//! /admin/stages/{name}/pause` and `…/resume` pause a stage on this host and resume it
+//! (`pizza-host pause|resume`).
 //!
 //! Every request must carry `Authorization: Bearer <token>`; the token is compared in
 //! constant time.
@@ -15,7 +17,7 @@ use axum::extract::{DefaultBodyLimit, Path, Request, State};
 use axum::http::{StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
+use axum::routing::{get, post};
 use axum::{Json, Router};
 
 use axum::body::Body;
@@ -49,6 +51,8 @@ pub fn router(stages: Arc<Stages>, token: String, shutdown: CancellationToken) -
         .route("/admin/stages", get(list))
         .route("/admin/stages/{name}", axum::routing::put(deploy))
         .route("/admin/stages/{name}/logs", get(logs))
+        .route("/admin/stages/{name}/pause", post(pause))
+        .route("/admin/stages/{name}/resume", post(resume))
         .fallback(|| async { ApiError::new(StatusCode::NOT_FOUND, "no such route") })
         .layer(DefaultBodyLimit::max(MAX_UPLOAD_BYTES))
         .layer(middleware::from_fn_with_state(state.clone(), authorize))
@@ -114,10 +118,7 @@ async fn logs(
         .iter()
         .any(|stage| stage.name == name)
     {
-        return Err(ApiError::new(
-            StatusCode::NOT_FOUND,
-            format!("no stage named `{name}`"),
-        ));
+        return Err(not_found(UnknownStage(name)));
     }
     let (recent, following) = stage_logs::global().recent_and_follow(&name);
     let mut text = String::new();
@@ -157,4 +158,43 @@ async fn logs(
         new_lines,
     );
     Ok((plain, Body::from_stream(body)).into_response())
+}
+
+/// What a pause or resume did.
+#[derive(Debug, serde::Serialize, serde::Deserialize)]
+pub struct PauseReport {
+    /// The stage.
+    pub stage: String,
+    /// Whether it is paused now.
+    pub paused: bool,
+    /// False if it already was as asked.
+    pub changed: bool,
+}
+
+async fn pause(
+    State(state): State<AdminState>,
+    Path(name): Path<String>,
+) -> Result<Json<PauseReport>, ApiError> {
+    let changed = state.stages.pause(&name).await.map_err(not_found)?;
+    Ok(Json(PauseReport {
+        stage: name,
+        paused: true,
+        changed,
+    }))
+}
+
+async fn resume(
+    State(state): State<AdminState>,
+    Path(name): Path<String>,
+) -> Result<Json<PauseReport>, ApiError> {
+    let changed = state.stages.resume(&name).await.map_err(not_found)?;
+    Ok(Json(PauseReport {
+        stage: name,
+        paused: false,
+        changed,
+    }))
+}
+
+fn not_found(err: UnknownStage) -> ApiError {
+    ApiError::new(StatusCode::NOT_FOUND, err.to_string())
 }

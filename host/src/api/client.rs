@@ -6,6 +6,7 @@ use anyhow::Context as _;
 use reqwest::Response;
 use serde::de::DeserializeOwned;
 
+use crate::api::admin::PauseReport;
 use crate::api::types::{ErrorBody, Readiness, StageInfo};
 use crate::pipeline::stages::SwapReport;
 
@@ -82,6 +83,25 @@ impl AdminClient {
     pub async fn stages(&self, token: &str) -> anyhow::Result<Vec<StageInfo>> {
         let url = format!("{}/admin/stages", self.base);
         let response = self.get(&url, token).await?;
+        read(&url, response).await
+    }
+
+    /// `POST /admin/stages/{stage}/pause` (`pause`) or `…/resume`: what it did.
+    pub async fn pause_or_resume(
+        &self,
+        stage: &str,
+        pause: bool,
+        token: &str,
+    ) -> anyhow::Result<PauseReport> {
+        let action = if pause { "pause" } else { "resume" };
+        let url = format!("{}/admin/stages/{stage}/{action}", self.base);
+        let response = self
+            .http
+            .post(&url)
+            .bearer_auth(token)
+            .send()
+            .await
+            .with_context(|| format!("cannot reach {url}"))?;
         read(&url, response).await
     }
 

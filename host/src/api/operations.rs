@@ -52,7 +52,7 @@ pub(crate) async fn readyz(State(state): State<AppState>) -> (StatusCode, Json<R
     let stages = state.stages.list().await;
     let mut waiting: Vec<String> = stages
         .iter()
-        .filter(|s| !s.joined)
+        .filter(|s| !s.joined && !s.paused)
         .map(|s| format!("stage {} has not joined its consumer group yet", s.name))
         .collect();
     let order_view = state.book.rebuild().state();

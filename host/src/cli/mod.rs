@@ -16,6 +16,7 @@ pub mod deploy;
 pub mod invoke;
 pub mod logs;
 pub mod new;
+pub mod pause;
 pub mod run;
 pub mod status;
 
@@ -153,6 +154,11 @@ pub enum Command {
         )]
         host: String,
     },
+    /// Pauses a stage on a running host (admin API; token from PIZZA_HOST_ADMIN_TOKEN): it
+    /// commits what it finished and stops taking records, keeping its offsets.
+    Pause(StageOnHost),
+    /// Resumes a paused stage from where it stopped.
+    Resume(StageOnHost),
     /// Prints the stage table of a running host and whether it is ready; exits non-zero
     /// when it is not.
     Status {
@@ -176,6 +182,20 @@ pub enum Command {
 pub enum Output {
     Text,
     Json,
+}
+
+/// A stage of a running host, reached through the host's admin API.
+#[derive(Debug, Clone, clap::Args)]
+pub struct StageOnHost {
+    /// The stage.
+    pub stage: String,
+    /// The host's admin API.
+    #[arg(
+        long,
+        default_value = "http://127.0.0.1:5001",
+        env = "PIZZA_HOST_ADMIN_URL"
+    )]
+    pub host: String,
 }
 
 /// `run`'s flags for the pipeline file's top-level settings; each also comes from the
@@ -283,6 +303,8 @@ pub fn dispatch(command: Command) -> anyhow::Result<()> {
             follow,
             host,
         } => block_on(logs::run(&stage, follow, &host)),
+        Command::Pause(target) => block_on(pause::run(&target.stage, true, &target.host)),
+        Command::Resume(target) => block_on(pause::run(&target.stage, false, &target.host)),
         Command::Status { host, output } => block_on(status::run(&host, output)),
     }
 }

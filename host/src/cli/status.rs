@@ -43,7 +43,9 @@ fn row(stage: &StageInfo) -> String {
         stage.digest.get(..14).unwrap_or(&stage.digest),
         stage.processed,
         stage.dead_lettered,
-        if partitions.is_empty() {
+        if stage.paused {
+            "paused".to_owned()
+        } else if partitions.is_empty() {
             "none".to_owned()
         } else {
             partitions.join(", ")

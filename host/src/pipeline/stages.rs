@@ -69,6 +69,9 @@ pub struct StageInfo {
     pub last_error: Option<ErrorInfo>,
     /// The most recent rejected swap (file change or upload), if any.
     pub last_swap_error: Option<ErrorInfo>,
+    /// Paused on this host (`pizza-host pause`): it holds no partitions and takes no records
+    /// until resumed.
+    pub paused: bool,
     /// True once the stage's consumer has joined its group.
     pub joined: bool,
     /// The input partitions this host's consumer holds.
@@ -134,6 +137,8 @@ pub struct Stages {
     metrics: Arc<Metrics>,
     events: Events,
     running: Mutex<BTreeMap<String, RunningStage>>,
+    /// Pauses and resumes, one at a time.
+    pausing: Mutex<()>,
     last_edit_error: Mutex<Option<ErrorInfo>>,
 }
 
@@ -165,6 +170,7 @@ impl Stages {
             metrics,
             events,
             running: Mutex::new(BTreeMap::new()),
+            pausing: Mutex::new(()),
             last_edit_error: Mutex::new(None),
         }
     }
@@ -387,6 +393,44 @@ impl Stages {
         }
     }
 
+    /// Pauses stage `name` on this host: it finishes its in-flight records, commits them and
+    /// leaves its group, keeping its offsets, so [`Stages::resume`] goes on exactly where it
+    /// stopped. Returns false if it was paused already.
+    pub async fn pause(&self, name: &str) -> Result<bool, UnknownStage> {
+        let _one_at_a_time = self.pausing.lock().await;
+        let task = {
+            let mut running = self.running.lock().await;
+            let stage = running
+                .get_mut(name)
+                .ok_or_else(|| UnknownStage(name.to_owned()))?;
+            stage.pause()
+        };
+        let Some(task) = task else {
+            return Ok(false);
+        };
+        // Outside the registry's lock (the stage table keeps answering), inside the pause
+        // lock (a resume meanwhile would start a second member under the same name).
+        if let Err(err) = task.await {
+            tracing::error!(stage = name, "stage task failed: {err}");
+        }
+        tracing::info!(stage = name, "stage paused: committed, not consuming");
+        Ok(true)
+    }
+
+    /// Resumes stage `name` from its committed offsets; false if it was not paused.
+    pub async fn resume(&self, name: &str) -> Result<bool, UnknownStage> {
+        let _one_at_a_time = self.pausing.lock().await;
+        let mut running = self.running.lock().await;
+        let stage = running
+            .get_mut(name)
+            .ok_or_else(|| UnknownStage(name.to_owned()))?;
+        let resumed = stage.resume(self.kafka.clone(), self.shutdown.child_token(), &self.tasks);
+        if resumed {
+            tracing::info!(stage = name, "stage resumed from its committed offsets");
+        }
+        Ok(resumed)
+    }
+
     /// Remembers why a pipeline edit was rejected.
     pub async fn edit_rejected(&self, message: String) {
         *self.last_edit_error.lock().await = Some(ErrorInfo::now("edit-rejected", message));
@@ -411,7 +455,7 @@ impl Stages {
         };
         let unstopped: Vec<String> = running
             .values()
-            .filter(|stage| !stage.task.is_finished())
+            .filter(|stage| stage.task.as_ref().is_some_and(|task| !task.is_finished()))
             .map(|stage| {
                 let group = &stage.shared.group;
                 format!(

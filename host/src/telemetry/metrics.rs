@@ -325,6 +325,7 @@ mod tests {
             dead_lettered: 1,
             last_error: None,
             last_swap_error: None,
+            paused: false,
             joined: true,
             partitions: vec![PartitionInfo {
                 partition: 0,

@@ -6,6 +6,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
 use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use super::{StageShared, StopSignals, at_least_once, exactly_once};
@@ -31,7 +32,8 @@ pub(crate) struct RunningStage {
     pub file_digest: String,
     pub last_swap_error: Option<ErrorInfo>,
     pub signals: StopSignals,
-    pub task: JoinHandle<()>,
+    /// The stage's loop; `None` while it is paused.
+    pub task: Option<JoinHandle<()>>,
 }
 
 impl RunningStage {
@@ -45,12 +47,7 @@ impl RunningStage {
         tasks: &TaskTracker,
     ) -> Self {
         let file_digest = shared.current().digest().to_owned();
-        let task = tasks.spawn(run_supervised(
-            shared.clone(),
-            route.clone(),
-            kafka,
-            signals.clone(),
-        ));
+        let task = spawn(&shared, &route, kafka, &signals, tasks);
         Self {
             source: Source::File(config.component.clone()),
             config,
@@ -61,14 +58,68 @@ impl RunningStage {
             file_digest,
             last_swap_error: None,
             signals,
-            task,
+            task: Some(task),
         }
+    }
+
+    /// True while the stage is paused: it holds no partitions and takes no records.
+    pub fn is_paused(&self) -> bool {
+        self.task.is_none()
+    }
+
+    /// Stops the stage's loop (it finishes its in-flight records, commits and leaves its
+    /// group) and returns it to be awaited; `None` if the stage is paused already.
+    pub fn pause(&mut self) -> Option<JoinHandle<()>> {
+        let task = self.task.take()?;
+        self.signals.stop.cancel();
+        Some(task)
+    }
+
+    /// Starts the loop of a paused stage again, from its committed offsets, with `stop` as
+    /// its new stop signal; false if it was not paused.
+    pub fn resume(
+        &mut self,
+        kafka: KafkaSettings,
+        stop: CancellationToken,
+        tasks: &TaskTracker,
+    ) -> bool {
+        if self.task.is_some() {
+            return false;
+        }
+        self.signals = StopSignals {
+            stop,
+            drain: CancellationToken::new(),
+        };
+        self.task = Some(spawn(
+            &self.shared,
+            &self.route,
+            kafka,
+            &self.signals,
+            tasks,
+        ));
+        true
     }
 
     /// The stage as the stage table shows it.
     pub fn info(&self) -> StageInfo {
         info(self)
     }
+}
+
+/// Starts the stage's loop on `tasks`.
+fn spawn(
+    shared: &Arc<StageShared>,
+    route: &StageRoute,
+    kafka: KafkaSettings,
+    signals: &StopSignals,
+    tasks: &TaskTracker,
+) -> JoinHandle<()> {
+    tasks.spawn(run_supervised(
+        shared.clone(),
+        route.clone(),
+        kafka,
+        signals.clone(),
+    ))
 }
 
 /// Runs a stage until `stop` (or drained), restarting it from its last committed offset when
@@ -167,9 +218,11 @@ async fn drain_and_stop(stage: RunningStage) {
         topic = stage.config.input,
         "draining before the stage moves"
     );
+    let Some(task) = stage.task else {
+        return; // paused: nothing taken that could be left behind
+    };
     stage.signals.drain.cancel();
     let name = stage.config.name.clone();
-    let task = stage.task;
     tokio::pin!(task);
     if tokio::time::timeout(DRAIN_LIMIT, &mut task).await.is_err() {
         tracing::error!(
@@ -183,7 +236,10 @@ async fn drain_and_stop(stage: RunningStage) {
 
 async fn stop(stage: RunningStage) {
     stage.signals.stop.cancel();
-    if let Err(err) = stage.task.await {
+    let Some(task) = stage.task else {
+        return;
+    };
+    if let Err(err) = task.await {
         tracing::error!(stage = stage.config.name, "stage task failed: {err}");
     }
 }
@@ -212,7 +268,8 @@ fn info(stage: &RunningStage) -> StageInfo {
             .load(std::sync::atomic::Ordering::Relaxed),
         last_error,
         last_swap_error: stage.last_swap_error.clone(),
-        joined: stage.shared.group.joined(),
+        paused: stage.is_paused(),
+        joined: stage.shared.group.joined() && !stage.is_paused(),
         partitions: stage
             .shared
             .group
