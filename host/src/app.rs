@@ -175,7 +175,7 @@ pub async fn start(
     .await?;
     let admin_addr = match admin_token {
         Some(token) => {
-            let app = crate::api::admin::router(stages.clone(), token, shutdown.clone());
+            let app = crate::api::admin::router(stages.clone(), token, servers_stop.clone());
             Some(
                 crate::api::serve(
                     "admin API",

@@ -26,7 +26,7 @@ use tokio::sync::broadcast::error::RecvError;
 use tokio_util::sync::CancellationToken;
 
 use crate::api::types::{ApiError, StageInfo};
-use crate::pipeline::stages::{Stages, SwapReport, UnknownStage};
+use crate::pipeline::stages::{StageCommandError, Stages, SwapReport, UnknownStage};
 use crate::telemetry::stage_logs;
 
 /// Largest component upload accepted.
@@ -36,16 +36,17 @@ pub const MAX_UPLOAD_BYTES: usize = 64 << 20;
 struct AdminState {
     stages: Arc<Stages>,
     token: Arc<str>,
-    /// Ends the log streams, so a follower never holds up a shutdown.
-    shutdown: CancellationToken,
+    /// Ends the log streams once the stages have stopped (so a follower sees them stop) and
+    /// before the server's graceful shutdown waits for its connections.
+    servers_stop: CancellationToken,
 }
 
-/// The admin routes, guarded by `token`; streams end at `shutdown`.
-pub fn router(stages: Arc<Stages>, token: String, shutdown: CancellationToken) -> Router {
+/// The admin routes, guarded by `token`; streams end at `servers_stop`.
+pub fn router(stages: Arc<Stages>, token: String, servers_stop: CancellationToken) -> Router {
     let state = AdminState {
         stages,
         token: token.into(),
-        shutdown,
+        servers_stop,
     };
     Router::new()
         .route("/admin/stages", get(list))
@@ -132,7 +133,7 @@ async fn logs(
     }
     let name: Arc<str> = name.into();
     let new_lines = futures::stream::unfold(
-        (following, state.shutdown.clone(), name),
+        (following, state.servers_stop.clone(), name),
         |(mut following, shutdown, name)| async move {
             loop {
                 let text = tokio::select! {
@@ -175,7 +176,7 @@ async fn pause(
     State(state): State<AdminState>,
     Path(name): Path<String>,
 ) -> Result<Json<PauseReport>, ApiError> {
-    let changed = state.stages.pause(&name).await.map_err(not_found)?;
+    let changed = state.stages.pause(&name).await.map_err(refused)?;
     Ok(Json(PauseReport {
         stage: name,
         paused: true,
@@ -187,12 +188,21 @@ async fn resume(
     State(state): State<AdminState>,
     Path(name): Path<String>,
 ) -> Result<Json<PauseReport>, ApiError> {
-    let changed = state.stages.resume(&name).await.map_err(not_found)?;
+    let changed = state.stages.resume(&name).await.map_err(refused)?;
     Ok(Json(PauseReport {
         stage: name,
         paused: false,
         changed,
     }))
+}
+
+fn refused(err: StageCommandError) -> ApiError {
+    let status = match err {
+        StageCommandError::Unknown(_) => StatusCode::NOT_FOUND,
+        StageCommandError::StillStopping(_) => StatusCode::CONFLICT,
+        StageCommandError::ShuttingDown => StatusCode::SERVICE_UNAVAILABLE,
+    };
+    ApiError::new(status, err.to_string())
 }
 
 fn not_found(err: UnknownStage) -> ApiError {

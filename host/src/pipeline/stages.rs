@@ -137,8 +137,6 @@ pub struct Stages {
     metrics: Arc<Metrics>,
     events: Events,
     running: Mutex<BTreeMap<String, RunningStage>>,
-    /// Pauses and resumes, one at a time.
-    pausing: Mutex<()>,
     last_edit_error: Mutex<Option<ErrorInfo>>,
 }
 
@@ -170,7 +168,6 @@ impl Stages {
             metrics,
             events,
             running: Mutex::new(BTreeMap::new()),
-            pausing: Mutex::new(()),
             last_edit_error: Mutex::new(None),
         }
     }
@@ -394,41 +391,55 @@ impl Stages {
     }
 
     /// Pauses stage `name` on this host: it finishes its in-flight records, commits them and
-    /// leaves its group, keeping its offsets, so [`Stages::resume`] goes on exactly where it
-    /// stopped. Returns false if it was paused already.
-    pub async fn pause(&self, name: &str) -> Result<bool, UnknownStage> {
-        let _one_at_a_time = self.pausing.lock().await;
-        let task = {
+    /// leaves its group, keeping its offsets, so [`Stages::resume`] goes on where it stopped.
+    /// Returns once its loop is done (false if it was paused already). Safe to abandon: the
+    /// stage stays paused and its loop stops all the same.
+    pub async fn pause(&self, name: &str) -> Result<bool, StageCommandError> {
+        let changed = {
             let mut running = self.running.lock().await;
             let stage = running
                 .get_mut(name)
                 .ok_or_else(|| UnknownStage(name.to_owned()))?;
             stage.pause()
         };
-        let Some(task) = task else {
-            return Ok(false);
-        };
-        // Outside the registry's lock (the stage table keeps answering), inside the pause
-        // lock (a resume meanwhile would start a second member under the same name).
-        if let Err(err) = task.await {
-            tracing::error!(stage = name, "stage task failed: {err}");
+        // The registry's lock is taken only to look: the stage table keeps answering.
+        loop {
+            let done = {
+                let running = self.running.lock().await;
+                running
+                    .get(name)
+                    .is_none_or(|stage| !stage.paused || stage.task.is_finished())
+            };
+            if done {
+                break;
+            }
+            tokio::time::sleep(PAUSE_CHECK).await;
         }
-        tracing::info!(stage = name, "stage paused: committed, not consuming");
-        Ok(true)
+        if changed {
+            tracing::info!(stage = name, "stage paused: not consuming");
+        }
+        Ok(changed)
     }
 
-    /// Resumes stage `name` from its committed offsets; false if it was not paused.
-    pub async fn resume(&self, name: &str) -> Result<bool, UnknownStage> {
-        let _one_at_a_time = self.pausing.lock().await;
+    /// Resumes stage `name` from its committed offsets; false if it was not paused. Refused
+    /// while its loop is still stopping and once the host is shutting down.
+    pub async fn resume(&self, name: &str) -> Result<bool, StageCommandError> {
+        if self.shutdown.is_cancelled() {
+            return Err(StageCommandError::ShuttingDown);
+        }
         let mut running = self.running.lock().await;
         let stage = running
             .get_mut(name)
             .ok_or_else(|| UnknownStage(name.to_owned()))?;
-        let resumed = stage.resume(self.kafka.clone(), self.shutdown.child_token(), &self.tasks);
-        if resumed {
-            tracing::info!(stage = name, "stage resumed from its committed offsets");
+        if !stage.paused {
+            return Ok(false);
         }
-        Ok(resumed)
+        if !stage.task.is_finished() {
+            return Err(StageCommandError::StillStopping(name.to_owned()));
+        }
+        stage.resume(self.kafka.clone(), self.shutdown.child_token(), &self.tasks);
+        tracing::info!(stage = name, "stage resumed from its committed offsets");
+        Ok(true)
     }
 
     /// Remembers why a pipeline edit was rejected.
@@ -455,7 +466,7 @@ impl Stages {
         };
         let unstopped: Vec<String> = running
             .values()
-            .filter(|stage| stage.task.as_ref().is_some_and(|task| !task.is_finished()))
+            .filter(|stage| !stage.task.is_finished())
             .map(|stage| {
                 let group = &stage.shared.group;
                 format!(
@@ -525,6 +536,23 @@ pub struct LoadedStage {
     component: StageComponent,
     change: Change,
 }
+
+/// Why a pause or resume was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum StageCommandError {
+    /// No such stage.
+    #[error(transparent)]
+    Unknown(#[from] UnknownStage),
+    /// Its loop has not finished stopping from the pause yet.
+    #[error("stage {0:?} is still stopping from its pause; try again in a moment")]
+    StillStopping(String),
+    /// The host is shutting down.
+    #[error("the host is shutting down")]
+    ShuttingDown,
+}
+
+/// How often a pause looks whether the stage's loop is done.
+const PAUSE_CHECK: Duration = Duration::from_millis(20);
 
 /// The admin API asked for a stage that is not running.
 #[derive(Debug, thiserror::Error)]

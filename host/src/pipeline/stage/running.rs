@@ -32,8 +32,12 @@ pub(crate) struct RunningStage {
     pub file_digest: String,
     pub last_swap_error: Option<ErrorInfo>,
     pub signals: StopSignals,
-    /// The stage's loop; `None` while it is paused.
-    pub task: Option<JoinHandle<()>>,
+    /// The stage's loop (finished, or finishing, while the stage is paused).
+    pub task: JoinHandle<()>,
+    /// Paused by the operator: its loop was told to stop and is not started again until
+    /// resumed. The handle stays here, so whoever stops, restarts or resumes the stage waits
+    /// for the old loop to be done, whoever asked for the pause.
+    pub paused: bool,
 }
 
 impl RunningStage {
@@ -58,46 +62,35 @@ impl RunningStage {
             file_digest,
             last_swap_error: None,
             signals,
-            task: Some(task),
+            task,
+            paused: false,
         }
     }
 
-    /// True while the stage is paused: it holds no partitions and takes no records.
-    pub fn is_paused(&self) -> bool {
-        self.task.is_none()
-    }
-
-    /// Stops the stage's loop (it finishes its in-flight records, commits and leaves its
-    /// group) and returns it to be awaited; `None` if the stage is paused already.
-    pub fn pause(&mut self) -> Option<JoinHandle<()>> {
-        let task = self.task.take()?;
+    /// Tells the stage's loop to stop (it finishes its in-flight records, commits and leaves
+    /// its group) and marks the stage paused; false if it was paused already.
+    pub fn pause(&mut self) -> bool {
+        if self.paused {
+            return false;
+        }
+        self.paused = true;
         self.signals.stop.cancel();
-        Some(task)
+        true
     }
 
     /// Starts the loop of a paused stage again, from its committed offsets, with `stop` as
-    /// its new stop signal; false if it was not paused.
-    pub fn resume(
-        &mut self,
-        kafka: KafkaSettings,
-        stop: CancellationToken,
-        tasks: &TaskTracker,
-    ) -> bool {
-        if self.task.is_some() {
-            return false;
-        }
+    /// its new stop signal. The old loop must be done (else a second member would join under
+    /// the same name and transactional id).
+    pub fn resume(&mut self, kafka: KafkaSettings, stop: CancellationToken, tasks: &TaskTracker) {
+        debug_assert!(self.paused && self.task.is_finished());
         self.signals = StopSignals {
             stop,
             drain: CancellationToken::new(),
         };
-        self.task = Some(spawn(
-            &self.shared,
-            &self.route,
-            kafka,
-            &self.signals,
-            tasks,
-        ));
-        true
+        // What the old consumer knew of its group is not the new one's.
+        self.shared.group.reset();
+        self.task = spawn(&self.shared, &self.route, kafka, &self.signals, tasks);
+        self.paused = false;
     }
 
     /// The stage as the stage table shows it.
@@ -213,15 +206,23 @@ pub(crate) async fn stop_upstream_first(mut leaving: Vec<RunningStage>) -> Vec<S
 
 /// Lets the stage read its input to the end (its producer has stopped), then stops it.
 async fn drain_and_stop(stage: RunningStage) {
+    if stage.paused {
+        // Its loop is stopped: what waits in its old input stays there (documented).
+        tracing::warn!(
+            stage = stage.config.name,
+            topic = stage.config.input,
+            "a paused stage moves without draining its old input"
+        );
+        stop(stage).await;
+        return;
+    }
     tracing::info!(
         stage = stage.config.name,
         topic = stage.config.input,
         "draining before the stage moves"
     );
-    let Some(task) = stage.task else {
-        return; // paused: nothing taken that could be left behind
-    };
     stage.signals.drain.cancel();
+    let task = stage.task;
     let name = stage.config.name.clone();
     tokio::pin!(task);
     if tokio::time::timeout(DRAIN_LIMIT, &mut task).await.is_err() {
@@ -236,10 +237,7 @@ async fn drain_and_stop(stage: RunningStage) {
 
 async fn stop(stage: RunningStage) {
     stage.signals.stop.cancel();
-    let Some(task) = stage.task else {
-        return;
-    };
-    if let Err(err) = task.await {
+    if let Err(err) = stage.task.await {
         tracing::error!(stage = stage.config.name, "stage task failed: {err}");
     }
 }
@@ -268,8 +266,8 @@ fn info(stage: &RunningStage) -> StageInfo {
             .load(std::sync::atomic::Ordering::Relaxed),
         last_error,
         last_swap_error: stage.last_swap_error.clone(),
-        paused: stage.is_paused(),
-        joined: stage.shared.group.joined() && !stage.is_paused(),
+        paused: stage.paused,
+        joined: stage.shared.group.joined() && !stage.paused,
         partitions: stage
             .shared
             .group
