@@ -6,13 +6,11 @@ use std::path::Path;
 use anyhow::Context as _;
 
 use crate::api::client::AdminClient;
-use crate::config::ADMIN_TOKEN_ENV;
 
 /// Uploads `component` as stage `stage` to the admin API at `host`, with the token from the
 /// environment.
 pub async fn run(stage: &str, component: &Path, host: &str) -> anyhow::Result<()> {
-    let token = std::env::var(ADMIN_TOKEN_ENV)
-        .with_context(|| format!("set {ADMIN_TOKEN_ENV} to the host's admin token"))?;
+    let token = super::admin_token()?;
     let bytes =
         std::fs::read(component).with_context(|| format!("cannot read {}", component.display()))?;
     let report = AdminClient::new(host).deploy(stage, bytes, &token).await?;

@@ -1,17 +1,13 @@
 //! `pizza-host logs`: prints a stage's recent log lines from a running host's admin API
 //! ([`crate::api::client::AdminClient`]), and with `--follow` each new one as it is logged.
 
-use anyhow::Context as _;
-
 use crate::api::client::AdminClient;
-use crate::config::ADMIN_TOKEN_ENV;
 
 /// Prints the recent log lines of `stage` from the admin API at `host`, then with `follow`
 /// each new one until the host shuts down or the command is stopped.
 pub async fn run(stage: &str, follow: bool, host: &str) -> anyhow::Result<()> {
     use std::io::Write as _;
-    let token = std::env::var(ADMIN_TOKEN_ENV)
-        .with_context(|| format!("set {ADMIN_TOKEN_ENV} to the host's admin token"))?;
+    let token = super::admin_token()?;
     let mut stdout = std::io::stdout();
     AdminClient::new(host)
         .logs(stage, follow, &token, |piece| {

@@ -141,18 +141,12 @@ pub enum Command {
     /// Prints a stage's recent log lines from a running host's admin API (token from
     /// PIZZA_HOST_ADMIN_TOKEN); with --follow, goes on printing new ones.
     Logs {
-        /// The stage.
-        stage: String,
+        /// The stage and its host.
+        #[command(flatten)]
+        target: StageOnHost,
         /// Keep printing new lines as the stage logs them.
         #[arg(long, short)]
         follow: bool,
-        /// The host's admin API.
-        #[arg(
-            long,
-            default_value = "http://127.0.0.1:5001",
-            env = "PIZZA_HOST_ADMIN_URL"
-        )]
-        host: String,
     },
     /// Pauses a stage on a running host (admin API; token from PIZZA_HOST_ADMIN_TOKEN): it
     /// commits what it finished and stops taking records, keeping its offsets.
@@ -298,15 +292,20 @@ pub fn dispatch(command: Command) -> anyhow::Result<()> {
             component,
             host,
         } => block_on(deploy::run(&stage, &component, &host)),
-        Command::Logs {
-            stage,
-            follow,
-            host,
-        } => block_on(logs::run(&stage, follow, &host)),
+        Command::Logs { target, follow } => {
+            block_on(logs::run(&target.stage, follow, &target.host))
+        }
         Command::Pause(target) => block_on(pause::run(&target.stage, true, &target.host)),
         Command::Resume(target) => block_on(pause::run(&target.stage, false, &target.host)),
         Command::Status { host, output } => block_on(status::run(&host, output)),
     }
+}
+
+/// The admin token of the commands that call a host's admin API, from the environment
+/// (never a flag: it would show in the process list).
+fn admin_token() -> anyhow::Result<String> {
+    let name = crate::config::ADMIN_TOKEN_ENV;
+    std::env::var(name).with_context(|| format!("set {name} to the host's admin token"))
 }
 
 /// How long the async runtime may take to wind down once a command has finished: dropping it

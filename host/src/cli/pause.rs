@@ -3,16 +3,12 @@
 //! has committed what it finished and left its group; it resumes from its committed offsets,
 //! so nothing is lost or done twice.
 
-use anyhow::Context as _;
-
 use crate::api::client::AdminClient;
-use crate::config::ADMIN_TOKEN_ENV;
 
 /// Pauses (`pause`) or resumes stage `stage` on the host whose admin API is at `host`, with
 /// the token from the environment, and says what happened.
 pub async fn run(stage: &str, pause: bool, host: &str) -> anyhow::Result<()> {
-    let token = std::env::var(ADMIN_TOKEN_ENV)
-        .with_context(|| format!("set {ADMIN_TOKEN_ENV} to the host's admin token"))?;
+    let token = super::admin_token()?;
     let report = AdminClient::new(host)
         .pause_or_resume(stage, pause, &token)
         .await?;
