@@ -110,17 +110,39 @@ pub async fn start(
     // The store opens once the claim holds (a twin of this instance on the same machine is
     // refused by the claim, which says why) and before any stage starts (a refusal once
     // consumers are joining their groups would leave them to close mid-join).
+    // The pipeline's deployments are read before any stage starts: what was deployed runs in
+    // place of the files (which have been checked by then all the same, so a bad file fails
+    // fast and clearly).
     let mut store = None;
+    let mut deployments = None;
     let claimed_and_opened = async {
         claim.await?;
         store = Some(tokio::task::block_in_place(|| {
             crate::orders::store::Store::open(&store_path, retention)
         })?);
+        deployments = Some(
+            crate::fleet::deployments::Deployments::open(
+                &kafka,
+                &pipeline.group_prefix,
+                pipeline.topics.replication_factor,
+                &pipeline.instance_id,
+                stages.clone(),
+                shutdown.clone(),
+            )
+            .await?,
+        );
         anyhow::Ok(())
     };
     let plan = running.apply_after(&pipeline, claimed_and_opened).await?;
     let store = store.context("the order store was not opened")?;
+    let deployments = deployments.context("the deployments were not read")?;
     crate::pipeline::join::start(&plan.joins, &kafka, &tasks, &shutdown);
+    let following = deployments.clone();
+    tasks.spawn(async move {
+        if let Err(err) = following.follow().await {
+            tracing::error!("this host no longer follows the pipeline's deployments: {err:#}");
+        }
+    });
     let health = crate::kafka::health::spawn_probe(
         &kafka,
         &pipeline.orders.topic,
@@ -175,7 +197,8 @@ pub async fn start(
     .await?;
     let admin_addr = match admin_token {
         Some(token) => {
-            let app = crate::api::admin::router(stages.clone(), token, servers_stop.clone());
+            let app =
+                crate::api::admin::router(stages.clone(), deployments, token, servers_stop.clone());
             Some(
                 crate::api::serve(
                     "admin API",

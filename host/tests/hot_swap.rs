@@ -331,7 +331,7 @@ async fn the_admin_api_needs_its_token_and_deploys_from_the_cli() {
     assert!(stdout.contains("stage sauce: swapped sha256:"), "{stdout}");
 
     let sauce = host.stage("sauce").await.unwrap();
-    assert_eq!(sauce.source, pizza_host::pipeline::stages::Source::Upload);
+    assert_eq!(sauce.source, pizza_host::pipeline::stages::Source::Deployment);
     assert_eq!(sauce.swaps, 1);
     let (_, pizzas) = order_and_wait(&host, 2).await;
     assert!(

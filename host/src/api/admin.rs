@@ -1,11 +1,15 @@
 //! The admin API, on its own listener (localhost by default) and only when a token is
-//! configured: `GET /admin/stages` lists the stages, `PUT /admin/stages/{name}` swaps a stage to
-//! the uploaded component (validated and smoke-called first; `pizza-host deploy` uses it), and
-//! `GET /admin/stages/{name}/logs[?follow=true]` gives the stage's recent log lines, then with
+//! configured: `GET /admin/stages` lists the stages, and
+//! `GET /admin/stages/{name}/logs[?follow=true]` gives a stage's recent log lines, then with
 //! `follow` each new one as it is logged, until the host shuts down (`pizza-host logs`). Logs
-//! are behind the token: a stage may log what its events carry. `POST
-//! /admin/stages/{name}/pause` and `…/resume` pause a stage on this host and resume it
-//! (`pizza-host pause|resume`).
+//! are behind the token: a stage may log what its events carry.
+//!
+//! What the others change is deployed to the whole pipeline, every host
+//! ([`crate::fleet::deployments`]); each answers once this host has applied it:
+//! `PUT /admin/stages/{name}` deploys the uploaded component (checked first; `pizza-host
+//! deploy`), `GET …/versions` lists the deployed versions, `POST …/rollback[?to=DIGEST|file]`
+//! goes back to one, and `POST …/pause` and `…/resume` pause the stage and resume it. The
+//! `X-Deployed-By` header names who asks; the record carries it and this host's name.
 //!
 //! Every request must carry `Authorization: Bearer <token>`; the token is compared in
 //! constant time.
@@ -14,7 +18,7 @@ use std::sync::Arc;
 
 use axum::body::Bytes;
 use axum::extract::{DefaultBodyLimit, Path, Request, State};
-use axum::http::{StatusCode, header};
+use axum::http::{HeaderMap, StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -26,7 +30,8 @@ use tokio::sync::broadcast::error::RecvError;
 use tokio_util::sync::CancellationToken;
 
 use crate::api::types::{ApiError, StageInfo};
-use crate::pipeline::stages::{StageCommandError, Stages, SwapReport, UnknownStage};
+use crate::fleet::deployments::{CommandError, Deployments, VersionInfo};
+use crate::pipeline::stages::{Stages, SwapReport, UnknownStage};
 use crate::telemetry::stage_logs;
 
 /// Largest component upload accepted.
@@ -35,16 +40,26 @@ pub const MAX_UPLOAD_BYTES: usize = 64 << 20;
 #[derive(Clone)]
 struct AdminState {
     stages: Arc<Stages>,
+    deployments: Arc<Deployments>,
     token: Arc<str>,
     /// Ends the log streams once the stages have stopped (so a follower sees them stop) and
     /// before the server's graceful shutdown waits for its connections.
     servers_stop: CancellationToken,
 }
 
+/// The header that names who deploys, pauses or resumes.
+pub const BY_HEADER: &str = "x-deployed-by";
+
 /// The admin routes, guarded by `token`; streams end at `servers_stop`.
-pub fn router(stages: Arc<Stages>, token: String, servers_stop: CancellationToken) -> Router {
+pub fn router(
+    stages: Arc<Stages>,
+    deployments: Arc<Deployments>,
+    token: String,
+    servers_stop: CancellationToken,
+) -> Router {
     let state = AdminState {
         stages,
+        deployments,
         token: token.into(),
         servers_stop,
     };
@@ -52,6 +67,8 @@ pub fn router(stages: Arc<Stages>, token: String, servers_stop: CancellationToke
         .route("/admin/stages", get(list))
         .route("/admin/stages/{name}", axum::routing::put(deploy))
         .route("/admin/stages/{name}/logs", get(logs))
+        .route("/admin/stages/{name}/versions", get(versions))
+        .route("/admin/stages/{name}/rollback", post(rollback))
         .route("/admin/stages/{name}/pause", post(pause))
         .route("/admin/stages/{name}/resume", post(resume))
         .fallback(|| async { ApiError::new(StatusCode::NOT_FOUND, "no such route") })
@@ -81,21 +98,49 @@ async fn list(State(state): State<AdminState>) -> Json<Vec<StageInfo>> {
 async fn deploy(
     State(state): State<AdminState>,
     Path(name): Path<String>,
+    headers: HeaderMap,
     body: Bytes,
 ) -> Result<Json<SwapReport>, ApiError> {
-    match state.stages.deploy(&name, body.to_vec()).await {
-        Ok(report) => Ok(Json(report)),
-        Err(err) if err.is::<UnknownStage>() => {
-            Err(ApiError::new(StatusCode::NOT_FOUND, err.to_string()))
-        }
-        Err(err) => {
-            tracing::error!(
-                stage = name,
-                "deploy rejected, old version keeps running: {err:#}"
-            );
-            Err(ApiError::new(StatusCode::BAD_REQUEST, format!("{err:#}")))
-        }
-    }
+    let deployed = state
+        .deployments
+        .deploy(&name, body.to_vec(), by(&headers))
+        .await;
+    deployed.map(Json).map_err(|err| refused(&name, err))
+}
+
+async fn versions(
+    State(state): State<AdminState>,
+    Path(name): Path<String>,
+) -> Result<Json<Vec<VersionInfo>>, ApiError> {
+    let versions = state.deployments.versions(&name).await;
+    versions.map(Json).map_err(|err| refused(&name, err))
+}
+
+/// Where a rollback goes: a digest (or its start), or `file`; by default the version before.
+#[derive(Debug, serde::Deserialize)]
+struct RollbackQuery {
+    to: Option<String>,
+}
+
+async fn rollback(
+    State(state): State<AdminState>,
+    Path(name): Path<String>,
+    Query(query): Query<RollbackQuery>,
+    headers: HeaderMap,
+) -> Result<Json<SwapReport>, ApiError> {
+    let rolled = state
+        .deployments
+        .rollback(&name, query.to.as_deref(), by(&headers))
+        .await;
+    rolled.map(Json).map_err(|err| refused(&name, err))
+}
+
+/// Who asks, as the `X-Deployed-By` header says.
+fn by(headers: &HeaderMap) -> Option<String> {
+    headers
+        .get(BY_HEADER)
+        .and_then(|value| value.to_str().ok())
+        .map(|value| value.chars().take(100).collect())
 }
 
 /// Whether a log request follows new lines.
@@ -175,33 +220,50 @@ pub struct PauseReport {
 async fn pause(
     State(state): State<AdminState>,
     Path(name): Path<String>,
+    headers: HeaderMap,
 ) -> Result<Json<PauseReport>, ApiError> {
-    let changed = state.stages.pause(&name).await.map_err(refused)?;
-    Ok(Json(PauseReport {
-        stage: name,
-        paused: true,
-        changed,
-    }))
+    pause_or_resume(state, name, true, &headers).await
 }
 
 async fn resume(
     State(state): State<AdminState>,
     Path(name): Path<String>,
+    headers: HeaderMap,
 ) -> Result<Json<PauseReport>, ApiError> {
-    let changed = state.stages.resume(&name).await.map_err(refused)?;
+    pause_or_resume(state, name, false, &headers).await
+}
+
+async fn pause_or_resume(
+    state: AdminState,
+    name: String,
+    paused: bool,
+    headers: &HeaderMap,
+) -> Result<Json<PauseReport>, ApiError> {
+    let changed = state
+        .deployments
+        .pause(&name, paused, by(headers))
+        .await
+        .map_err(|err| refused(&name, err))?;
     Ok(Json(PauseReport {
         stage: name,
-        paused: false,
+        paused,
         changed,
     }))
 }
 
-fn refused(err: StageCommandError) -> ApiError {
-    let status = match err {
-        StageCommandError::Unknown(_) => StatusCode::NOT_FOUND,
-        StageCommandError::StillStopping(_) => StatusCode::CONFLICT,
-        StageCommandError::ShuttingDown => StatusCode::SERVICE_UNAVAILABLE,
+/// The answer to a refused or failed command; a refused component is logged.
+fn refused(stage: &str, err: CommandError) -> ApiError {
+    let status = match &err {
+        CommandError::Unknown(_) | CommandError::NoSuchVersion { .. } => StatusCode::NOT_FOUND,
+        CommandError::Refused(_) => StatusCode::BAD_REQUEST,
+        CommandError::ShuttingDown | CommandError::NotWritten { .. } => {
+            StatusCode::SERVICE_UNAVAILABLE
+        }
+        CommandError::NotApplied(_) => StatusCode::INTERNAL_SERVER_ERROR,
     };
+    if status != StatusCode::NOT_FOUND {
+        tracing::error!(stage, "admin command failed: {err}");
+    }
     ApiError::new(status, err.to_string())
 }
 

@@ -6,8 +6,9 @@ use anyhow::Context as _;
 use reqwest::Response;
 use serde::de::DeserializeOwned;
 
-use crate::api::admin::PauseReport;
+use crate::api::admin::{BY_HEADER, PauseReport};
 use crate::api::types::{ErrorBody, Readiness, StageInfo};
+use crate::fleet::deployments::VersionInfo;
 use crate::pipeline::stages::SwapReport;
 
 /// The public API of the host at a base URL.
@@ -59,23 +60,42 @@ impl AdminClient {
         }
     }
 
-    /// `PUT /admin/stages/{stage}`: swaps the stage to the component `bytes`. A rejected
-    /// component (or a wrong token, or no such stage) is an error with the host's reason.
+    /// `PUT /admin/stages/{stage}`: deploys the component `bytes` as the stage, for every
+    /// host of the pipeline, on behalf of `by`. A rejected component (or a wrong token, or no
+    /// such stage) is an error with the host's reason.
     pub async fn deploy(
         &self,
         stage: &str,
         bytes: Vec<u8>,
+        by: Option<&str>,
         token: &str,
     ) -> anyhow::Result<SwapReport> {
         let url = format!("{}/admin/stages/{stage}", self.base);
-        let response = self
-            .http
-            .put(&url)
-            .bearer_auth(token)
-            .body(bytes)
-            .send()
-            .await
-            .with_context(|| format!("cannot reach {url}"))?;
+        let request = self.http.put(&url).body(bytes);
+        self.send(&url, request, by, token).await
+    }
+
+    /// `POST /admin/stages/{stage}/rollback`: back to version `to` (a digest or its start, or
+    /// `file`), or by default to the one before the current.
+    pub async fn rollback(
+        &self,
+        stage: &str,
+        to: Option<&str>,
+        by: Option<&str>,
+        token: &str,
+    ) -> anyhow::Result<SwapReport> {
+        let url = format!("{}/admin/stages/{stage}/rollback", self.base);
+        let mut request = self.http.post(&url);
+        if let Some(to) = to {
+            request = request.query(&[("to", to)]);
+        }
+        self.send(&url, request, by, token).await
+    }
+
+    /// `GET /admin/stages/{stage}/versions`: the stage's deployed versions, newest first.
+    pub async fn versions(&self, stage: &str, token: &str) -> anyhow::Result<Vec<VersionInfo>> {
+        let url = format!("{}/admin/stages/{stage}/versions", self.base);
+        let response = self.get(&url, token).await?;
         read(&url, response).await
     }
 
@@ -91,18 +111,32 @@ impl AdminClient {
         &self,
         stage: &str,
         pause: bool,
+        by: Option<&str>,
         token: &str,
     ) -> anyhow::Result<PauseReport> {
         let action = if pause { "pause" } else { "resume" };
         let url = format!("{}/admin/stages/{stage}/{action}", self.base);
-        let response = self
-            .http
-            .post(&url)
+        let request = self.http.post(&url);
+        self.send(&url, request, by, token).await
+    }
+
+    /// Sends a command on behalf of `by` and reads its answer.
+    async fn send<T: DeserializeOwned>(
+        &self,
+        url: &str,
+        mut request: reqwest::RequestBuilder,
+        by: Option<&str>,
+        token: &str,
+    ) -> anyhow::Result<T> {
+        if let Some(by) = by {
+            request = request.header(BY_HEADER, by);
+        }
+        let response = request
             .bearer_auth(token)
             .send()
             .await
             .with_context(|| format!("cannot reach {url}"))?;
-        read(&url, response).await
+        read(url, response).await
     }
 
     async fn get(&self, url: &str, token: &str) -> anyhow::Result<Response> {

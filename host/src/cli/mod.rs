@@ -17,8 +17,10 @@ pub mod invoke;
 pub mod logs;
 pub mod new;
 pub mod pause;
+pub mod rollback;
 pub mod run;
 pub mod status;
+pub mod versions;
 
 /// Runs WebAssembly stage components between Kafka topics.
 #[derive(Parser)]
@@ -53,6 +55,9 @@ pub enum Command {
         /// Listen on this address instead of the file's `http.listen`.
         #[arg(long, env = "PIZZA_HOST_LISTEN")]
         listen: Option<SocketAddr>,
+        /// The admin API listens on this address instead of the file's `admin.listen`.
+        #[arg(long, env = "PIZZA_HOST_ADMIN_LISTEN")]
+        admin_listen: Option<SocketAddr>,
         /// Do not watch the pipeline and component files for changes.
         #[arg(long, env = "PIZZA_HOST_NO_WATCH")]
         no_watch: bool,
@@ -122,21 +127,42 @@ pub enum Command {
         #[arg(long, default_value = "pipeline.toml")]
         pipeline: PathBuf,
     },
-    /// Swaps a stage of a running host to a component file, through the admin API.
+    /// Deploys a component file as a stage to every host of the pipeline, through one host's
+    /// admin API; hosts started later run it too.
     ///
     /// The token is read from the PIZZA_HOST_ADMIN_TOKEN environment variable.
     Deploy {
-        /// The stage to swap.
-        stage: String,
+        /// The stage and the host that takes the deploy.
+        #[command(flatten)]
+        target: StageOnHost,
         /// The component file (.wasm).
         component: PathBuf,
-        /// The host's admin API.
-        #[arg(
-            long,
-            default_value = "http://127.0.0.1:5001",
-            env = "PIZZA_HOST_ADMIN_URL"
-        )]
-        host: String,
+        /// Who deploys.
+        #[command(flatten)]
+        operator: Operator,
+    },
+    /// Lists the versions deployed of a stage, newest first (admin API; token from
+    /// PIZZA_HOST_ADMIN_TOKEN).
+    Versions {
+        /// The stage and its host.
+        #[command(flatten)]
+        target: StageOnHost,
+        /// A table for people, or JSON.
+        #[arg(long, value_enum, default_value_t = Output::Text, env = "PIZZA_HOST_OUTPUT")]
+        output: Output,
+    },
+    /// Makes every host of the pipeline run an earlier version of a stage: the one before the
+    /// current, or the one named.
+    Rollback {
+        /// The stage and the host that takes the rollback.
+        #[command(flatten)]
+        target: StageOnHost,
+        /// The version: its digest or the start of it (as `versions` shows), or `file` for
+        /// the component file pipeline.toml names.
+        to: Option<String>,
+        /// Who rolls back.
+        #[command(flatten)]
+        operator: Operator,
     },
     /// Prints a stage's recent log lines from a running host's admin API (token from
     /// PIZZA_HOST_ADMIN_TOKEN); with --follow, goes on printing new ones.
@@ -148,11 +174,26 @@ pub enum Command {
         #[arg(long, short)]
         follow: bool,
     },
-    /// Pauses a stage on a running host (admin API; token from PIZZA_HOST_ADMIN_TOKEN): it
-    /// commits what it finished and stops taking records, keeping its offsets.
-    Pause(StageOnHost),
-    /// Resumes a paused stage from where it stopped.
-    Resume(StageOnHost),
+    /// Pauses a stage on every host of the pipeline (admin API; token from
+    /// PIZZA_HOST_ADMIN_TOKEN): it commits what it finished and stops taking records, keeping
+    /// its offsets; hosts started later keep it paused.
+    Pause {
+        /// The stage and the host that takes the command.
+        #[command(flatten)]
+        target: StageOnHost,
+        /// Who pauses.
+        #[command(flatten)]
+        operator: Operator,
+    },
+    /// Resumes a paused stage, on every host, from where it stopped.
+    Resume {
+        /// The stage and the host that takes the command.
+        #[command(flatten)]
+        target: StageOnHost,
+        /// Who resumes.
+        #[command(flatten)]
+        operator: Operator,
+    },
     /// Prints the stage table of a running host and whether it is ready; exits non-zero
     /// when it is not.
     Status {
@@ -192,6 +233,21 @@ pub struct StageOnHost {
     pub host: String,
 }
 
+/// Who runs a command that changes the pipeline, as its record says.
+#[derive(Debug, Clone, clap::Args)]
+pub struct Operator {
+    /// Your name in the deployment's record (default: the USER environment variable).
+    #[arg(long, env = "PIZZA_HOST_OPERATOR")]
+    pub by: Option<String>,
+}
+
+impl Operator {
+    /// The name given, else the user's.
+    pub fn name(&self) -> Option<String> {
+        self.by.clone().or_else(|| std::env::var("USER").ok())
+    }
+}
+
 /// `run`'s flags for the pipeline file's top-level settings; each also comes from the
 /// environment (`PIZZA_HOST_<NAME>`), so a container or a unit file sets them without
 /// editing the file.
@@ -227,6 +283,7 @@ pub fn dispatch(command: Command) -> anyhow::Result<()> {
         Command::Run {
             pipeline,
             listen,
+            admin_listen,
             no_watch,
             shutdown_timeout,
             settings,
@@ -236,6 +293,7 @@ pub fn dispatch(command: Command) -> anyhow::Result<()> {
             shutdown_timeout,
             overrides: crate::config::Overrides {
                 listen,
+                admin_listen,
                 seed: settings.seed,
                 instance_id: settings.instance_id,
                 guarantee: settings.guarantee,
@@ -288,15 +346,23 @@ pub fn dispatch(command: Command) -> anyhow::Result<()> {
             add::run(&pipeline, &stage)
         }
         Command::Deploy {
-            stage,
+            target,
             component,
-            host,
-        } => block_on(deploy::run(&stage, &component, &host)),
+            operator,
+        } => block_on(deploy::run(&target, &component, operator.name())),
+        Command::Versions { target, output } => block_on(versions::run(&target, output)),
+        Command::Rollback {
+            target,
+            to,
+            operator,
+        } => block_on(rollback::run(&target, to.as_deref(), operator.name())),
         Command::Logs { target, follow } => {
             block_on(logs::run(&target.stage, follow, &target.host))
         }
-        Command::Pause(target) => block_on(pause::run(&target.stage, true, &target.host)),
-        Command::Resume(target) => block_on(pause::run(&target.stage, false, &target.host)),
+        Command::Pause { target, operator } => block_on(pause::run(&target, true, operator.name())),
+        Command::Resume { target, operator } => {
+            block_on(pause::run(&target, false, operator.name()))
+        }
         Command::Status { host, output } => block_on(status::run(&host, output)),
     }
 }

@@ -114,6 +114,8 @@ pub fn default_stage_settings(config: BTreeMap<String, String>) -> crate::runtim
 pub struct Overrides {
     /// `run --listen`.
     pub listen: Option<SocketAddr>,
+    /// `run --admin-listen`.
+    pub admin_listen: Option<SocketAddr>,
     /// `run --seed`.
     pub seed: Option<u64>,
     /// `run --instance-id`.
@@ -136,6 +138,9 @@ impl Overrides {
         let absolute = |path: &PathBuf| std::path::absolute(path).unwrap_or_else(|_| path.clone());
         if let Some(listen) = self.listen {
             pipeline.http.listen = listen;
+        }
+        if let Some(listen) = self.admin_listen {
+            pipeline.admin.listen = listen;
         }
         if self.seed.is_some() {
             pipeline.seed = self.seed;

@@ -28,6 +28,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::kafka::KafkaSettings;
+use crate::kafka::send::deliver;
 
 /// How often a host writes its beat.
 pub const BEAT_EVERY: Duration = Duration::from_secs(1);
@@ -160,12 +161,14 @@ async fn beat_until(
             _ = stop.cancelled() => break,
             _ = every.tick() => {}
         }
-        let record = FutureRecord::to(&topic).key(&instance_id).payload(payload.as_slice());
+        let record = FutureRecord::to(&topic)
+            .key(&instance_id)
+            .payload(payload.as_slice());
         // A beat that cannot be written (the cluster is away) is only missed: the next one
         // says the same. Logged once per outage.
         let written = tokio::select! {
             _ = stop.cancelled() => break,
-            written = deliver(&producer, record) => written,
+            written = deliver(&producer, record) => written.map(drop),
         };
         match written {
             Ok(()) => failing = false,
@@ -178,23 +181,12 @@ async fn beat_until(
     }
     let tombstone = FutureRecord::<_, [u8]>::to(&topic).key(&instance_id);
     let written = tokio::time::timeout(TOMBSTONE_TIMEOUT, deliver(&producer, tombstone)).await;
+    let written = written.map(|w| w.map(drop));
     if let Err(err) = written.unwrap_or_else(|_| Err(anyhow::anyhow!("timed out"))) {
         tracing::warn!(
             topic,
             "cannot write this host's tombstone; the next host named {instance_id:?} will wait {WATCH_FOR:?} before it starts: {err:#}"
         );
-    }
-}
-
-/// Sends `record` and waits for the broker's acknowledgement.
-async fn deliver(
-    producer: &rdkafka::producer::FutureProducer,
-    record: FutureRecord<'_, String, [u8]>,
-) -> anyhow::Result<()> {
-    match crate::kafka::send(producer, record).await?.await {
-        Ok(Ok(_)) => Ok(()),
-        Ok(Err((err, _))) => Err(err.into()),
-        Err(_) => anyhow::bail!("the producer was dropped"),
     }
 }
 

@@ -34,3 +34,20 @@ where
         }
     }
 }
+
+/// Hands `record` to `producer` and waits for the broker's acknowledgement; returns the
+/// record's offset.
+pub async fn deliver<K, P>(
+    producer: &FutureProducer,
+    record: FutureRecord<'_, K, P>,
+) -> anyhow::Result<i64>
+where
+    K: ToBytes + ?Sized,
+    P: ToBytes + ?Sized,
+{
+    match send(producer, record).await?.await {
+        Ok(Ok(delivered)) => Ok(delivered.offset),
+        Ok(Err((err, _))) => Err(err.into()),
+        Err(_) => anyhow::bail!("the producer was dropped"),
+    }
+}

@@ -9,7 +9,7 @@
 //! consumer, its partition assignment and its offsets are not touched, so no record is skipped
 //! or processed twice because of it. Stages an edit does not change are not touched at all.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
@@ -35,8 +35,9 @@ use crate::telemetry::metrics::Metrics;
 pub enum Source {
     /// The file named in `pipeline.toml`.
     File(PathBuf),
-    /// Uploaded through the admin API; a restart goes back to the file.
-    Upload,
+    /// Deployed to the pipeline (`pizza-host deploy` or `rollback`): every host of the
+    /// pipeline runs it, after a restart too, until the next deploy or a rollback to the file.
+    Deployment,
 }
 
 /// One stage as the admin API shows it.
@@ -52,7 +53,7 @@ pub struct StageInfo {
     pub dead_letter: String,
     /// Retries of a call whose error the stage marked retryable.
     pub retries: u32,
-    /// Where the running component came from: `{"file": "<path>"}` or `"upload"`.
+    /// Where the running component came from: `{"file": "<path>"}` or `"deployment"`.
     #[schema(value_type = Object)]
     pub source: Source,
     /// SHA-256 of the running component.
@@ -138,6 +139,20 @@ pub struct Stages {
     events: Events,
     running: Mutex<BTreeMap<String, RunningStage>>,
     last_edit_error: Mutex<Option<ErrorInfo>>,
+    /// What the pipeline's deployments say, which outlasts a stage's restart by an edit: the
+    /// deployed component of each stage that has one (in place of its file's)...
+    deployed: std::sync::Mutex<BTreeMap<String, DeployedComponent>>,
+    /// ...and the stages that are paused.
+    paused: std::sync::Mutex<BTreeSet<String>>,
+}
+
+/// A stage's deployed component: its digest and its bytes.
+#[derive(Debug, Clone)]
+pub struct DeployedComponent {
+    /// `sha256:…` of `bytes`.
+    pub digest: String,
+    /// The component.
+    pub bytes: Arc<[u8]>,
 }
 
 /// What [`Stages::apply`] does to each stage of a plan.
@@ -169,7 +184,21 @@ impl Stages {
             events,
             running: Mutex::new(BTreeMap::new()),
             last_edit_error: Mutex::new(None),
+            deployed: std::sync::Mutex::default(),
+            paused: std::sync::Mutex::default(),
         }
+    }
+
+    /// Before the first [`Stages::apply`]: the deployed components stages start with instead
+    /// of their files', and the stages that start paused.
+    pub fn preset(&self, deployed: BTreeMap<String, DeployedComponent>, paused: BTreeSet<String>) {
+        *lock(&self.deployed) = deployed;
+        *lock(&self.paused) = paused;
+    }
+
+    /// Whether stage `name` runs on this host.
+    pub async fn has(&self, name: &str) -> bool {
+        self.running.lock().await.contains_key(name)
     }
 
     /// Loads and smoke-calls the component of every stage of `plan` that is new or changed;
@@ -201,6 +230,7 @@ impl Stages {
                 config: config.clone(),
                 route: route.clone(),
                 component,
+                source: Source::File(config.component.clone()),
                 change,
             });
         }
@@ -221,7 +251,8 @@ impl Stages {
     /// (up to 30 s) and handing over offsets
     /// happen outside the lock, so the status endpoints keep answering during an edit. Edits
     /// themselves are one at a time (see [`super::Running::apply`]).
-    pub async fn apply(&self, plan: &Plan, loaded: Vec<LoadedStage>) {
+    pub async fn apply(&self, plan: &Plan, mut loaded: Vec<LoadedStage>) {
+        self.prefer_deployed(&mut loaded).await;
         let leaving: Vec<RunningStage> = {
             let mut running = self.running.lock().await;
             running
@@ -244,21 +275,18 @@ impl Stages {
             config,
             route,
             component,
+            source,
             change,
         } in loaded
         {
             if let Change::Swap = change {
                 let mut running = self.running.lock().await;
                 if let Some(stage) = running.get_mut(&config.name) {
-                    stage.file_digest = component.digest().to_owned();
+                    if let Source::File(_) = source {
+                        stage.file_digest = component.digest().to_owned();
+                    }
                     let settings_changed = stage.config.settings() != config.settings();
-                    swap_in(
-                        stage,
-                        component,
-                        Source::File(config.component.clone()),
-                        Duration::ZERO,
-                        settings_changed,
-                    );
+                    swap_in(stage, component, source, Duration::ZERO, settings_changed);
                     stage.config = config;
                 }
                 continue;
@@ -283,14 +311,27 @@ impl Stages {
                 stop: self.shutdown.child_token(),
                 drain: CancellationToken::new(),
             };
-            starting.push(RunningStage::start(
-                config,
-                route,
-                shared,
-                self.kafka.clone(),
-                signals,
-                &self.tasks,
-            ));
+            if lock(&self.paused).contains(&config.name) {
+                tracing::info!(stage = config.name, "stage paused: not consuming");
+                starting.push(RunningStage::start_paused(
+                    config,
+                    route,
+                    shared,
+                    source,
+                    signals,
+                    &self.tasks,
+                ));
+            } else {
+                starting.push(RunningStage::start(
+                    config,
+                    route,
+                    shared,
+                    source,
+                    self.kafka.clone(),
+                    signals,
+                    &self.tasks,
+                ));
+            }
         }
         let mut running = self.running.lock().await;
         for stage in starting {
@@ -330,15 +371,27 @@ impl Stages {
         }
     }
 
-    /// Reloads stage `name` from its component file; a no-op if the file is unchanged.
+    /// Reloads stage `name` from its component file; a no-op if the file is unchanged, or if
+    /// the stage runs a deployed component (which stays until a rollback to the file).
     pub async fn reload_file(&self, name: &str) -> anyhow::Result<SwapReport> {
-        let (config, seen) = {
+        let (config, seen, digest) = {
             let running = self.running.lock().await;
             let stage = running
                 .get(name)
                 .ok_or_else(|| UnknownStage(name.to_owned()))?;
-            (stage.config.clone(), stage.file_digest.clone())
+            (
+                stage.config.clone(),
+                stage.file_digest.clone(),
+                stage.shared.current().digest().to_owned(),
+            )
         };
+        if lock(&self.deployed).contains_key(name) {
+            tracing::info!(
+                stage = name,
+                "the component file changed, but the stage runs its deployed version; `pizza-host rollback {name} file` goes back to the file"
+            );
+            return Ok(SwapReport::unchanged(name, digest, Duration::ZERO));
+        }
         let started = Instant::now();
         let path = config.component.clone();
         let bytes = match reload::reread(&path, &seen).await {
@@ -368,8 +421,10 @@ impl Stages {
         }
     }
 
-    /// Swaps stage `name` to the component in `bytes` (an upload).
-    pub async fn deploy(&self, name: &str, bytes: Vec<u8>) -> anyhow::Result<SwapReport> {
+    /// Loads and smoke-calls `bytes` as stage `name`'s component, without swapping it in: a
+    /// deploy is checked here before it is written for every host. A rejection is recorded on
+    /// the stage.
+    pub async fn validate(&self, name: &str, bytes: Arc<[u8]>) -> anyhow::Result<StageComponent> {
         let settings = {
             let running = self.running.lock().await;
             running
@@ -377,17 +432,40 @@ impl Stages {
                 .map(|s| s.config.settings())
                 .ok_or_else(|| UnknownStage(name.to_owned()))?
         };
-        let started = Instant::now();
         let (runtime, stage) = (self.runtime.clone(), name.to_owned());
         let loaded = reload::off_thread(move || runtime.load_bytes(&stage, &bytes, &settings))
             .await
-            .map_err(|err| err.context(format!("stage `{name}`: uploaded component")));
+            .map_err(|err| err.context(format!("stage `{name}`: deployed component")));
         match loaded {
-            Ok(component) => Ok(self
-                .swap(name, component, Source::Upload, started.elapsed())
-                .await),
+            Ok(component) => Ok(component),
             Err(err) => Err(self.swap_rejected(name, err).await),
         }
+    }
+
+    /// Swaps stage `name` to a deployed component, which it keeps (over its file, and across
+    /// edits that restart it) until the next deploy or [`Stages::revert_to_file`]. On a
+    /// component that does not load here, the stage keeps what it runs.
+    pub async fn deploy(
+        &self,
+        name: &str,
+        deployed: DeployedComponent,
+    ) -> anyhow::Result<SwapReport> {
+        let started = Instant::now();
+        let component = self.validate(name, deployed.bytes.clone()).await?;
+        lock(&self.deployed).insert(name.to_owned(), deployed);
+        Ok(self
+            .swap(name, component, Source::Deployment, started.elapsed())
+            .await)
+    }
+
+    /// Swaps stage `name` back from its deployed component to its file's.
+    pub async fn revert_to_file(&self, name: &str) -> anyhow::Result<SwapReport> {
+        lock(&self.deployed).remove(name);
+        if let Some(stage) = self.running.lock().await.get_mut(name) {
+            // Read the file afresh, changed or not.
+            stage.file_digest.clear();
+        }
+        self.reload_file(name).await
     }
 
     /// Pauses stage `name` on this host: it finishes its in-flight records, commits them and
@@ -400,6 +478,7 @@ impl Stages {
             let stage = running
                 .get_mut(name)
                 .ok_or_else(|| UnknownStage(name.to_owned()))?;
+            lock(&self.paused).insert(name.to_owned());
             stage.pause()
         };
         // The registry's lock is taken only to look: the stage table keeps answering.
@@ -437,6 +516,7 @@ impl Stages {
         if !stage.task.is_finished() {
             return Err(StageCommandError::StillStopping(name.to_owned()));
         }
+        lock(&self.paused).remove(name);
         stage.resume(self.kafka.clone(), self.shutdown.child_token(), &self.tasks);
         tracing::info!(stage = name, "stage resumed from its committed offsets");
         Ok(true)
@@ -527,6 +607,33 @@ impl Stages {
         })
         .await
     }
+
+    /// Puts the deployed component of each stage of `loaded` that has one in place of its
+    /// file's (checked all the same, so that a bad file fails an edit or a start whatever was
+    /// deployed), if it loads here.
+    async fn prefer_deployed(&self, loaded: &mut [LoadedStage]) {
+        for stage in loaded {
+            let deployed = lock(&self.deployed).get(&stage.config.name).cloned();
+            let Some(deployed) = deployed else { continue };
+            let (runtime, name, settings) = (
+                self.runtime.clone(),
+                stage.config.name.clone(),
+                stage.config.settings(),
+            );
+            let bytes = deployed.bytes.clone();
+            match reload::off_thread(move || runtime.load_bytes(&name, &bytes, &settings)).await {
+                Ok(component) => {
+                    stage.component = component;
+                    stage.source = Source::Deployment;
+                }
+                Err(err) => tracing::error!(
+                    stage = stage.config.name,
+                    digest = deployed.digest,
+                    "the deployed component does not load on this host; running the file's: {err:#}"
+                ),
+            }
+        }
+    }
 }
 
 /// A stage's new component, loaded and smoke-called for a plan, and what to do with it.
@@ -534,6 +641,7 @@ pub struct LoadedStage {
     config: StageConfig,
     route: StageRoute,
     component: StageComponent,
+    source: Source,
     change: Change,
 }
 
@@ -578,6 +686,14 @@ impl ErrorInfo {
             message,
         }
     }
+}
+
+/// The data behind a lock a panicking holder left: these maps stay consistent (one insert or
+/// remove at a time).
+fn lock<T>(mutex: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 /// True if `a` and `b` name the same file (comparing absolute paths).

@@ -317,7 +317,7 @@ mod tests {
             output: "pizza-with-sauce".into(),
             dead_letter: "pizza.dlq".into(),
             retries: 3,
-            source: crate::pipeline::stages::Source::Upload,
+            source: crate::pipeline::stages::Source::Deployment,
             digest: "sha256:ab".into(),
             loaded_at: String::new(),
             swaps: 0,

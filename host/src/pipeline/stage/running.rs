@@ -41,19 +41,52 @@ pub(crate) struct RunningStage {
 }
 
 impl RunningStage {
-    /// Starts the stage's loop for `route` under the supervisor, on `tasks`.
+    /// Starts the stage's loop for `route` under the supervisor, on `tasks`; its component
+    /// came from `source`.
     pub fn start(
         config: StageConfig,
         route: StageRoute,
         shared: Arc<StageShared>,
+        source: Source,
         kafka: KafkaSettings,
         signals: StopSignals,
         tasks: &TaskTracker,
     ) -> Self {
-        let file_digest = shared.current().digest().to_owned();
         let task = spawn(&shared, &route, kafka, &signals, tasks);
+        Self::new(config, route, shared, source, signals, task, false)
+    }
+
+    /// The stage, paused from the start (the pipeline's deployments say so): no loop runs
+    /// until [`RunningStage::resume`].
+    pub fn start_paused(
+        config: StageConfig,
+        route: StageRoute,
+        shared: Arc<StageShared>,
+        source: Source,
+        signals: StopSignals,
+        tasks: &TaskTracker,
+    ) -> Self {
+        let task = tasks.spawn(async {});
+        Self::new(config, route, shared, source, signals, task, true)
+    }
+
+    fn new(
+        config: StageConfig,
+        route: StageRoute,
+        shared: Arc<StageShared>,
+        source: Source,
+        signals: StopSignals,
+        task: JoinHandle<()>,
+        paused: bool,
+    ) -> Self {
+        // A deployed component is not the file's: the file is read afresh when the stage
+        // goes back to it.
+        let file_digest = match source {
+            Source::File(_) => shared.current().digest().to_owned(),
+            Source::Deployment => String::new(),
+        };
         Self {
-            source: Source::File(config.component.clone()),
+            source,
             config,
             route,
             shared,
@@ -63,7 +96,7 @@ impl RunningStage {
             last_swap_error: None,
             signals,
             task,
-            paused: false,
+            paused,
         }
     }
 
