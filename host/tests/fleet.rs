@@ -267,6 +267,15 @@ async fn a_deploy_rollback_or_pause_through_one_host_reaches_all_three_and_outla
         let sauce = host.stage("sauce").await.unwrap();
         assert_eq!(sauce["digest"], file_digest.as_str(), "{sauce}");
     }
+    let status = std::process::Command::new(env!("CARGO_BIN_EXE_pizza-host"))
+        .args(["status", "--host", &hosts[0].process.url])
+        .output()
+        .unwrap();
+    let status = String::from_utf8_lossy(&status.stdout);
+    assert!(
+        status.contains("sauce: a new version was refused at") && status.contains("smoke call"),
+        "the host that refused it says so: {status}"
+    );
 
     // A pause through host a holds the stage on every host; orders wait at its input, and a
     // resume through host c lets them through, each pizza once.

@@ -22,6 +22,16 @@ pub async fn run(host: &str, output: Output) -> anyhow::Result<()> {
     for stage in &readiness.stages {
         println!("{}", row(stage));
     }
+    // A version this host refused (a file change, or a deploy another host accepted): it
+    // runs the one before, and the operator should know.
+    for stage in &readiness.stages {
+        if let Some(error) = &stage.last_swap_error {
+            println!(
+                "{}: a new version was refused at {} and the old one runs: {}",
+                stage.name, error.at, error.message
+            );
+        }
+    }
     if readiness.ready {
         println!("ready");
         Ok(())
