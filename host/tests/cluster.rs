@@ -224,7 +224,6 @@ async fn restarting_three_hosts_one_after_another_loses_and_doubles_nothing() {
 /// and when it wakes, what it then writes from the batch it held is fenced (its transaction
 /// commits offsets under a generation the group has left behind), so nothing is doubled.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-#[ignore = "a woken zombie doubled one batch (10 pizzas) in 1 run of 3, cause not found (issue #22's note); run with --include-ignored"]
 async fn a_host_frozen_past_its_session_is_fenced_when_it_wakes_and_doubles_nothing() {
     let _turn = ONE_AT_A_TIME.lock().await;
     let cluster = OwnCluster::start("zombie");

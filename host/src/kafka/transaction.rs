@@ -18,6 +18,14 @@
 //! commit is done: one producer, transactions still one after the other, each committed only
 //! once everything in it is acknowledged.
 //!
+//! # Under one assignment
+//! A batch counts only if the consumer's partitions did not change hands while it was filled:
+//! a rebalance (eager: everything revoked, then assigned) sends the consumer back to the
+//! committed offsets, so records already in the batch could come again, or belong to another
+//! member by now, and the commit would carry the new generation's group metadata, which the
+//! broker accepts. Such a batch is aborted and the worker ends with the error: it starts
+//! again from the committed offsets, on whatever partitions it then holds.
+//!
 //! # Bounded in time
 //! The broker aborts a transaction left open longer than the producer's
 //! `transaction.timeout.ms`; a batch that always takes longer would be redone forever. So a
@@ -167,7 +175,8 @@ pub async fn run<W: TransactionalWork>(
         if !carried.is_empty() && consumer.context().assignments() != carried_under {
             carried.clear();
         }
-        // The first record opens a batch.
+        // The first record opens a batch, under the assignment of the moment.
+        let mut batch_under = carried_under;
         let first = if !carried.is_empty() {
             None
         } else {
@@ -175,7 +184,10 @@ pub async fn run<W: TransactionalWork>(
             biased;
             _ = stop.cancelled() => return Ok(()),
             received = consumer.recv() => match received {
-                Ok(message) => Some(message),
+                Ok(message) => {
+                    batch_under = consumer.context().assignments();
+                    Some(message)
+                }
                 Err(err) => {
                     errors.log(name, &err);
                     continue;
@@ -216,6 +228,18 @@ pub async fn run<W: TransactionalWork>(
             work.finish(&mut txn).await
         }
         .await;
+        // Partitions that changed hands during the batch (a rebalance served while it took
+        // records) make it void: its records may be another member's by now, or be taken
+        // again from the committed offsets into this very batch, and the group metadata the
+        // commit would carry is the new generation's, so the broker would not refuse it.
+        let filled = filled.and_then(|()| {
+            let moved = consumer.context().assignments() != batch_under;
+            anyhow::ensure!(
+                offsets.0.is_empty() || !moved,
+                "the consumer's partitions changed hands during the batch"
+            );
+            Ok(())
+        });
         let committed = match filled {
             Ok(()) => {
                 let sent = std::mem::take(&mut txn.sent);
