@@ -277,6 +277,31 @@ async fn a_deploy_rollback_or_pause_through_one_host_reaches_all_three_and_outla
         "the host that refused it says so: {status}"
     );
 
+    // The history keeps the newest 10 versions of a stage: 10 more (deploys of v2 and
+    // rollbacks to the file, by turns, through host b) push out the 4 above.
+    for _ in 0..5 {
+        let (ok, said) = hosts[1].cli(&["deploy", "sauce", v2.to_str().unwrap()]);
+        assert!(ok, "{said}");
+        let (ok, said) = hosts[1].cli(&["rollback", "sauce", "file"]);
+        assert!(ok, "{said}");
+    }
+    wait_for(WITHIN, "the history trimmed to 10 on host c", || async {
+        let (_, said) = hosts[2].cli(&["versions", "sauce", "--output", "json"]);
+        let versions: Value = serde_json::from_str(&said).ok()?;
+        (versions.as_array()?.len() == 10).then_some(())
+    })
+    .await;
+    let (_, said) = hosts[0].cli(&["versions", "sauce", "--output", "json"]);
+    let versions: Value = serde_json::from_str(&said).unwrap();
+    assert!(
+        versions
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|v| v["digest"] != js_digest.as_str()),
+        "the JavaScript version is gone: {versions}"
+    );
+
     // A pause through host a holds the stage on every host; orders wait at its input, and a
     // resume through host c lets them through, each pizza once.
     let (ok, said) = hosts[0].cli(&["pause", "sauce"]);

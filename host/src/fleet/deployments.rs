@@ -10,7 +10,9 @@
 //!   broker's default limit, and the pieces put together must have the digest that names them.
 //! - `version/<stage>/<uuid>`: from here on the stage runs this [`Version`] (a digest, or its
 //!   pipeline file's component). Every key is new, so compaction keeps each one: the history
-//!   that `versions` lists and `rollback` goes back to.
+//!   that `versions` lists and `rollback` goes back to. The host that writes a version drops
+//!   the stage's versions beyond the newest [`KEEP_VERSIONS`] (tombstones), and the chunks of
+//!   components no version kept needs.
 //! - `pause/<stage>`: whether the stage is paused; compaction keeps the latest.
 //!
 //! The host that takes a deploy checks the component (compiled and smoke-called) before it
@@ -41,6 +43,11 @@ use crate::pipeline::stages::{
 /// The largest piece of a component in one record: well under the broker's default limit of
 /// 1 MiB per record, compressed or not.
 pub const CHUNK_BYTES: usize = 512 << 10;
+/// How many versions of each stage the topic keeps.
+pub const KEEP_VERSIONS: usize = 10;
+/// The topic's segments roll hourly, so that compaction drops what was tombstoned within
+/// hours (the default week-long segment would keep it a week).
+const SEGMENT_MS: &str = "3600000";
 /// How long a command waits for this host to apply what it wrote.
 const APPLY_WAIT: Duration = Duration::from_secs(60);
 /// How many recent outcomes are kept for the commands waiting on them.
@@ -54,6 +61,9 @@ pub fn topic(group_prefix: &str) -> String {
 /// A version a stage runs from the moment its record is in the topic.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Version {
+    /// The key of its record (not in the record's value).
+    #[serde(skip)]
+    pub key: String,
     /// The stage.
     pub stage: String,
     /// The component's `sha256:…`; none for the stage's pipeline-file component.
@@ -99,6 +109,8 @@ enum Record {
         bytes: Vec<u8>,
     },
     Version(Version),
+    /// A version dropped from the history (the tombstone of its key).
+    VersionGone(String),
     Pause {
         stage: String,
         paused: bool,
@@ -110,7 +122,12 @@ impl Record {
     /// or damaged: logged).
     fn parse(key: &[u8], payload: Option<&[u8]>) -> Option<Self> {
         let key = std::str::from_utf8(key).ok()?;
-        let payload = payload?;
+        let Some(payload) = payload else {
+            // Tombstones of chunks need nothing: what used them is gone already.
+            return key
+                .starts_with("version/")
+                .then(|| Self::VersionGone(key.to_owned()));
+        };
         let parsed = if let Some(rest) = key.strip_prefix("chunk/") {
             let (digest, index) = rest.rsplit_once('/')?;
             Some(Self::Chunk {
@@ -119,7 +136,12 @@ impl Record {
                 bytes: payload.to_vec(),
             })
         } else if key.starts_with("version/") {
-            serde_json::from_slice(payload).ok().map(Self::Version)
+            serde_json::from_slice(payload).ok().map(|version| {
+                Self::Version(Version {
+                    key: key.to_owned(),
+                    ..version
+                })
+            })
         } else if let Some(stage) = key.strip_prefix("pause/") {
             serde_json::from_slice::<PauseRecord>(payload)
                 .ok()
@@ -153,6 +175,11 @@ impl Ledger {
                 .entry(version.stage.clone())
                 .or_default()
                 .push(version.clone()),
+            Record::VersionGone(key) => {
+                for versions in self.versions.values_mut() {
+                    versions.retain(|version| version.key != *key);
+                }
+            }
             Record::Pause { stage, paused } => {
                 if *paused {
                     self.paused.insert(stage.clone());
@@ -166,6 +193,33 @@ impl Ledger {
     /// The version stage `stage` runs, if it was ever deployed.
     fn current(&self, stage: &str) -> Option<&Version> {
         self.versions.get(stage)?.last()
+    }
+
+    /// The keys to tombstone so that `stage` keeps its newest `keep` versions: the older
+    /// versions, and the chunks of their components that no kept version of any stage needs.
+    fn trim(&self, stage: &str, keep: usize) -> Vec<String> {
+        let Some(versions) = self.versions.get(stage) else {
+            return Vec::new();
+        };
+        let cut = versions.len().saturating_sub(keep);
+        let needed: BTreeSet<&str> = self
+            .versions
+            .iter()
+            .flat_map(|(name, versions)| &versions[if name == stage { cut } else { 0 }..])
+            .filter_map(|version| version.digest.as_deref())
+            .collect();
+        let mut keys = Vec::new();
+        let mut dropped = BTreeSet::new();
+        for version in &versions[..cut] {
+            keys.push(version.key.clone());
+            if let Some(digest) = version.digest.as_deref()
+                && !needed.contains(digest)
+                && dropped.insert(digest)
+            {
+                keys.extend((0..version.chunks).map(|n| format!("chunk/{digest}/{n}")));
+            }
+        }
+        keys
     }
 }
 
@@ -244,7 +298,12 @@ impl Deployments {
     ) -> anyhow::Result<Arc<Self>> {
         let topic = topic(group_prefix);
         kafka
-            .ensure_topics(&[&topic], 1, replication, &[("cleanup.policy", "compact")])
+            .ensure_topics(
+                &[&topic],
+                1,
+                replication,
+                &[("cleanup.policy", "compact"), ("segment.ms", SEGMENT_MS)],
+            )
             .await?;
         let mut ledger = Ledger::default();
         let mut next = None;
@@ -336,6 +395,10 @@ impl Deployments {
                     chunks.entry(digest).or_default().insert(index, bytes);
                     None
                 }
+                Some(gone @ Record::VersionGone(_)) => {
+                    lock(&self.ledger).record(&gone);
+                    None
+                }
                 Some(record) => {
                     lock(&self.ledger).record(&record);
                     let outcome = self.apply(record, &mut chunks).await;
@@ -364,7 +427,9 @@ impl Deployments {
         chunks: &mut BTreeMap<String, BTreeMap<u32, Vec<u8>>>,
     ) -> Outcome {
         match record {
-            Record::Chunk { .. } => Outcome::Failed("a chunk is no command".into()),
+            Record::Chunk { .. } | Record::VersionGone(_) => {
+                Outcome::Failed("not a command".into())
+            }
             Record::Version(version) => {
                 let stage = version.stage.clone();
                 if !self.stages.has(&stage).await {
@@ -469,7 +534,9 @@ impl Deployments {
                 write_version(producer, topic, &version).await
             })
             .await?;
-        self.swapped_at(offset).await
+        let swapped = self.swapped_at(offset).await;
+        self.trim(stage).await;
+        swapped
     }
 
     /// Makes stage `stage` run an earlier version on every host: `to` names it (a digest or
@@ -507,7 +574,23 @@ impl Deployments {
         let offset = self
             .write(|producer, topic| async move { write_version(producer, topic, &version).await })
             .await?;
-        self.swapped_at(offset).await
+        let swapped = self.swapped_at(offset).await;
+        self.trim(stage).await;
+        swapped
+    }
+
+    /// Drops `stage`'s versions beyond the newest [`KEEP_VERSIONS`], and the chunks no kept
+    /// version needs, from the topic (tombstones; this host's follower drops them from the
+    /// history). A failure is only logged: the history is just longer for a while.
+    async fn trim(&self, stage: &str) {
+        let keys = lock(&self.ledger).trim(stage, KEEP_VERSIONS);
+        for key in keys {
+            let tombstone = FutureRecord::<String, [u8]>::to(&self.topic).key(&key);
+            if let Err(err) = deliver(&self.producer, tombstone).await {
+                tracing::warn!(stage, key, "cannot drop an old version: {err:#}");
+                return;
+            }
+        }
     }
 
     /// The version a rollback of `stage` goes to; see [`Deployments::rollback`].
@@ -624,6 +707,7 @@ impl Deployments {
         rollback: bool,
     ) -> Version {
         Version {
+            key: format!("version/{stage}/{}", uuid::Uuid::now_v7()),
             stage: stage.to_owned(),
             digest,
             size: size as u64,
@@ -699,7 +783,7 @@ impl Deployments {
     }
 }
 
-/// Writes `version` under a key of its own; returns its offset.
+/// Writes `version` under its key; returns its offset.
 async fn write_version(
     producer: &FutureProducer,
     topic: &str,
@@ -820,6 +904,57 @@ mod tests {
             first[0] ^= 1;
         }
         assert!(assemble(&digest, 7, damaged).is_none(), "another digest");
+    }
+
+    #[test]
+    fn trimming_drops_old_versions_and_only_the_chunks_nothing_kept_needs() {
+        let version = |key: &str, stage: &str, digest: Option<&str>, chunks: u32| {
+            Record::Version(Version {
+                key: key.into(),
+                stage: stage.into(),
+                digest: digest.map(Into::into),
+                size: 1,
+                chunks,
+                at: String::new(),
+                by: None,
+                host: "h".into(),
+                rollback: false,
+            })
+        };
+        let mut ledger = Ledger::default();
+        for record in [
+            version("version/sauce/1", "sauce", Some("a"), 2),
+            version("version/sauce/2", "sauce", Some("b"), 1),
+            version("version/cheese/1", "cheese", Some("b"), 1),
+            version("version/sauce/3", "sauce", Some("a"), 2),
+            version("version/sauce/4", "sauce", Some("c"), 1),
+            version("version/sauce/5", "sauce", None, 0),
+        ] {
+            ledger.record(&record);
+        }
+        let keys = ledger.trim("sauce", 2);
+        assert_eq!(
+            keys,
+            [
+                "version/sauce/1",
+                "chunk/a/0",
+                "chunk/a/1",
+                "version/sauce/2",
+                "version/sauce/3",
+            ],
+            "b stays: cheese runs it"
+        );
+        for key in keys {
+            if let Some(record) = Record::parse(key.as_bytes(), None) {
+                ledger.record(&record);
+            }
+        }
+        let left: Vec<&str> = ledger.versions["sauce"]
+            .iter()
+            .map(|v| v.key.as_str())
+            .collect();
+        assert_eq!(left, ["version/sauce/4", "version/sauce/5"]);
+        assert!(ledger.trim("sauce", 2).is_empty());
     }
 
     #[test]
