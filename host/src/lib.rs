@@ -16,8 +16,8 @@
 //!   `pizza-host.*` header names, and whether the cluster answers.
 //! - [`pipeline`]: what should run and keeping it running: the planner, the supervisor, the
 //!   stage, report and join workers, live edits and file watching.
-//! - [`fleet`]: the hosts that run one pipeline together: each host's presence, and the
-//!   rule that two live hosts never share an `instance_id`.
+//! - [`fleet`]: the hosts that run one pipeline together: each host's presence, the rule
+//!   that two live hosts never share an `instance_id`, and the deployments every host applies.
 //! - [`orders`]: the order book, the view that fills it from Kafka, and placing orders.
 //! - [`api`]: the public HTTP API, its response types and OpenAPI document, the web page, the
 //!   admin API, and the typed client the CLI uses.
@@ -38,3 +38,11 @@ pub mod telemetry;
 
 pub use app::{RunningHost, start};
 pub use pizza_host_runtime as runtime;
+
+/// The data behind `mutex`, also after a holder panicked: what the host keeps under these
+/// locks is changed in single steps (an insert, a remove, a replace), never left half-done.
+pub(crate) fn lock<T>(mutex: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}

@@ -22,7 +22,7 @@
 //! every swap does, so a deploy loses and doubles nothing.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
 use anyhow::Context as _;
@@ -36,6 +36,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::kafka::KafkaSettings;
 use crate::kafka::send::deliver;
+use crate::lock;
 use crate::pipeline::stages::{
     DeployedComponent, StageCommandError, Stages, SwapReport, UnknownStage,
 };
@@ -864,10 +865,6 @@ fn assemble(digest: &str, count: u32, pieces: BTreeMap<u32, Vec<u8>>) -> Option<
 
 fn now() -> String {
     humantime::format_rfc3339_millis(SystemTime::now()).to_string()
-}
-
-fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    mutex.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
 #[cfg(test)]

@@ -21,6 +21,7 @@ use tokio_util::task::TaskTracker;
 
 use crate::config::StageConfig;
 use crate::kafka::KafkaSettings;
+use crate::lock;
 use crate::pipeline::plan::{Plan, StageRoute};
 use crate::pipeline::reload;
 use crate::pipeline::stage::running::{RunningStage, stop_upstream_first, swap_in};
@@ -409,8 +410,8 @@ impl Stages {
                 return Err(self.swap_rejected(name, err.into()).await);
             }
         };
-        let (runtime, stage, settings) = (self.runtime.clone(), name.to_owned(), config.settings());
-        let loaded = reload::off_thread(move || runtime.load_bytes(&stage, &bytes, &settings))
+        let loaded = self
+            .load_bytes(name, bytes, config.settings())
             .await
             .map_err(|cause| LoadError::new(name, &path, cause).into());
         match loaded {
@@ -432,8 +433,8 @@ impl Stages {
                 .map(|s| s.config.settings())
                 .ok_or_else(|| UnknownStage(name.to_owned()))?
         };
-        let (runtime, stage) = (self.runtime.clone(), name.to_owned());
-        let loaded = reload::off_thread(move || runtime.load_bytes(&stage, &bytes, &settings))
+        let loaded = self
+            .load_bytes(name, bytes, settings)
             .await
             .map_err(|err| err.context(format!("stage `{name}`: deployed component")));
         match loaded {
@@ -608,6 +609,18 @@ impl Stages {
         .await
     }
 
+    /// Loads and smoke-calls `bytes` as stage `name`'s component with `settings`, off the
+    /// async threads.
+    async fn load_bytes(
+        &self,
+        name: &str,
+        bytes: impl AsRef<[u8]> + Send + 'static,
+        settings: crate::runtime::Settings,
+    ) -> anyhow::Result<StageComponent> {
+        let (runtime, name) = (self.runtime.clone(), name.to_owned());
+        reload::off_thread(move || runtime.load_bytes(&name, bytes.as_ref(), &settings)).await
+    }
+
     /// Puts the deployed component of each stage of `loaded` that has one in place of its
     /// file's (checked all the same, so that a bad file fails an edit or a start whatever was
     /// deployed), if it loads here.
@@ -615,13 +628,12 @@ impl Stages {
         for stage in loaded {
             let deployed = lock(&self.deployed).get(&stage.config.name).cloned();
             let Some(deployed) = deployed else { continue };
-            let (runtime, name, settings) = (
-                self.runtime.clone(),
-                stage.config.name.clone(),
+            let loaded = self.load_bytes(
+                &stage.config.name,
+                deployed.bytes.clone(),
                 stage.config.settings(),
             );
-            let bytes = deployed.bytes.clone();
-            match reload::off_thread(move || runtime.load_bytes(&name, &bytes, &settings)).await {
+            match loaded.await {
                 Ok(component) => {
                     stage.component = component;
                     stage.source = Source::Deployment;
@@ -686,14 +698,6 @@ impl ErrorInfo {
             message,
         }
     }
-}
-
-/// The data behind a lock a panicking holder left: these maps stay consistent (one insert or
-/// remove at a time).
-fn lock<T>(mutex: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    mutex
-        .lock()
-        .unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 /// True if `a` and `b` name the same file (comparing absolute paths).
