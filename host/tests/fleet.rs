@@ -322,6 +322,18 @@ async fn a_deploy_rollback_or_pause_through_one_host_reaches_all_three_and_outla
         passed,
         "nothing passed the pause"
     );
+    // A host restarted while the stage is paused starts it paused.
+    let FleetHost { process, .. } = hosts.remove(1);
+    assert_eq!(process.terminate(Duration::from_secs(30)), Some(0));
+    hosts.insert(1, FleetHost::start(&pipeline, "fleet-b").await);
+    let sauce = hosts[1].stage("sauce").await.unwrap();
+    assert_eq!(sauce["paused"], true, "{sauce}");
+    assert_eq!(records_after_commit(&sauce_group, topics.orders()), 15);
+    assert_eq!(
+        record_count(&topics.chain[1]),
+        passed,
+        "nothing passed the pause across the restart"
+    );
     let (ok, said) = hosts[2].cli(&["resume", "sauce"]);
     assert_eq!((ok, said.as_str()), (true, "stage sauce: resumed\n"));
     for host in &hosts {
