@@ -1,6 +1,7 @@
 //! What one stage call costs: the stage's logic as a native function, a call on a reused
 //! instance (the default) and a call on a fresh store and instance (`reuse_instances = false`,
-//! and seeded runs), for a Rust, a Python and a JavaScript stage, on the sample pizza.
+//! and seeded runs), for a Rust, a Python and a JavaScript stage, on the sample pizza; and a
+//! call of contract 0.2.0 (the whole record in, a list of records out) beside one of 0.1.0.
 //!
 //! Run: `dev/build-stages.sh && cargo bench -p pizza-host --bench stage_call` (criterion; no
 //! Kafka needed). Results are written down in BENCHMARKS.md.
@@ -10,7 +11,7 @@ use std::time::Duration;
 
 use criterion::{Criterion, criterion_group, criterion_main};
 use pizza_host::config::DEMO_SAMPLE as SMOKE_TEST_PIZZA;
-use pizza_host::runtime::{Runtime, Settings};
+use pizza_host::runtime::{Event, Runtime, Settings};
 use pizza_stage_kit::menu;
 
 fn stage_calls(c: &mut Criterion) {
@@ -62,7 +63,11 @@ fn stage_calls(c: &mut Criterion) {
                     10
                 });
                 group.bench_function(format!("{language}, {instance} instance"), |b| {
-                    b.iter(|| component.call(SMOKE_TEST_PIZZA).expect("the call succeeds"));
+                    b.iter(|| {
+                        component
+                            .call_text(SMOKE_TEST_PIZZA)
+                            .expect("the call succeeds")
+                    });
                 });
             }
         }
@@ -70,9 +75,66 @@ fn stage_calls(c: &mut Criterion) {
     }
 }
 
+/// A call of each contract version on a reused instance, on the sample pizza as a record
+/// that carries the four headers a pizza has by the last stage (trace context and trail).
+fn contract_versions(c: &mut Criterion) {
+    let built = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("workspace")
+        .join("target/wasm32-wasip1/release");
+    let runtime = Runtime::new(None).expect("a runtime");
+    let settings = Settings {
+        reuse_instances: true,
+        ..Settings::default()
+    };
+    let visit =
+        br#"{"stage":"sauce","digest":"sha256:0123456789abcdef","at":"2026-12-06T00:00:00.000Z"}"#;
+    let headers: [(&str, &[u8]); 4] = [
+        (
+            "traceparent",
+            b"00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01",
+        ),
+        ("pizza-host.trail", visit),
+        ("pizza-host.trail", visit),
+        ("pizza-host.trail", visit),
+    ];
+    let event = Event {
+        value: SMOKE_TEST_PIZZA.as_bytes(),
+        key: Some(b"smoke-test"),
+        headers: &headers,
+        timestamp: Some(1_700_000_000_000),
+        topic: "pizza-with-meats",
+        partition: 3,
+        offset: 12_345,
+    };
+    let mut group = c.benchmark_group("contract");
+    for (what, file) in [
+        (
+            "0.1.0 topping (sauce: sets a field)",
+            "pizza_stage_sauce.wasm",
+        ),
+        (
+            "0.2.0 processor (splitter: parses, passes the pizza on)",
+            "pizza_stage_splitter.wasm",
+        ),
+        (
+            "0.2.0 processor (filter: parses, keeps or drops)",
+            "pizza_stage_filter.wasm",
+        ),
+    ] {
+        let path = built.join(file);
+        assert!(path.exists(), "build the stages first: dev/build-stages.sh");
+        let component = runtime.load("bench", &path, &settings).expect("loads");
+        group.bench_function(what, |b| {
+            b.iter(|| component.call(&event).expect("the call succeeds"));
+        });
+    }
+    group.finish();
+}
+
 criterion_group! {
     name = benches;
     config = Criterion::default().measurement_time(Duration::from_secs(3));
-    targets = stage_calls
+    targets = stage_calls, contract_versions
 }
 criterion_main!(benches);

@@ -185,7 +185,7 @@ async fn bad_swaps_are_rejected_with_the_cause_and_the_old_version_keeps_serving
         (
             "a component of another world",
             std::fs::read(test_component("wrong-world")).unwrap(),
-            "does not export the `pizza:stage/topping` world",
+            "exports neither `pizza:stage/topping@0.1.0` nor `pizza:stage/processor@0.2.0`",
         ),
         (
             "a component that traps on the smoke call",
@@ -331,7 +331,10 @@ async fn the_admin_api_needs_its_token_and_deploys_from_the_cli() {
     assert!(stdout.contains("stage sauce: swapped sha256:"), "{stdout}");
 
     let sauce = host.stage("sauce").await.unwrap();
-    assert_eq!(sauce.source, pizza_host::pipeline::stages::Source::Deployment);
+    assert_eq!(
+        sauce.source,
+        pizza_host::pipeline::stages::Source::Deployment
+    );
     assert_eq!(sauce.swaps, 1);
     let (_, pizzas) = order_and_wait(&host, 2).await;
     assert!(

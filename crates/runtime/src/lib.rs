@@ -3,8 +3,10 @@
 //! It knows nothing of pizzas or Kafka: what a component is smoke-called on and what its
 //! output must keep come in with its [`Settings`].
 //!
-//! A [`StageComponent`] is a loaded, validated stage (the `pizza:stage/topping` world) that can
-//! be called with one event; a [`ReportComponent`] folds events into a state. Calls come from
+//! A [`StageComponent`] is a loaded, validated stage that can be called with one [`Event`]:
+//! a `pizza:stage/topping@0.1.0` (one JSON value in, one out) or a
+//! `pizza:stage/processor@0.2.0` (a whole record in, any number of [`Output`] records out);
+//! a [`ReportComponent`] folds events into a state. Calls come from
 //! a pre-instantiated component; an instance serves further calls only while it behaves (see
 //! [`StageComponent::call`]). Each call runs under a memory limit and an epoch deadline; one
 //! ticker thread per engine advances the epoch.
@@ -35,10 +37,12 @@ use cache::CompileCache;
 pub use cache::{DEFAULT_MAX_DISK_BYTES as DEFAULT_MAX_CACHE_BYTES, Origin};
 
 mod output;
+mod record;
 mod report;
 
 pub use output::OutputRule;
-use output::check_output;
+use output::{check_output, check_outputs};
+pub use record::{Event, Output};
 
 pub use report::ReportComponent;
 
@@ -50,7 +54,21 @@ mod bindings {
     });
 }
 
+mod bindings_v2 {
+    wasmtime::component::bindgen!({
+        path: "../../wit/v0.2",
+        world: "processor",
+        with: { "wasi:random": wasmtime_wasi::p2::bindings::random },
+    });
+}
+
 use bindings::ToppingPre;
+use bindings_v2::ProcessorPre;
+
+/// The world a topping stage exports (contract 0.1.0).
+pub const TOPPING_WORLD: &str = "pizza:stage/topping@0.1.0";
+/// The world a processor stage exports (contract 0.2.0).
+pub const PROCESSOR_WORLD: &str = "pizza:stage/processor@0.2.0";
 
 /// How often the epoch advances; the granularity of call deadlines.
 const EPOCH_TICK: Duration = Duration::from_millis(10);
@@ -162,10 +180,12 @@ pub enum CallError {
     /// The stage tried to grow its memory past the limit.
     #[error("stage exceeded its memory limit of {0} bytes")]
     Memory(usize),
-    /// The stage returned something other than a JSON object that keeps what its
-    /// [`OutputRule`] says.
+    /// The stage returned something its [`OutputRule`] refuses.
     #[error("{0}")]
     InvalidOutput(String),
+    /// The record cannot be given to the stage (a topping takes UTF-8 text only).
+    #[error("{0}")]
+    InvalidInput(String),
 }
 
 impl CallError {
@@ -177,6 +197,7 @@ impl CallError {
             CallError::Timeout(_) => "timeout",
             CallError::Memory(_) => "memory-limit",
             CallError::InvalidOutput(_) => "invalid-output",
+            CallError::InvalidInput(_) => "invalid-input",
         }
     }
 }
@@ -214,6 +235,8 @@ impl Runtime {
         wasmtime_wasi::p2::add_to_linker_sync(&mut linker)?;
         bindings::pizza::stage::config::add_to_linker::<_, HasSelf<_>>(&mut linker, |s| s)?;
         bindings::pizza::stage::log::add_to_linker::<_, HasSelf<_>>(&mut linker, |s| s)?;
+        bindings_v2::pizza::stage::config::add_to_linker::<_, HasSelf<_>>(&mut linker, |s| s)?;
+        bindings_v2::pizza::stage::log::add_to_linker::<_, HasSelf<_>>(&mut linker, |s| s)?;
         spawn_epoch_ticker(&engine)?;
         Ok(Self {
             cache: Arc::new(CompileCache::new(&engine, cache_dir, max_cache_bytes)?),
@@ -278,7 +301,8 @@ impl Runtime {
     }
 
     /// Compiles `bytes` as the stage `stage` (or reuses the compilation of identical bytes),
-    /// checks that it fits the stage world, and makes a smoke call on the settings' sample.
+    /// checks that it exports one of the stage worlds, and makes a smoke call on the settings'
+    /// sample (as a record's value).
     pub fn load_bytes(
         &self,
         stage: &str,
@@ -291,9 +315,17 @@ impl Runtime {
             .instantiate_pre(&component)
             .map_err(anyhow::Error::from)
             .context("the component needs imports that stages are not granted")?;
-        let pre = ToppingPre::new(instance_pre)
-            .map_err(anyhow::Error::from)
-            .context("the component does not export the `pizza:stage/topping` world")?;
+        let pre = match ToppingPre::new(instance_pre.clone()) {
+            Ok(topping) => World::Topping(topping),
+            Err(as_topping) => {
+                World::Processor(ProcessorPre::new(instance_pre).map_err(|as_processor| {
+                    anyhow::anyhow!(
+                        "the component exports neither `{TOPPING_WORLD}` nor `{PROCESSOR_WORLD}` \
+                         (as a topping: {as_topping:#}; as a processor: {as_processor:#})"
+                    )
+                })?)
+            }
+        };
         let loaded = StageComponent {
             callee: self.callee(stage, settings),
             digest: digest(bytes),
@@ -303,7 +335,7 @@ impl Runtime {
             idle: Mutex::default(),
         };
         loaded
-            .call(&loaded.callee.sample)
+            .call(&Event::of_value(&loaded.callee.sample))
             .context("the smoke call on the sample event failed")?;
         Ok(loaded)
     }
@@ -376,15 +408,72 @@ pub struct StageComponent {
     digest: String,
     origin: Origin,
     engine: Engine,
-    pre: ToppingPre<StageState>,
+    pre: World,
     /// Instances waiting for their next call, when instances are reused.
     idle: Mutex<Vec<Warm>>,
+}
+
+/// The world a stage exports, ready to instantiate.
+enum World {
+    Topping(ToppingPre<StageState>),
+    Processor(ProcessorPre<StageState>),
+}
+
+/// An instance of a stage.
+enum Instance {
+    Topping(bindings::Topping),
+    Processor(bindings_v2::Processor),
+}
+
+/// What one call is given, in the form its world takes.
+enum Input<'a> {
+    Value(&'a str),
+    Record(bindings_v2::pizza::stage::types::Event),
+}
+
+impl World {
+    fn instantiate(&self, store: &mut Store<StageState>) -> wasmtime::Result<Instance> {
+        Ok(match self {
+            World::Topping(pre) => Instance::Topping(pre.instantiate(store)?),
+            World::Processor(pre) => Instance::Processor(pre.instantiate(store)?),
+        })
+    }
+
+    /// `event` as this world takes it.
+    fn input<'a>(&self, event: &Event<'a>) -> Result<Input<'a>, CallError> {
+        Ok(match self {
+            World::Topping(_) => Input::Value(event.text()?),
+            World::Processor(_) => Input::Record(event.to_wit()),
+        })
+    }
+}
+
+impl Instance {
+    /// Calls the stage's export; the outer error is a trap, the inner what the stage returned.
+    fn call(
+        &self,
+        store: &mut Store<StageState>,
+        input: &Input<'_>,
+    ) -> wasmtime::Result<Result<Vec<Output>, CallError>> {
+        let returned = |message, retryable| CallError::Returned { message, retryable };
+        Ok(match (self, input) {
+            (Instance::Topping(stage), Input::Value(value)) => stage
+                .call_transform(store, value)?
+                .map(|value| vec![Output::value(value)])
+                .map_err(|err| returned(err.message, err.retryable)),
+            (Instance::Processor(stage), Input::Record(event)) => stage
+                .call_process(store, event)?
+                .map(|outputs| outputs.into_iter().map(Output::from).collect())
+                .map_err(|err| returned(err.message, err.retryable)),
+            _ => unreachable!("an input is made for the instance's own world"),
+        })
+    }
 }
 
 /// An instance kept for another call, and how many it has served.
 struct Warm {
     call: Call,
-    stage: bindings::Topping,
+    stage: Instance,
     calls: u32,
 }
 
@@ -404,6 +493,14 @@ impl StageComponent {
         &self.digest
     }
 
+    /// The world the component exports: [`TOPPING_WORLD`] or [`PROCESSOR_WORLD`].
+    pub fn world(&self) -> &'static str {
+        match self.pre {
+            World::Topping(_) => TOPPING_WORLD,
+            World::Processor(_) => PROCESSOR_WORLD,
+        }
+    }
+
     /// The longest one [`call`](Self::call) can take: its timeout, twice when a call that
     /// failed in a reused instance is tried again in a fresh one.
     pub fn longest_call(&self) -> Duration {
@@ -414,31 +511,60 @@ impl StageComponent {
         }
     }
 
-    /// Calls the stage with one event: in an instance that served earlier calls without
-    /// failing, when instances are reused and one is idle; else in a fresh one. An instance
-    /// that trapped, ran out of time or memory, or wrote to stderr is never used again, and
-    /// an event whose call failed so in a reused instance is called once more in a fresh
-    /// one: what earlier calls left behind must not decide its fate.
-    pub fn call(&self, event: &str) -> Result<String, CallError> {
+    /// Calls the stage with one event and returns the records it becomes (a topping's: one,
+    /// its new value): in an instance that served earlier calls without failing, when
+    /// instances are reused and one is idle; else in a fresh one. An instance that trapped, ran
+    /// out of time or memory, or wrote to stderr is never used again, and an event whose call
+    /// failed so in a reused instance is called once more in a fresh one: what earlier calls
+    /// left behind must not decide its fate.
+    pub fn call(&self, event: &Event<'_>) -> Result<Vec<Output>, CallError> {
+        let input = self.pre.input(event)?;
         let reused = if self.callee.reuse {
             self.idle().pop()
         } else {
             None
         };
         let reused_instance = reused.is_some();
-        match self.call_in(reused, event) {
+        let outputs = match self.call_in(reused, event, &input) {
             Err(CallError::Trap(_) | CallError::Timeout(_) | CallError::Memory(_))
                 if reused_instance =>
             {
-                self.call_in(None, event)
+                self.call_in(None, event, &input)
             }
             outcome => outcome,
+        }?;
+        match input {
+            Input::Value(value) => {
+                let output = outputs
+                    .into_iter()
+                    .next()
+                    .and_then(|o| String::from_utf8(o.value).ok());
+                let output =
+                    check_output(&self.callee.output_rule, value, output.unwrap_or_default())?;
+                Ok(vec![Output::value(output)])
+            }
+            Input::Record(_) => check_outputs(&self.callee.output_rule, event.value, outputs),
         }
+    }
+
+    /// [`call`](Self::call) on a record holding only `value`; the first record's value as
+    /// text (a topping's new value). For tools and tests.
+    pub fn call_text(&self, value: &str) -> Result<String, CallError> {
+        let outputs = self.call(&Event::of_value(value))?;
+        let first = outputs.into_iter().next().map(|output| output.value);
+        Ok(String::from_utf8_lossy(&first.unwrap_or_default()).into_owned())
     }
 
     /// Calls the stage in `instance`, or in a fresh one, and keeps the instance for another
     /// call when it may serve one.
-    fn call_in(&self, instance: Option<Warm>, event: &str) -> Result<String, CallError> {
+    fn call_in(
+        &self,
+        instance: Option<Warm>,
+        event: &Event<'_>,
+        input: &Input<'_>,
+    ) -> Result<Vec<Output>, CallError> {
+        // A seeded call's randomness is derived from the value (as text, for a processor's bytes).
+        let seeded_by = String::from_utf8_lossy(event.value);
         let (mut call, ready, served) = match instance {
             Some(Warm {
                 mut call,
@@ -448,14 +574,18 @@ impl StageComponent {
                 call.arm();
                 (call, Some(stage), calls)
             }
-            None => (Call::new(&self.engine, &self.callee, &[event]), None, 0),
+            None => (
+                Call::new(&self.engine, &self.callee, &[&seeded_by]),
+                None,
+                0,
+            ),
         };
         let outcome = match ready {
             Some(stage) => Ok(stage),
             None => self.pre.instantiate(&mut call.store),
         }
         .and_then(|stage| {
-            let returned = stage.call_transform(&mut call.store, event)?;
+            let returned = stage.call(&mut call.store, input)?;
             Ok((stage, returned))
         });
         let (stage, returned) = call.finish(outcome)?;
@@ -470,13 +600,7 @@ impl StageComponent {
                 idle.push(Warm { call, stage, calls });
             }
         }
-        match returned {
-            Ok(output) => check_output(&self.callee.output_rule, event, output),
-            Err(err) => Err(CallError::Returned {
-                message: err.message,
-                retryable: err.retryable,
-            }),
-        }
+        returned
     }
 }
 

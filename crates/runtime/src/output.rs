@@ -1,6 +1,8 @@
-//! The rule a stage's output is held to before it is sent on: a JSON object that keeps the
-//! input fields its [`OutputRule`] names. Anything else goes to the dead-letter topic as
-//! `invalid-output`.
+//! The rule a stage's output is held to before it is sent on. A `topping` (0.1.0) returns a
+//! JSON object that keeps the input fields its [`OutputRule`] names. A `processor` (0.2.0)
+//! returns records for the outputs the stage declares, and where its input is a JSON object
+//! holding a kept field, each record's value is a JSON object keeping it. Anything else goes to
+//! the dead-letter topic as `invalid-output`.
 
 use std::sync::Arc;
 
@@ -8,7 +10,7 @@ use serde::Deserializer;
 use serde::de::{DeserializeSeed, IgnoredAny, MapAccess, Visitor};
 use serde_json::value::RawValue;
 
-use crate::CallError;
+use crate::{CallError, Output};
 
 /// What a stage's output must be besides a JSON object: which top-level fields of the input
 /// it must keep unchanged (the pizza demo keeps `order_id`, which routes and counts every
@@ -17,6 +19,13 @@ use crate::CallError;
 pub struct OutputRule {
     /// Fields of the input the output must carry with the same value.
     pub keep_fields: Arc<[String]>,
+    /// Whether `keep_fields` holds for a processor's records too (else only for a topping's
+    /// output: contract 0.1.0 promises the fields a pizza is routed by are kept; 0.2.0 promises
+    /// nothing of the kind unless the stage's settings ask for it).
+    pub binds_processors: bool,
+    /// The names of the outputs the stage declares, the default first: a `processor`'s record
+    /// for any other is refused. Empty accepts any name (tools that run a stage alone).
+    pub outputs: Arc<[String]>,
 }
 
 /// The stage's output must be a JSON object keeping the fields `rule` names, with their
@@ -27,9 +36,10 @@ pub(crate) fn check_output(
     input: &str,
     output: String,
 ) -> Result<String, CallError> {
-    let invalid = CallError::InvalidOutput;
     let Some(kept) = fields_of(&output, &rule.keep_fields) else {
-        return Err(invalid("stage output is not a JSON object".into()));
+        return Err(CallError::InvalidOutput(
+            "stage output is not a JSON object".into(),
+        ));
     };
     if rule.keep_fields.is_empty() {
         return Ok(output);
@@ -37,6 +47,61 @@ pub(crate) fn check_output(
     let Some(expected) = fields_of(input, &rule.keep_fields) else {
         return Ok(output);
     };
+    check_kept(rule, &expected, &kept)?;
+    Ok(output)
+}
+
+/// A `processor`'s records must each go to a declared output; where the rule binds processors
+/// and the input is a JSON object holding a field it keeps, each record's value must be a JSON
+/// object keeping it (an
+/// input that holds none, or is not JSON, needs nothing kept: the stage may turn it into
+/// anything).
+pub(crate) fn check_outputs(
+    rule: &OutputRule,
+    input: &[u8],
+    outputs: Vec<Output>,
+) -> Result<Vec<Output>, CallError> {
+    let invalid = CallError::InvalidOutput;
+    if !rule.outputs.is_empty() {
+        let undeclared = outputs
+            .iter()
+            .filter_map(|output| output.to.as_deref())
+            .find(|to| !rule.outputs.iter().any(|declared| declared == to));
+        if let Some(to) = undeclared {
+            return Err(invalid(format!(
+                "stage returned a record for output `{to}`, which it does not declare (it declares: {})",
+                rule.outputs.join(", ")
+            )));
+        }
+    }
+    let expected = std::str::from_utf8(input)
+        .ok()
+        .filter(|_| rule.binds_processors)
+        .and_then(|input| fields_of(input, &rule.keep_fields))
+        .filter(|expected| expected.iter().any(Option::is_some));
+    if let Some(expected) = expected {
+        for output in &outputs {
+            let kept = output
+                .text()
+                .and_then(|value| fields_of(value, &rule.keep_fields));
+            let Some(kept) = kept else {
+                return Err(invalid(format!(
+                    "stage output is not a JSON object keeping {}",
+                    rule.keep_fields.join(", ")
+                )));
+            };
+            check_kept(rule, &expected, &kept)?;
+        }
+    }
+    Ok(outputs)
+}
+
+/// Each field the input holds (`expected`) is in the output (`kept`) with the same value.
+fn check_kept(
+    rule: &OutputRule,
+    expected: &[Option<&RawValue>],
+    kept: &[Option<&RawValue>],
+) -> Result<(), CallError> {
     for ((field, expected), kept) in rule.keep_fields.iter().zip(expected).zip(kept) {
         let Some(expected) = expected else {
             continue;
@@ -47,13 +112,13 @@ pub(crate) fn check_output(
                     == serde_json::from_str::<serde_json::Value>(expected.get()).ok()
         });
         if !same {
-            return Err(invalid(format!(
+            return Err(CallError::InvalidOutput(format!(
                 "stage output changed or dropped {field} (was {})",
                 expected.get()
             )));
         }
     }
-    Ok(output)
+    Ok(())
 }
 
 /// The values of `fields` in the JSON object `text`, as unparsed text (the last one where a
@@ -124,6 +189,8 @@ mod tests {
     fn keeps_order_id() -> OutputRule {
         OutputRule {
             keep_fields: Arc::from(vec!["order_id".to_owned()]),
+            binds_processors: true,
+            outputs: Arc::from(vec!["main".to_owned(), "rejected".to_owned()]),
         }
     }
 
@@ -170,5 +237,46 @@ mod tests {
         let none = OutputRule::default();
         assert!(check_output(&none, input, r#"{"user":"a"}"#.into()).is_ok());
         assert!(check_output(&none, input, "[1]".into()).is_err());
+    }
+
+    #[test]
+    fn a_processors_records_go_to_declared_outputs_and_keep_what_a_pizza_keeps() {
+        let rule = keeps_order_id();
+        let record = |value: &str, to: Option<&str>| Output {
+            value: value.as_bytes().to_vec(),
+            key: None,
+            headers: Vec::new(),
+            to: to.map(str::to_owned),
+        };
+        let pizza = br#"{"order_id":"7"}"#;
+        let split = vec![
+            record(r#"{"order_id":"7","half":1}"#, None),
+            record(r#"{"order_id":"7","half":2}"#, Some("rejected")),
+        ];
+        assert_eq!(check_outputs(&rule, pizza, split.clone()), Ok(split));
+        assert_eq!(check_outputs(&rule, pizza, Vec::new()), Ok(Vec::new()));
+        for bad in [
+            vec![record(r#"{"order_id":"7"}"#, Some("elsewhere"))],
+            vec![record(r#"{"order_id":"8"}"#, None)],
+            vec![
+                record(r#"{"order_id":"7"}"#, None),
+                record("plain text", None),
+            ],
+        ] {
+            let err = check_outputs(&rule, pizza, bad.clone()).err();
+            assert_eq!(err.map(|e| e.kind()), Some("invalid-output"), "{bad:?}");
+        }
+        // Not a pizza (or not JSON at all): any value, to a declared output.
+        let anything = vec![record("plain text", Some("main")), record("\u{1}", None)];
+        assert!(check_outputs(&rule, br#"{"user":"a"}"#, anything.clone()).is_ok());
+        assert!(check_outputs(&rule, &[0xff, 0xfe], anything).is_ok());
+        // No declared outputs: any name goes (a stage run alone); a rule that binds toppings
+        // alone leaves a processor free.
+        let alone = OutputRule {
+            binds_processors: false,
+            outputs: Arc::from(Vec::new()),
+            ..rule
+        };
+        assert!(check_outputs(&alone, pizza, vec![record("x", Some("any"))]).is_ok());
     }
 }

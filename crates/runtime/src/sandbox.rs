@@ -19,6 +19,7 @@ use wasmtime_wasi::{
 
 use super::Limits;
 use super::bindings::pizza::stage::{config, log};
+use super::bindings_v2::pizza::stage::{config as config_v2, log as log_v2};
 
 /// Most lines one call may log; more would let a stage flood the host's log.
 const MAX_LOG_LINES_PER_CALL: u32 = 100;
@@ -170,6 +171,30 @@ impl config::Host for StageState {
             .iter()
             .map(|(key, value)| (key.clone(), value.clone()))
             .collect()
+    }
+}
+
+// Contract 0.2.0 repeats 0.1.0's `config` and `log`: the same host side serves both.
+impl config_v2::Host for StageState {
+    fn get(&mut self, key: String) -> Option<String> {
+        config::Host::get(self, key)
+    }
+
+    fn get_all(&mut self) -> Vec<(String, String)> {
+        config::Host::get_all(self)
+    }
+}
+
+impl log_v2::Host for StageState {
+    fn log(&mut self, level: log_v2::Level, message: String) {
+        let level = match level {
+            log_v2::Level::Trace => log::Level::Trace,
+            log_v2::Level::Debug => log::Level::Debug,
+            log_v2::Level::Info => log::Level::Info,
+            log_v2::Level::Warn => log::Level::Warn,
+            log_v2::Level::Error => log::Level::Error,
+        };
+        log::Host::log(self, level, message);
     }
 }
 

@@ -80,10 +80,10 @@ fn memories_of_all_core_instances_count_against_one_limit() {
     // Eight core instances that grow by 8 MiB each: 64 MiB in all, though no memory passes 8.
     let component = stage(MEMORY, 8, 128);
     let limited = load(&component, 16).expect("the smoke call grows nothing");
-    assert_eq!(limited.call(GROW), Err(CallError::Memory(16 * MIB)));
+    assert_eq!(limited.call_text(GROW), Err(CallError::Memory(16 * MIB)));
 
     let roomy = load(&component, 80).expect("loads");
-    assert_eq!(roomy.call(GROW).as_deref(), Ok(GROW));
+    assert_eq!(roomy.call_text(GROW).as_deref(), Ok(GROW));
 }
 
 #[test]
@@ -92,10 +92,10 @@ fn table_elements_of_all_core_instances_count_against_one_limit() {
     // though no table alone comes near it.
     let per_table = MAX_TABLE_ELEMENTS / 8;
     let at_limit = load(&stage(TABLE, 8, per_table), 64).expect("loads");
-    assert_eq!(at_limit.call(GROW).as_deref(), Ok(GROW));
+    assert_eq!(at_limit.call_text(GROW).as_deref(), Ok(GROW));
 
     let over = load(&stage(TABLE, 8, per_table + 1), 64).expect("loads");
-    let refused = over.call(GROW);
+    let refused = over.call_text(GROW);
     assert!(
         matches!(refused, Err(CallError::Trap(_))),
         "the last table's growth fails: {refused:?}"
@@ -112,7 +112,7 @@ fn core_instances_memories_and_tables_are_counted() {
     ] {
         let at_limit = load(&stage(module, allowed, 1), 64);
         let at_limit = at_limit.unwrap_or_else(|err| panic!("{what}: {allowed} copies: {err:#}"));
-        assert_eq!(at_limit.call(GROW).as_deref(), Ok(GROW), "{what}");
+        assert_eq!(at_limit.call_text(GROW).as_deref(), Ok(GROW), "{what}");
 
         let Err(over) = load(&stage(module, allowed + 1, 1), 64) else {
             panic!("{what}: {} copies load", allowed + 1);

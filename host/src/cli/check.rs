@@ -35,9 +35,10 @@ pub fn grant(import: &str) -> &'static str {
     }
 }
 
-/// Prints whether `path` is a component that fits the stage world, and what it imports and
-/// exports. Fails (with the reason) when it does not fit.
-pub fn run(path: &Path) -> anyhow::Result<()> {
+/// Prints whether `path` is a component that fits a stage world, and what it imports and
+/// exports. Fails (with the reason) when it does not fit. The smoke call is made on `sample`
+/// (a file holding one event) or, without it, on the demo's pizza.
+pub fn run(path: &Path, sample: Option<&Path>) -> anyhow::Result<()> {
     let bytes = std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
     let runtime = Runtime::new(Some(default_compile_cache()))?;
     let (imports, exports) = runtime
@@ -53,12 +54,18 @@ pub fn run(path: &Path) -> anyhow::Result<()> {
         println!("    {import}: {}", grant(import));
     }
     // Tried as `pipeline.toml` would run it with only defaults written.
-    let settings = default_stage_settings(Default::default());
+    let mut settings = default_stage_settings(Default::default());
+    if let Some(sample) = sample {
+        let text = std::fs::read_to_string(sample)
+            .with_context(|| format!("cannot read the sample {}", sample.display()))?;
+        settings.sample = text.trim().into();
+    }
     let as_stage = runtime.load_bytes("check", &bytes, &settings);
     let err = match as_stage {
         Ok(stage) => {
             println!(
-                "  fits: pizza:stage/topping (smoke call passed), digest {}",
+                "  fits: {} (smoke call passed), digest {}",
+                stage.world(),
                 stage.digest()
             );
             return Ok(());

@@ -73,13 +73,18 @@ pub enum Command {
     Check {
         /// The component file (.wasm).
         component: PathBuf,
+        /// A file holding the event to smoke-call it on (as a stage's `sample` in
+        /// pipeline.toml). Without it, a sample pizza.
+        #[arg(long)]
+        sample: Option<PathBuf>,
     },
     /// Runs a stage on JSON events without Kafka and prints the results.
     Invoke {
         /// The component file (.wasm).
         component: PathBuf,
-        /// A file holding one JSON document, or `-` for one document per line of standard
-        /// input. Without it, a sample pizza.
+        /// A file holding one JSON document; a `.jsonl` file, or `-` for standard input, holding
+        /// one per line. Each is a record's value, or a whole record:
+        /// `{"value": …, "key": "…", "headers": {"name": "…"}}`. Without it, a sample pizza.
         #[arg(long)]
         input: Option<PathBuf>,
         /// The stage's name, for its log lines and (with --seed) its randomness: with the
@@ -92,6 +97,10 @@ pub enum Command {
         /// A setting the stage reads through its `config` import (repeatable).
         #[arg(long = "config", value_name = "KEY=VALUE", value_parser = config_pair)]
         config: Vec<(String, String)>,
+        /// A file holding the event to smoke-call the stage on when it loads (as a stage's
+        /// `sample` in pipeline.toml). Without it, a sample pizza.
+        #[arg(long)]
+        sample: Option<PathBuf>,
     },
     /// Creates a stage project in functions/<name> that builds as it is, and says how to
     /// build, try and add it.
@@ -309,19 +318,21 @@ pub fn dispatch(command: Command) -> anyhow::Result<()> {
             clap_complete::generate(shell, &mut command, "pizza-host", &mut std::io::stdout());
             Ok(())
         }
-        Command::Check { component } => check::run(&component),
+        Command::Check { component, sample } => check::run(&component, sample.as_deref()),
         Command::Invoke {
             component,
             input,
             stage,
             seed,
             config,
+            sample,
         } => {
             let how = invoke::Invocation {
                 input,
                 stage,
                 seed,
                 config: config.into_iter().collect(),
+                sample,
             };
             invoke::run(&component, &how)
         }

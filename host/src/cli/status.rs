@@ -49,7 +49,7 @@ fn row(stage: &StageInfo) -> String {
     format!(
         "{:<12} {:<40} {:<14} {:>10} {:>6}  {}",
         stage.name,
-        format!("{} -> {}", stage.input, stage.output),
+        format!("{} -> {}", stage.input, outputs(stage)),
         stage.digest.get(..14).unwrap_or(&stage.digest),
         stage.processed,
         stage.dead_lettered,
@@ -61,6 +61,16 @@ fn row(stage: &StageInfo) -> String {
             partitions.join(", ")
         },
     )
+}
+
+/// The stage's output topics.
+fn outputs(stage: &StageInfo) -> String {
+    let topics: Vec<&str> = stage.outputs.iter().map(|o| o.topic.as_str()).collect();
+    if topics.is_empty() {
+        stage.output.clone()
+    } else {
+        topics.join(" | ")
+    }
 }
 
 /// A partition and its lag, `?` until librdkafka has reported it.

@@ -33,6 +33,29 @@ impl Pipeline {
             stage.component = base.join(&stage.component);
             let at = format!("stage[{index}] ({:?}).sample", stage.name);
             stage.sample_event = read_sample(&base, &mut stage.sample, &at)?;
+            let at = format!("stage[{index}] ({:?})", stage.name);
+            stage.outputs = match (stage.output.is_empty(), stage.outputs.is_empty()) {
+                (false, true) => vec![("main".to_owned(), stage.output.clone())],
+                (true, false) => std::mem::take(&mut stage.outputs),
+                (true, true) => {
+                    return Err(ConfigError::Invalid {
+                        path: PathBuf::new(),
+                        message: format!(
+                            "{at}: set `output` (a topic) or `outputs` (named topics)"
+                        ),
+                    });
+                }
+                (false, false) => {
+                    return Err(ConfigError::Invalid {
+                        path: PathBuf::new(),
+                        message: format!(
+                            "{at}: set either `output` or `outputs`, not both (`output = \"t\"` \
+                             is `outputs = {{ main = \"t\" }}`)"
+                        ),
+                    });
+                }
+            };
+            stage.output = stage.outputs[0].1.clone();
         }
         for join in &mut pipeline.joins {
             join.changelog
@@ -87,12 +110,21 @@ impl Pipeline {
             if !names.insert(stage.name.as_str()) {
                 return Err(invalid(format!("{at}: another stage has the same name")));
             }
-            if stage.input == stage.output {
+            if stage.outputs.iter().any(|(_, topic)| *topic == stage.input) {
                 return Err(invalid(format!(
                     "{at}: input and output are the same topic {:?}; the stage would consume \
                      its own output forever",
                     stage.input
                 )));
+            }
+            let mut output_names = BTreeSet::new();
+            for (name, topic) in &stage.outputs {
+                check_name(name).map_err(|why| invalid(format!("{at}: output {name:?}: {why}")))?;
+                if !output_names.insert(name) {
+                    return Err(invalid(format!("{at}: output {name:?} is declared twice")));
+                }
+                check_topic_name(topic)
+                    .map_err(|why| invalid(format!("{at}: output {name:?}: {why}")))?;
             }
             if stage.timeout_ms == 0 || stage.memory_mib == 0 {
                 return Err(invalid(format!(
@@ -199,7 +231,7 @@ impl Pipeline {
         ]);
         for stage in &self.stages {
             topics.insert(&stage.input);
-            topics.insert(&stage.output);
+            topics.extend(stage.outputs.iter().map(|(_, topic)| topic.as_str()));
         }
         topics
     }

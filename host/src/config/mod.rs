@@ -93,6 +93,7 @@ pub fn default_stage_settings(config: BTreeMap<String, String>) -> crate::runtim
         component: PathBuf::new(),
         input: String::new(),
         output: String::new(),
+        outputs: Vec::new(),
         timeout_ms: default_timeout_ms(),
         memory_mib: default_memory_mib(),
         retries: default_retries(),
@@ -102,7 +103,7 @@ pub fn default_stage_settings(config: BTreeMap<String, String>) -> crate::runtim
         config,
         reuse_instances: true,
         sample: None,
-        keep_fields: default_keep_fields(),
+        keep_fields: None,
         sample_event: Arc::from(DEMO_SAMPLE),
     }
     .settings()
@@ -402,8 +403,16 @@ pub struct StageConfig {
     pub component: PathBuf,
     /// Topic the stage consumes.
     pub input: String,
-    /// Topic the stage produces its results to, with the input record's key.
+    /// Topic the stage produces its results to, with the input record's key: the stage's one
+    /// output, named `main`. (After parsing, always the topic of the first output.)
+    #[serde(default)]
     pub output: String,
+    /// The stage's named outputs instead of one `output`, in order (the first is where a
+    /// record goes unless the stage names another): `outputs = { main = "…", rejected = "…" }`.
+    /// A `pizza:stage/processor@0.2.0` stage may send each record to any of them. (After
+    /// parsing, always every output, `main` alone for a stage that set `output`.)
+    #[serde(default, deserialize_with = "named_outputs")]
+    pub outputs: Vec<(String, String)>,
     /// Wall-time limit of one call, in milliseconds.
     #[serde(default = "default_timeout_ms")]
     pub timeout_ms: u64,
@@ -441,9 +450,11 @@ pub struct StageConfig {
     pub sample: Option<PathBuf>,
     /// Top-level fields of the input that the output must keep with the same value (an
     /// output that drops or changes one goes to the dead-letter topic as `invalid-output`).
-    /// The demo's pizzas keep `order_id`, by which they are keyed and counted.
-    #[serde(default = "default_keep_fields")]
-    pub keep_fields: Vec<String>,
+    /// Unset, a topping (contract 0.1.0, whose outputs are pizzas) keeps `order_id`, by which
+    /// pizzas are keyed and counted, and a processor (0.2.0) keeps nothing; set, it holds for
+    /// both (a processor's records where the input holds the field).
+    #[serde(default)]
+    pub keep_fields: Option<Vec<String>>,
     /// The sample event's text, read from `sample` when the file is parsed.
     #[serde(skip)]
     pub sample_event: Arc<str>,
@@ -563,11 +574,34 @@ impl StageConfig {
             reuse_instances: self.reuse_instances,
             sample: self.sample_event.clone(),
             output_rule: crate::runtime::OutputRule {
-                keep_fields: self.keep_fields.clone().into(),
+                keep_fields: self
+                    .keep_fields
+                    .clone()
+                    .unwrap_or_else(default_keep_fields)
+                    .into(),
+                binds_processors: self.keep_fields.is_some(),
+                outputs: self.outputs.iter().map(|(name, _)| name.clone()).collect(),
             },
             ..crate::runtime::Settings::new(self.timeout_ms, self.memory_mib, &self.config)
         }
     }
+}
+
+/// A stage's `outputs` table, in the order written (`toml`'s `preserve_order` keeps it).
+fn named_outputs<'de, D: serde::Deserializer<'de>>(
+    deserializer: D,
+) -> Result<Vec<(String, String)>, D::Error> {
+    let table = toml::Table::deserialize(deserializer)?;
+    table
+        .into_iter()
+        .map(|(name, topic)| match topic {
+            toml::Value::String(topic) => Ok((name, topic)),
+            other => Err(serde::de::Error::custom(format!(
+                "output {name:?}: expected a topic name (a string), got {}",
+                other.type_str()
+            ))),
+        })
+        .collect()
 }
 
 /// A component's `config` table: strings, or numbers and booleans taken as their text. A

@@ -28,7 +28,8 @@ fn defaults_match_the_original_demo() {
     assert_eq!(p.compile_cache_max_mib, 1024);
     let stage = &p.stages[0];
     assert_eq!((stage.timeout_ms, stage.memory_mib), (1_000, 64));
-    assert_eq!(stage.keep_fields, ["order_id"]);
+    assert_eq!(stage.keep_fields, None);
+    assert_eq!(&*stage.settings().output_rule.keep_fields, ["order_id"]);
 }
 
 proptest::proptest! {

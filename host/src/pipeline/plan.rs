@@ -27,8 +27,8 @@ pub struct StageRoute {
     pub transactional_id: Option<String>,
     /// Input topic.
     pub input: String,
-    /// Output topic.
-    pub output: String,
+    /// Output topics by name, the default first.
+    pub outputs: Vec<(String, String)>,
     /// Topic for records the stage could not process.
     pub dead_letter: String,
     /// Retries of a call whose error the stage marked retryable.
@@ -41,6 +41,22 @@ pub struct StageRoute {
     pub max_output_bytes: usize,
     /// Where the stage starts reading while its group has no committed position.
     pub from: StartFrom,
+}
+
+impl StageRoute {
+    /// Whether the stage writes to `topic`.
+    pub fn feeds(&self, topic: &str) -> bool {
+        self.outputs.iter().any(|(_, output)| output == topic)
+    }
+
+    /// The topic of the output named `name`, or of the first output for `None`.
+    pub fn output_topic(&self, name: Option<&str>) -> Option<&str> {
+        match name {
+            None => self.outputs.first(),
+            Some(name) => self.outputs.iter().find(|(declared, _)| declared == name),
+        }
+        .map(|(_, topic)| topic.as_str())
+    }
 }
 
 /// What librdkafka's producers send at most unless `message.max.bytes` says otherwise.
@@ -134,13 +150,13 @@ impl Plan {
                     transactional_id: exactly_once.then(|| format!("{group_id}-{instance}")),
                     group_id,
                     input: config.input.clone(),
-                    output: config.output.clone(),
+                    outputs: config.outputs.clone(),
                     dead_letter: config.dead_letter_topic(),
                     retries: config.retries,
                     trusts_trail: pipeline
                         .stages
                         .iter()
-                        .any(|other| other.output == config.input),
+                        .any(|other| other.outputs.iter().any(|(_, t)| *t == config.input)),
                     max_output_bytes: config
                         .max_output_bytes
                         .map_or(producer_max, |max| max.min(producer_max)),
@@ -201,7 +217,11 @@ impl Plan {
             ..plain(&pipeline.orders.orders_topic)
         });
         for (_, route) in &stages {
-            for topic in [&route.input, &route.output, &route.dead_letter] {
+            let outputs = route.outputs.iter().map(|(_, topic)| topic);
+            for topic in [&route.input, &route.dead_letter]
+                .into_iter()
+                .chain(outputs)
+            {
                 topics.insert(plain(topic));
             }
         }

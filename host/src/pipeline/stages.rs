@@ -41,6 +41,15 @@ pub enum Source {
     Deployment,
 }
 
+/// One of a stage's outputs.
+#[derive(Debug, Clone, Serialize, serde::Deserialize, utoipa::ToSchema)]
+pub struct NamedOutput {
+    /// The name a processor sends records to it by.
+    pub name: String,
+    /// Its topic.
+    pub topic: String,
+}
+
 /// One stage as the admin API shows it.
 #[derive(Debug, Clone, Serialize, serde::Deserialize, utoipa::ToSchema)]
 pub struct StageInfo {
@@ -48,8 +57,13 @@ pub struct StageInfo {
     pub name: String,
     /// Input topic.
     pub input: String,
-    /// Output topic.
+    /// Output topic (the first of its outputs).
     pub output: String,
+    /// Every output, the default first.
+    pub outputs: Vec<NamedOutput>,
+    /// The world its component exports (`pizza:stage/topping@0.1.0` or
+    /// `pizza:stage/processor@0.2.0`).
+    pub world: String,
     /// Where records it cannot process go.
     pub dead_letter: String,
     /// Retries of a call whose error the stage marked retryable.
@@ -67,6 +81,8 @@ pub struct StageInfo {
     pub processed: u64,
     /// Records that went to the dead-letter topic.
     pub dead_lettered: u64,
+    /// Records the stage dropped: it returned no record for them (a filter), not a failure.
+    pub dropped: u64,
     /// The most recent failure to process a record, if any.
     pub last_error: Option<ErrorInfo>,
     /// The most recent rejected swap (file change or upload), if any.
@@ -299,7 +315,8 @@ impl Stages {
                 digest = component.digest(),
                 origin = ?component.origin(),
                 input = route.input,
-                output = route.output,
+                world = component.world(),
+                outputs = ?route.outputs,
                 dead_letter = route.dead_letter,
                 "stage started"
             );

@@ -82,6 +82,7 @@ pub struct Metrics {
     registry: Registry,
     records_in: Family<StageLabels, Counter>,
     records_out: Family<StageLabels, Counter>,
+    records_dropped: Family<StageLabels, Counter>,
     call_errors: Family<FailureLabels, Counter>,
     dead_letters: Family<FailureLabels, Counter>,
     call_seconds: HistogramFamily<StageLabels>,
@@ -106,6 +107,7 @@ impl Metrics {
         let mut metrics = Self {
             records_in: Family::default(),
             records_out: Family::default(),
+            records_dropped: Family::default(),
             call_errors: Family::default(),
             dead_letters: Family::default(),
             call_seconds: Family::new_with_constructor(call_histogram),
@@ -127,6 +129,11 @@ impl Metrics {
             "stage_records_out",
             "Results a stage sent to its output topic",
             metrics.records_out.clone(),
+        );
+        r.register(
+            "stage_records_dropped",
+            "Records a stage dropped: it returned no record for them (a filter), not a failure",
+            metrics.records_dropped.clone(),
         );
         r.register(
             "stage_call_errors",
@@ -184,6 +191,7 @@ impl Metrics {
         StageMetrics {
             records_in: self.records_in.get_or_create_owned(&labels),
             records_out: self.records_out.get_or_create_owned(&labels),
+            records_dropped: self.records_dropped.get_or_create_owned(&labels),
             call_seconds: self.call_seconds.get_or_create_owned(&labels),
             swaps: self.swaps.get_or_create_owned(&labels),
             metrics: self.clone(),
@@ -247,6 +255,7 @@ pub struct OrderCounts {
 pub struct StageMetrics {
     records_in: Counter,
     records_out: Counter,
+    records_dropped: Counter,
     call_seconds: Histogram,
     swaps: Counter,
     metrics: Arc<Metrics>,
@@ -259,9 +268,14 @@ impl StageMetrics {
         self.records_in.inc();
     }
 
-    /// A result was sent to the output.
-    pub fn record_out(&self) {
-        self.records_out.inc();
+    /// `count` records made of one input were sent to the outputs.
+    pub fn records_out(&self, count: usize) {
+        self.records_out.inc_by(count as u64);
+    }
+
+    /// The stage returned no record for an input.
+    pub fn dropped(&self) {
+        self.records_dropped.inc();
     }
 
     /// A call took `elapsed`; `failure` is its kind if it failed.
@@ -307,7 +321,7 @@ mod tests {
         let sauce = metrics.stage("sauce");
         sauce.record_in();
         sauce.record_in();
-        sauce.record_out();
+        sauce.records_out(1);
         sauce.call(Duration::from_micros(50), None);
         sauce.call(Duration::from_millis(2), Some("trap"));
         sauce.dead_letter("trap");
@@ -315,6 +329,8 @@ mod tests {
             name: "sauce".into(),
             input: "pizza".into(),
             output: "pizza-with-sauce".into(),
+            outputs: Vec::new(),
+            world: "pizza:stage/topping@0.1.0".into(),
             dead_letter: "pizza.dlq".into(),
             retries: 3,
             source: crate::pipeline::stages::Source::Deployment,
@@ -323,6 +339,7 @@ mod tests {
             swaps: 0,
             processed: 1,
             dead_lettered: 1,
+            dropped: 0,
             last_error: None,
             last_swap_error: None,
             paused: false,

@@ -6,7 +6,7 @@
 //! pipelined (the loop does not wait for each acknowledgement) through an idempotent producer,
 //! which keeps them in order and free of duplicates on retry. A separate task awaits the
 //! acknowledgements in the same order and stores a batch's input offsets only after all its
-//! outputs are acknowledged, so the committed offset never passes an event whose result is not
+//! outputs (every record each input became) are acknowledged, so the committed offset never passes an event whose result is not
 //! in Kafka. If a send fails for good, the loop stops; its supervisor starts it again from the
 //! last committed offset.
 
@@ -125,22 +125,23 @@ async fn store_acknowledged(
         for Pending {
             partition,
             offset,
-            delivery,
+            deliveries,
         } in batch
         {
-            match delivery.await {
-                Ok(Ok(_)) => {
-                    next_offsets.insert(partition, offset + 1);
-                }
-                Ok(Err((err, _))) => {
-                    anyhow::bail!(
-                        "send for {input}/{partition}@{offset} failed: {err}; resuming from the last commit"
-                    )
-                }
-                Err(_) => {
-                    anyhow::bail!("producer dropped the send for {input}/{partition}@{offset}")
+            for delivery in deliveries {
+                match delivery.await {
+                    Ok(Ok(_)) => {}
+                    Ok(Err((err, _))) => {
+                        anyhow::bail!(
+                            "send for {input}/{partition}@{offset} failed: {err}; resuming from the last commit"
+                        )
+                    }
+                    Err(_) => {
+                        anyhow::bail!("producer dropped the send for {input}/{partition}@{offset}")
+                    }
                 }
             }
+            next_offsets.insert(partition, offset + 1);
         }
         let mut offsets = TopicPartitionList::new();
         for (partition, next) in next_offsets {

@@ -85,7 +85,7 @@ impl TransactionalWork for StageWork<'_> {
         )
         .await?;
         let handled = pending.len();
-        txn.include(pending.into_iter().map(|pending| pending.delivery));
+        txn.include(pending.into_iter().flat_map(|pending| pending.deliveries));
         Ok(handled)
     }
 

@@ -17,7 +17,7 @@ use arc_swap::ArcSwap;
 use tokio_util::sync::CancellationToken;
 
 use crate::kafka::GroupState;
-use crate::runtime::{CallError, StageComponent};
+use crate::runtime::{CallError, Output, StageComponent};
 use crate::telemetry::events::Events;
 use crate::telemetry::metrics::StageMetrics;
 
@@ -51,6 +51,7 @@ impl StageShared {
             component: ArcSwap::from_pointee(component),
             stats: StageStats {
                 processed: AtomicU64::default(),
+                dropped: AtomicU64::default(),
                 dead_lettered: AtomicU64::default(),
                 last_error: Mutex::default(),
                 metrics,
@@ -75,8 +76,10 @@ impl StageShared {
 
 /// Counters of one stage, for the admin API, logs and metrics.
 pub struct StageStats {
-    /// Records whose result was sent to the output topic.
+    /// Records whose results were sent to the outputs.
     pub processed: AtomicU64,
+    /// Records the stage dropped (it returned no record for them): a filter's, not a failure.
+    pub dropped: AtomicU64,
     /// Records sent to the dead-letter topic.
     pub dead_lettered: AtomicU64,
     /// The most recent failure.
@@ -96,11 +99,15 @@ pub struct LastError {
 }
 
 impl StageStats {
-    pub(crate) fn record(&self, outcome: &Result<String, Failure>) {
+    pub(crate) fn record(&self, outcome: &Result<Vec<Output>, Failure>) {
         match outcome {
-            Ok(_) => {
+            Ok(outputs) if outputs.is_empty() => {
+                self.dropped.fetch_add(1, Ordering::Relaxed);
+                self.metrics.dropped();
+            }
+            Ok(outputs) => {
                 self.processed.fetch_add(1, Ordering::Relaxed);
-                self.metrics.record_out();
+                self.metrics.records_out(outputs.len());
             }
             Err(failure) => {
                 self.dead_lettered.fetch_add(1, Ordering::Relaxed);
@@ -146,11 +153,12 @@ impl From<CallError> for Failure {
     }
 }
 
-/// A result on its way to the broker, and the input offset it releases once acknowledged.
+/// What one input record became on its way to the broker (none, one or several records),
+/// and the input offset it releases once all are acknowledged.
 pub(crate) struct Pending {
     pub partition: i32,
     pub offset: i64,
-    pub delivery: rdkafka::producer::DeliveryFuture,
+    pub deliveries: Vec<rdkafka::producer::DeliveryFuture>,
 }
 
 /// How a running stage is told to stop.

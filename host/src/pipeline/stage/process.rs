@@ -1,6 +1,7 @@
 //! A batch of one stage: call the component on each record, in order, and send each outcome
-//! — the result to the output topic with the record's key and headers plus this stage's trail
-//! visit, or the original record to the dead-letter topic with headers saying why.
+//! — the records it became (none for a dropped event, several for a split one) to their output
+//! topics with the record's key and headers plus this stage's trail visit, or the original
+//! record to the dead-letter topic with headers saying why.
 
 use std::time::{Duration, SystemTime};
 
@@ -13,7 +14,7 @@ use rdkafka::producer::{FutureProducer, FutureRecord};
 use super::{Failure, Pending, StageShared};
 use crate::kafka::headers;
 use crate::pipeline::plan::StageRoute as Route;
-use crate::runtime::{CallError, StageComponent};
+use crate::runtime::{CallError, Event, Output, PROCESSOR_WORLD, StageComponent};
 use crate::telemetry::metrics::StageMetrics;
 use crate::telemetry::trace_context;
 
@@ -76,9 +77,7 @@ pub(crate) async fn batch(
                 if bound.is_some_and(|bound| !(bound.fresh && sent.is_empty())) {
                     break;
                 }
-                let event = message.payload().map(std::str::from_utf8);
-                let event = event.and_then(Result::ok).unwrap_or_default();
-                retry(&component, metrics, event, route.retries).await
+                retry(&component, metrics, message, route.retries).await
             }
             outcome => outcome,
         };
@@ -95,7 +94,7 @@ pub(crate) struct CalledAhead {
     component: std::sync::Arc<StageComponent>,
     /// Partition and offset of the first record called, to match them to the next batch.
     first: Option<(i32, i64)>,
-    outcomes: Vec<Result<String, Failure>>,
+    outcomes: Vec<Result<Vec<Output>, Failure>>,
 }
 
 /// Calls the stage on `messages` now, sending nothing: under exactly-once the next batch's
@@ -139,34 +138,47 @@ impl Bound {
     }
 }
 
-/// The stage's first call on one record (a record with no UTF-8 value is not called).
+/// The stage's first call on one record (a record without a value is not called).
 fn call_once(
     component: &StageComponent,
     metrics: &StageMetrics,
     message: &BorrowedMessage<'_>,
-) -> Result<String, Failure> {
+) -> Result<Vec<Output>, Failure> {
     metrics.record_in();
-    let invalid = |message: String| Failure {
-        kind: "invalid-input",
-        message,
-        attempts: 0,
-        retryable: false,
-    };
-    match message.payload().map(std::str::from_utf8) {
-        None => Err(invalid("record has no value".into())),
-        Some(Err(err)) => Err(invalid(format!("value is not UTF-8: {err}"))),
-        Some(Ok(event)) => timed_call(component, metrics, event).map_err(Failure::from),
-    }
+    timed_call(component, metrics, message).map_err(|err| Failure {
+        // Nothing was called on input the stage could not be given.
+        attempts: u32::from(!matches!(err, CallError::InvalidInput(_))),
+        ..Failure::from(err)
+    })
 }
 
-/// One call of the stage, counted in its metrics.
+/// One call of the stage on `message`, counted in its metrics.
 fn timed_call(
     component: &StageComponent,
     metrics: &StageMetrics,
-    event: &str,
-) -> Result<String, CallError> {
+    message: &BorrowedMessage<'_>,
+) -> Result<Vec<Output>, CallError> {
+    let Some(value) = message.payload() else {
+        return Err(CallError::InvalidInput("record has no value".into()));
+    };
+    // Only a processor reads the headers: a topping's call does not pay for listing them.
+    let headers: Vec<(&str, &[u8])> = if component.world() == PROCESSOR_WORLD {
+        let all = message.headers().into_iter().flat_map(|h| h.iter());
+        all.map(|h| (h.key, h.value.unwrap_or_default())).collect()
+    } else {
+        Vec::new()
+    };
+    let event = Event {
+        value,
+        key: message.key(),
+        headers: &headers,
+        timestamp: message.timestamp().to_millis(),
+        topic: message.topic(),
+        partition: message.partition(),
+        offset: message.offset(),
+    };
     let started = std::time::Instant::now();
-    let called = component.call(event);
+    let called = component.call(&event);
     metrics.call(
         started.elapsed(),
         called.as_ref().err().map(CallError::kind),
@@ -180,14 +192,14 @@ fn timed_call(
 async fn retry(
     component: &StageComponent,
     metrics: &StageMetrics,
-    event: &str,
+    message: &BorrowedMessage<'_>,
     retries: u32,
-) -> Result<String, Failure> {
+) -> Result<Vec<Output>, Failure> {
     let mut attempt = 1;
     loop {
         tokio::time::sleep(RETRY_BACKOFF * 2u32.pow(attempt - 1)).await;
         attempt += 1;
-        match tokio::task::block_in_place(|| timed_call(component, metrics, event)) {
+        match tokio::task::block_in_place(|| timed_call(component, metrics, message)) {
             Ok(output) => return Ok(output),
             Err(CallError::Returned {
                 retryable: true, ..
@@ -202,8 +214,10 @@ async fn retry(
     }
 }
 
-/// Sends one record's outcome: the result to the output topic, or the original record to the
-/// dead-letter topic with headers saying why.
+/// Sends one record's outcome: the records it became to their outputs (none for a dropped
+/// event), or the original record to the dead-letter topic with headers saying why. Either
+/// all of an event's records are sent or none is: one too large sends the event to the
+/// dead-letter topic instead.
 async fn send_outcome(
     stage: &StageShared,
     route: &Route,
@@ -211,85 +225,124 @@ async fn send_outcome(
     component: &StageComponent,
     visit: &str,
     message: &BorrowedMessage<'_>,
-    outcome: Result<String, Failure>,
+    outcome: Result<Vec<Output>, Failure>,
 ) -> anyhow::Result<Pending> {
-    let key_bytes = message.key().map_or(0, <[u8]>::len);
-    let outcome = match outcome {
-        Ok(output) => {
-            let size = output.len() + key_bytes + headers_size(message) + visit.len();
-            if size + RECORD_OVERHEAD > route.max_output_bytes {
-                Err(Failure {
-                    kind: "too-large",
-                    message: format!(
-                        "the output record would be {size} bytes, over the stage's limit of {} \
-                         (max_output_bytes, or what the producer may send)",
-                        route.max_output_bytes
-                    ),
-                    attempts: 1,
-                    retryable: false,
-                })
-            } else {
-                Ok(output)
-            }
-        }
-        failed => failed,
-    };
+    let outcome = outcome.and_then(|outputs| check_sizes(route, visit, message, outputs));
     stage.stats.record(&outcome);
-    // An order's records are keyed by its id.
-    let order_id = message.key().and_then(|key| std::str::from_utf8(key).ok());
-    if let (Ok(output), Some(order_id)) = (&outcome, order_id) {
-        stage.events.publish_for_order(order_id, || {
-            serde_json::json!({
-                "type": "stage",
-                "stage": component.name(),
-                "pizza": serde_json::from_str::<serde_json::Value>(output).unwrap_or_default(),
-            })
-        });
-    }
-    let record = match &outcome {
-        Ok(output) => FutureRecord::to(&route.output)
-            .payload(output.as_bytes())
-            .headers(onward_headers(message, visit, route)),
-        Err(failure) => {
-            tracing::warn!(
-                stage = component.name(),
-                topic = route.input,
-                partition = message.partition(),
-                offset = message.offset(),
-                order_id = message.key().map(String::from_utf8_lossy).as_deref(),
-                trace_id = trace_id(message).as_deref(),
-                kind = failure.kind,
-                "record sent to {}: {}",
-                route.dead_letter,
-                failure.message
-            );
-            let why =
-                dead_letter_headers(copy_headers(message, route), component, failure, message);
-            let payload = message.payload().unwrap_or_default();
-            let size = payload.len() + key_bytes + headers_size(message) + DEAD_LETTER_HEADERS;
-            // An input near the limit, with the headers that say why, may not fit: the dead
-            // letter then goes without the value, its headers naming where the record is.
-            let payload = if size + failure.message.len() + RECORD_OVERHEAD > route.max_output_bytes
-            {
-                &[][..]
-            } else {
-                payload
-            };
-            FutureRecord::to(&route.dead_letter)
-                .payload(payload)
-                .headers(why)
-        }
-    };
-    let record = match message.key() {
-        Some(key) => record.key(key),
-        None => record,
-    };
-    let delivery = crate::kafka::send(producer, record).await?;
-    Ok(Pending {
+    let mut pending = Pending {
         partition: message.partition(),
         offset: message.offset(),
-        delivery,
-    })
+        deliveries: Vec::new(),
+    };
+    let outputs = match outcome {
+        Ok(outputs) => outputs,
+        Err(failure) => {
+            let record = dead_letter(route, component, message, &failure);
+            let record = match message.key() {
+                Some(key) => record.key(key),
+                None => record,
+            };
+            pending
+                .deliveries
+                .push(crate::kafka::send(producer, record).await?);
+            return Ok(pending);
+        }
+    };
+    // An order's records are keyed by its id.
+    let order_id = message.key().and_then(|key| std::str::from_utf8(key).ok());
+    for output in outputs {
+        if let Some(order_id) = order_id {
+            stage.events.publish_for_order(order_id, || {
+                serde_json::json!({
+                    "type": "stage",
+                    "stage": component.name(),
+                    "pizza": serde_json::from_slice::<serde_json::Value>(&output.value).unwrap_or_default(),
+                })
+            });
+        }
+        // The runtime checked the name against the stage's declared outputs.
+        let topic = route
+            .output_topic(output.to.as_deref())
+            .unwrap_or(&route.outputs[0].1);
+        let record = FutureRecord::to(topic)
+            .payload(&output.value[..])
+            .headers(onward_headers(message, visit, route, &output.headers));
+        let record = match output.key.as_deref().or(message.key()) {
+            Some(key) => record.key(key),
+            None => record,
+        };
+        pending
+            .deliveries
+            .push(crate::kafka::send(producer, record).await?);
+    }
+    Ok(pending)
+}
+
+/// `outputs`, unless one would be larger than the stage may send.
+fn check_sizes(
+    route: &Route,
+    visit: &str,
+    message: &BorrowedMessage<'_>,
+    outputs: Vec<Output>,
+) -> Result<Vec<Output>, Failure> {
+    let carried = headers_size(message) + visit.len();
+    for output in &outputs {
+        let key_bytes = output
+            .key
+            .as_ref()
+            .map_or(message.key().map_or(0, <[u8]>::len), Vec::len);
+        let added: usize = output.headers.iter().map(|(k, v)| k.len() + v.len()).sum();
+        let size = output.value.len() + key_bytes + carried + added;
+        if size + RECORD_OVERHEAD > route.max_output_bytes {
+            return Err(Failure {
+                kind: "too-large",
+                message: format!(
+                    "the output record would be {size} bytes, over the stage's limit of {} \
+                     (max_output_bytes, or what the producer may send)",
+                    route.max_output_bytes
+                ),
+                attempts: 1,
+                retryable: false,
+            });
+        }
+    }
+    Ok(outputs)
+}
+
+/// The record sent to the dead-letter topic for `message`: its value and headers, with
+/// headers saying why.
+fn dead_letter<'a>(
+    route: &'a Route,
+    component: &StageComponent,
+    message: &'a BorrowedMessage<'_>,
+    failure: &Failure,
+) -> FutureRecord<'a, [u8], [u8]> {
+    tracing::warn!(
+        stage = component.name(),
+        topic = route.input,
+        partition = message.partition(),
+        offset = message.offset(),
+        order_id = message.key().map(String::from_utf8_lossy).as_deref(),
+        trace_id = trace_id(message).as_deref(),
+        kind = failure.kind,
+        "record sent to {}: {}",
+        route.dead_letter,
+        failure.message
+    );
+    let why = dead_letter_headers(copy_headers(message, route), component, failure, message);
+    let payload = message.payload().unwrap_or_default();
+    let key_bytes = message.key().map_or(0, <[u8]>::len);
+    let size = payload.len() + key_bytes + headers_size(message) + DEAD_LETTER_HEADERS;
+    // An input near the limit, with the headers that say why, may not fit: the dead letter
+    // then goes without the value, its headers naming where the record is.
+    let payload = if size + failure.message.len() + RECORD_OVERHEAD > route.max_output_bytes {
+        &[][..]
+    } else {
+        payload
+    };
+    FutureRecord::to(&route.dead_letter)
+        .payload(payload)
+        .headers(why)
 }
 
 /// Bytes of `message`'s headers (names and values).
@@ -325,11 +378,17 @@ fn trail_visit(component: &StageComponent) -> String {
 }
 
 /// The headers of a result: the input's, with the trace context continued as a child span
-/// of this stage and `visit` added to the trail.
-fn onward_headers(message: &BorrowedMessage<'_>, visit: &str, route: &Route) -> OwnedHeaders {
+/// of this stage, the headers the stage `added` (but the host's own, which a stage may not
+/// write) and `visit` added to the trail.
+fn onward_headers(
+    message: &BorrowedMessage<'_>,
+    visit: &str,
+    route: &Route,
+    added: &[(String, Vec<u8>)],
+) -> OwnedHeaders {
     // Sized once: the list grows by a trail entry per stage, past librdkafka's default of 5.
-    let mut onward =
-        OwnedHeaders::new_with_capacity(message.headers().map_or(0, Headers::count) + 1);
+    let carried = message.headers().map_or(0, Headers::count);
+    let mut onward = OwnedHeaders::new_with_capacity(carried + added.len() + 1);
     let kept = message.headers().into_iter().flat_map(|h| h.iter());
     for header in kept.filter(|h| headers::pass_on(h.key, route.trusts_trail)) {
         let child = (header.key == trace_context::HEADER)
@@ -338,6 +397,15 @@ fn onward_headers(message: &BorrowedMessage<'_>, visit: &str, route: &Route) -> 
         onward = onward.insert(Header {
             key: header.key,
             value: child.as_deref().map(str::as_bytes).or(header.value),
+        });
+    }
+    for (key, value) in added
+        .iter()
+        .filter(|(key, _)| !key.starts_with(headers::PREFIX))
+    {
+        onward = onward.insert(Header {
+            key,
+            value: Some(value),
         });
     }
     onward.insert(Header {

@@ -13,7 +13,9 @@ use super::{StageShared, StopSignals, at_least_once, exactly_once};
 use crate::config::{StageConfig, StartFrom};
 use crate::kafka::KafkaSettings;
 use crate::pipeline::plan::StageRoute;
-use crate::pipeline::stages::{ErrorInfo, PartitionInfo, Source, StageInfo, SwapReport};
+use crate::pipeline::stages::{
+    ErrorInfo, NamedOutput, PartitionInfo, Source, StageInfo, SwapReport,
+};
 use crate::pipeline::supervisor::supervise;
 use crate::runtime::StageComponent;
 
@@ -222,11 +224,11 @@ pub(crate) async fn stop_upstream_first(mut leaving: Vec<RunningStage>) -> Vec<S
             .find(|&i| {
                 !leaving
                     .iter()
-                    .any(|other| other.route.output == leaving[i].route.input)
+                    .any(|other| other.route.feeds(&leaving[i].route.input))
             })
             .unwrap_or(0);
         let stage = leaving.swap_remove(next);
-        let producer_stopped = stopped.iter().any(|s| s.output == stage.route.input);
+        let producer_stopped = stopped.iter().any(|s| s.feeds(&stage.route.input));
         stopped.push(stage.route.clone());
         if producer_stopped {
             drain_and_stop(stage).await;
@@ -297,6 +299,17 @@ fn info(stage: &RunningStage) -> StageInfo {
         dead_lettered: stats
             .dead_lettered
             .load(std::sync::atomic::Ordering::Relaxed),
+        dropped: stats.dropped.load(std::sync::atomic::Ordering::Relaxed),
+        world: stage.shared.current().world().to_owned(),
+        outputs: stage
+            .route
+            .outputs
+            .iter()
+            .map(|(name, topic)| NamedOutput {
+                name: name.clone(),
+                topic: topic.clone(),
+            })
+            .collect(),
         last_error,
         last_swap_error: stage.last_swap_error.clone(),
         paused: stage.paused,
