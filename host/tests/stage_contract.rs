@@ -344,3 +344,82 @@ fn invoke_runs_a_processor_on_a_jsonl_file_of_values_and_records() {
     assert_eq!(echo["headers"]["h"], "v", "{text}");
     assert_eq!(echo["key"], "k2", "{text}");
 }
+
+/// A splitter killed (SIGKILL) while an event's three records were on their way writes each of
+/// them exactly once once restarted: an event's records share its transaction.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_split_event_is_written_exactly_once_across_kill_9() {
+    const BASKETS: usize = 20_000;
+    let topics = Topics::unique("split-crash");
+    let events = EventTopics {
+        suffix: topics.suffix.clone(),
+    };
+    let pipeline = process_pipeline("split-crash", &topics, &bootstrap());
+    let (input, summaries, items) = (
+        events.topic("baskets"),
+        events.topic("basket-summaries"),
+        events.topic("basket-items"),
+    );
+    let toml = std::fs::read_to_string(&pipeline).expect("pipeline");
+    let splitter = format!(
+        "{toml}\n[[stage]]\nname = \"splitter\"\ncomponent = \"{}\"\ninput = \"{input}\"\n\
+         outputs = {{ summary = \"{summaries}\", items = \"{items}\" }}\n",
+        component("splitter").display()
+    );
+    std::fs::write(&pipeline, splitter).expect("pipeline");
+    let mut host = HostProcess::start_named(&pipeline, "split-crash").await;
+    let group = format!("test-{}-splitter", topics.suffix);
+
+    let producer = producer();
+    let mut sent = Vec::with_capacity(BASKETS);
+    for n in 0..BASKETS {
+        let basket = json!({"basket": n, "items": ["dough", "sauce"]}).to_string();
+        let key = format!("b{n}");
+        let record = FutureRecord::to(&input).key(&key).payload(&basket);
+        sent.push(producer.send_result(record).expect("queued"));
+    }
+    for delivery in sent {
+        delivery.await.expect("delivered").expect("acknowledged");
+    }
+
+    // Killed while some input lay beyond the committed offset; tried again if a kill came
+    // after everything was committed.
+    let mut landed = false;
+    for attempt in 1..=3 {
+        let taken = stage_records_in(&host.url, "splitter").await;
+        wait_for(WAIT, "the splitter to make progress", || async {
+            (stage_records_in(&host.url, "splitter").await > taken).then_some(())
+        })
+        .await;
+        host.kill();
+        let in_flight = records_after_commit(&group, &input);
+        println!("kill {attempt}: {in_flight} baskets to redo");
+        host = HostProcess::start_named(&pipeline, "split-crash").await;
+        if in_flight > 0 {
+            landed = true;
+            break;
+        }
+    }
+    assert!(landed, "no kill found baskets in flight");
+
+    wait_for(Duration::from_secs(120), "every basket split", || async {
+        (record_count(&items) >= 2 * BASKETS as i64).then_some(())
+    })
+    .await;
+    let summary_records = read_records(&summaries, BASKETS + 1, Duration::from_secs(30));
+    let item_records = read_records(&items, 2 * BASKETS + 1, Duration::from_secs(30));
+    assert_eq!(summary_records.len(), BASKETS, "each summary once");
+    assert_eq!(item_records.len(), 2 * BASKETS, "each item once");
+    let distinct: std::collections::BTreeSet<(i64, i64)> = values(&item_records)
+        .iter()
+        .map(|item| {
+            (
+                item["basket"].as_i64().expect("basket"),
+                item["index"].as_i64().expect("index"),
+            )
+        })
+        .collect();
+    assert_eq!(distinct.len(), 2 * BASKETS);
+    assert_eq!(record_count(&format!("{input}.dlq")), 0);
+    drop(host);
+}

@@ -59,6 +59,32 @@ impl StageRoute {
     }
 }
 
+/// The topics pizzas pass through: the orders' topic, and every output of a stage or join
+/// that reads one of them.
+fn order_path(
+    orders: &str,
+    stages: &[(StageConfig, StageRoute)],
+    joins: &[JoinRoute],
+) -> BTreeSet<String> {
+    let mut path = BTreeSet::from([orders.to_owned()]);
+    loop {
+        let before = path.len();
+        for (_, route) in stages {
+            if path.contains(&route.input) {
+                path.extend(route.outputs.iter().map(|(_, topic)| topic.clone()));
+            }
+        }
+        for join in joins {
+            if join.config.inputs.iter().any(|input| path.contains(input)) {
+                path.insert(join.config.output.clone());
+            }
+        }
+        if path.len() == before {
+            return path;
+        }
+    }
+}
+
 /// What librdkafka's producers send at most unless `message.max.bytes` says otherwise.
 const PRODUCER_MAX_BYTES: usize = 1_000_000;
 
@@ -192,13 +218,23 @@ impl Plan {
                 }
             })
             .collect();
+        // Only the dead letters of what pizzas pass through are failed pizzas: a stage on
+        // other events (a processor of payments, say) has its own, which are no order's.
+        let on_path = order_path(&pipeline.orders.topic, &stages, &joins);
         let view = ViewTopics {
             orders: pipeline.orders.orders_topic.clone(),
             completed: pipeline.orders.completed_topic.clone(),
             dead_letters: stages
                 .iter()
-                .map(|(_, route)| route.dead_letter.clone())
-                .chain(joins.iter().map(|join| join.dead_letter.clone()))
+                .map(|(_, route)| route)
+                .filter(|route| on_path.contains(&route.input))
+                .map(|route| route.dead_letter.clone())
+                .chain(
+                    joins
+                        .iter()
+                        .filter(|join| join.config.inputs.iter().any(|i| on_path.contains(i)))
+                        .map(|join| join.dead_letter.clone()),
+                )
                 .collect(),
         };
 
@@ -393,7 +429,12 @@ mod tests {
     #[test]
     fn a_moved_stage_moves_its_dead_letters_in_the_view() {
         let mut edited = chain();
+        let mut oregano = edited.stages[2].clone();
+        oregano.name = "oregano".into();
+        oregano.input = "pizza-with-meats".into();
+        oregano.outputs = vec![("main".into(), "pizza-with-oregano".into())];
         edited.stages[3].input = "pizza-with-oregano".into();
+        edited.stages.push(oregano);
         let plan = Plan::of(&edited);
         assert!(plan.view.dead_letters.contains("pizza-with-oregano.dlq"));
         assert!(
@@ -401,6 +442,21 @@ mod tests {
                 .iter()
                 .any(|t| t.name == "pizza-with-oregano.dlq")
         );
+    }
+
+    #[test]
+    fn the_view_follows_the_dead_letters_of_what_pizzas_pass_through_only() {
+        let mut pipeline = chain();
+        let mut payments = pipeline.stages[0].clone();
+        payments.name = "payments".into();
+        payments.input = "payments".into();
+        payments.outputs = vec![("main".into(), "payments-accepted".into())];
+        pipeline.stages.push(payments);
+        let plan = Plan::of(&pipeline);
+        assert!(plan.view.dead_letters.contains("pizza.dlq"));
+        assert!(plan.view.dead_letters.contains("pizza-with-meats.dlq"));
+        assert!(!plan.view.dead_letters.contains("payments.dlq"));
+        assert!(plan.topics.iter().any(|t| t.name == "payments.dlq"));
     }
 
     /// Every setting an edit can change is either applied or reported, and `applied` takes
