@@ -110,6 +110,14 @@ pub enum Command {
         /// The language to write it in.
         #[arg(long, value_enum, default_value_t = Lang::Rust)]
         lang: Lang,
+        /// The contract: `topping` (0.1.0: a pizza in, the pizza out) or `processor` (0.2.0:
+        /// a record in, any number of records out, to named outputs).
+        #[arg(long, value_enum, default_value_t = new::World::Topping)]
+        world: new::World,
+        /// Where a Rust processor outside a pizza-host checkout finds pizza-stage-sdk: a path
+        /// to `crates/stage-sdk`, or a git URL of the checkout.
+        #[arg(long)]
+        sdk: Option<String>,
     },
     /// Puts a new stage into a pipeline file ahead of an existing stage; a host watching the
     /// file starts it live. The component is checked first.
@@ -336,7 +344,12 @@ pub fn dispatch(command: Command) -> anyhow::Result<()> {
             };
             invoke::run(&component, &how)
         }
-        Command::New { name, lang } => new::run(&name, lang),
+        Command::New {
+            name,
+            lang,
+            world,
+            sdk,
+        } => new::run(&name, &new::Spec { lang, world, sdk }),
         Command::Add {
             name,
             component,

@@ -1,18 +1,24 @@
 //! `pizza-host new`: a new stage project in `functions/<name>`, in Rust, Python or JavaScript,
 //! that builds with its language's documented command and passes `check` and `invoke` as it is.
 //!
-//! The templates are files in `new/` beside this module, with `{{name}}`, `{{field}}`, `{{wit}}` and
-//! `{{workspace}}` to fill in. Inside a pizza-host checkout a project uses the checkout's
-//! `wit/` folder (one contract, no copies to drift); anywhere else it gets its own copy.
+//! A stage of either contract: a topping (`pizza:stage/topping@0.1.0`, the default) or a
+//! processor (`--world processor`, `pizza:stage/processor@0.2.0`).
+//!
+//! The templates are files in `new/` beside this module, with `{{name}}`, `{{field}}`,
+//! `{{wit}}`, `{{sdk}}` and `{{workspace}}` to fill in. Inside a pizza-host checkout a project
+//! uses the checkout's `wit/` folder, and a Rust processor its `crates/stage-sdk` (one
+//! contract, no copies to drift); anywhere else it gets its own copy of the WIT, and a Rust
+//! processor names the SDK it is given (`--sdk`).
 
 use std::path::{Path, PathBuf};
 
 use anyhow::Context as _;
 
 /// The language of a new stage.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
 pub enum Lang {
     /// Rust, built with `cargo component build --release`.
+    #[default]
     Rust,
     /// Python, built with componentize-py.
     Python,
@@ -20,13 +26,30 @@ pub enum Lang {
     Js,
 }
 
-/// The WIT package, for projects outside a checkout.
-const WIT_FILES: [(&str, &str); 2] = [
+/// The contract a new stage implements.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
+pub enum World {
+    /// `pizza:stage/topping@0.1.0`: a pizza (JSON) in, the enriched pizza out.
+    #[default]
+    Topping,
+    /// `pizza:stage/processor@0.2.0`: a whole record in, any number of records out.
+    Processor,
+}
+
+/// What WASI's random interface says, which both contract versions import.
+const RANDOM_WIT: (&str, &str) = (
+    "deps/random/random.wit",
+    include_str!("../../../wit/deps/random/random.wit"),
+);
+
+/// The WIT package of each world, for projects outside a checkout.
+const TOPPING_WIT: [(&str, &str); 2] = [
     ("stage.wit", include_str!("../../../wit/stage.wit")),
-    (
-        "deps/random/random.wit",
-        include_str!("../../../wit/deps/random/random.wit"),
-    ),
+    RANDOM_WIT,
+];
+const PROCESSOR_WIT: [(&str, &str); 2] = [
+    ("stage.wit", include_str!("../../../wit/v0.2/stage.wit")),
+    RANDOM_WIT,
 ];
 
 /// Where a project outside a checkout keeps its copy of the contract. Not `wit/`: in a Rust
@@ -45,10 +68,33 @@ const JS: &[Template] = &[
     ("app.js", include_str!("new/js/app.js.tmpl")),
     ("package.json", include_str!("new/js/package.json.tmpl")),
 ];
+const RUST_PROCESSOR: &[Template] = &[
+    ("Cargo.toml", include_str!("new/processor/Cargo.toml.tmpl")),
+    ("src/lib.rs", include_str!("new/processor/lib.rs.tmpl")),
+];
+const PYTHON_PROCESSOR: &[Template] = &[("app.py", include_str!("new/processor/app.py.tmpl"))];
+const JS_PROCESSOR: &[Template] = &[
+    ("app.js", include_str!("new/processor/app.js.tmpl")),
+    (
+        "package.json",
+        include_str!("new/processor/package.json.tmpl"),
+    ),
+];
+
+/// What `new` makes.
+#[derive(Debug, Clone, Default)]
+pub struct Spec {
+    /// The language.
+    pub lang: Lang,
+    /// The contract.
+    pub world: World,
+    /// Where a Rust processor outside a checkout finds `pizza-stage-sdk`: a path or a git URL.
+    pub sdk: Option<String>,
+}
 
 /// `new`: scaffolds the project in the working directory and prints the next steps.
-pub fn run(name: &str, lang: Lang) -> anyhow::Result<()> {
-    let created = new_stage(Path::new(""), name, lang)?;
+pub fn run(name: &str, spec: &Spec) -> anyhow::Result<()> {
+    let created = new_stage(Path::new(""), name, spec)?;
     let dir = created.dir.display();
     let component = created.component.display();
     println!("created {dir}");
@@ -64,8 +110,15 @@ pub fn run(name: &str, lang: Lang) -> anyhow::Result<()> {
     println!("name = \"{name}\"");
     println!("component = \"{component}\"");
     println!("input = \"pizza-with-meats\"");
-    println!("output = \"pizza-with-{name}\"");
-    println!("# config = {{ choices = \"light,regular,extra\" }}");
+    match spec.world {
+        World::Topping => {
+            println!("output = \"pizza-with-{name}\"");
+            println!("# config = {{ choices = \"light,regular,extra\" }}");
+        }
+        World::Processor => {
+            println!("outputs = {{ main = \"pizza-with-{name}\" }}   # more: name = \"topic\"");
+        }
+    }
     Ok(())
 }
 
@@ -80,21 +133,45 @@ pub struct Scaffolded {
     pub component: PathBuf,
 }
 
-/// Creates `functions/<name>` under `root` as a stage project in `lang`.
-pub fn new_stage(root: &Path, name: &str, lang: Lang) -> anyhow::Result<Scaffolded> {
+/// Creates `functions/<name>` under `root` as a stage project as `spec` says.
+pub fn new_stage(root: &Path, name: &str, spec: &Spec) -> anyhow::Result<Scaffolded> {
     check_name(name)?;
+    let lang = spec.lang;
     let dir = root.join("functions").join(name);
     if dir.exists() {
         anyhow::bail!("{} already exists; pick another name", dir.display());
     }
     let checkout = in_checkout(root);
-    let wit = if checkout {
-        "../../wit"
-    } else {
-        for (file, text) in WIT_FILES {
-            write(&dir.join(OWN_WIT).join(file), text)?;
+    let sdk = match (&spec.sdk, checkout) {
+        (Some(sdk), _) if sdk.contains("://") => format!("{{ git = \"{sdk}\" }}"),
+        (Some(sdk), _) => format!("{{ path = \"{sdk}\" }}"),
+        (None, true) => "{ path = \"../../crates/stage-sdk\" }".to_owned(),
+        (None, false) if spec.world == World::Processor && lang == Lang::Rust => anyhow::bail!(
+            "outside a pizza-host checkout, a Rust processor needs to be told where \
+             pizza-stage-sdk is: --sdk <path to crates/stage-sdk, or the checkout's git URL>"
+        ),
+        (None, false) => String::new(),
+    };
+    let (wit, world_name) = match (spec.world, checkout) {
+        (World::Topping, true) => ("../../wit", "topping"),
+        (World::Processor, true) => ("../../wit/v0.2", "processor"),
+        (world, false) => {
+            let files = match world {
+                World::Topping => TOPPING_WIT,
+                World::Processor => PROCESSOR_WIT,
+            };
+            for (file, text) in files {
+                write(&dir.join(OWN_WIT).join(file), text)?;
+            }
+            (
+                OWN_WIT,
+                if world == World::Topping {
+                    "topping"
+                } else {
+                    "processor"
+                },
+            )
         }
-        OWN_WIT
     };
     let field = name.replace('-', "_");
     // A Rust project outside a checkout is a workspace of its own (with the profile of small
@@ -105,16 +182,20 @@ pub fn new_stage(root: &Path, name: &str, lang: Lang) -> anyhow::Result<Scaffold
     } else {
         "\n[profile.release]\nopt-level = \"s\"\nstrip = true\n\n[workspace]\n"
     };
-    let templates = match lang {
-        Lang::Rust => RUST,
-        Lang::Python => PYTHON,
-        Lang::Js => JS,
+    let templates = match (lang, spec.world) {
+        (Lang::Rust, World::Topping) => RUST,
+        (Lang::Python, World::Topping) => PYTHON,
+        (Lang::Js, World::Topping) => JS,
+        (Lang::Rust, World::Processor) => RUST_PROCESSOR,
+        (Lang::Python, World::Processor) => PYTHON_PROCESSOR,
+        (Lang::Js, World::Processor) => JS_PROCESSOR,
     };
     for (file, template) in templates {
         let text = template
             .replace("{{name}}", name)
             .replace("{{field}}", &field)
             .replace("{{wit}}", wit)
+            .replace("{{sdk}}", &sdk)
             .replace("{{workspace}}", workspace);
         write(&dir.join(file), &text)?;
     }
@@ -134,7 +215,7 @@ pub fn new_stage(root: &Path, name: &str, lang: Lang) -> anyhow::Result<Scaffold
             )
         }
         Lang::Python => (
-            format!("componentize-py -d {wit} -w topping componentize app -o stage.wasm"),
+            format!("componentize-py -d {wit} -w {world_name} componentize app -o stage.wasm"),
             dir.join("stage.wasm"),
         ),
         Lang::Js => (
