@@ -423,3 +423,63 @@ async fn a_split_event_is_written_exactly_once_across_kill_9() {
     assert_eq!(record_count(&format!("{input}.dlq")), 0);
     drop(host);
 }
+
+/// `new --world processor` writes a stage that builds as it is and runs as a processor: here
+/// in Python, outside a checkout (with its own copy of the 0.2.0 WIT); a Rust processor there
+/// needs to be told where the SDK is.
+#[test]
+fn new_writes_a_processor_that_builds_and_runs() {
+    support::components(); // componentize-py, as dev/build-stages.sh installs it
+    let dir = temp_dir("new-processor");
+    let pizza_host = |args: &[&str]| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_pizza-host"))
+            .args(args)
+            .current_dir(&dir)
+            .output()
+            .expect("runs")
+    };
+    let refused = pizza_host(&["new", "tagger", "--world", "processor", "--lang", "rust"]);
+    assert!(!refused.status.success());
+    assert!(String::from_utf8_lossy(&refused.stderr).contains("--sdk"));
+
+    let created = pizza_host(&["new", "tagger", "--world", "processor", "--lang", "python"]);
+    assert!(created.status.success(), "{created:?}");
+    let project = dir.join("functions/tagger");
+    let built =
+        std::process::Command::new(workspace_root().join(".local/venv/bin/componentize-py"))
+            .args([
+                "-d",
+                "stage-wit",
+                "-w",
+                "processor",
+                "componentize",
+                "app",
+                "-o",
+                "stage.wasm",
+            ])
+            .current_dir(&project)
+            .output()
+            .expect("componentize-py runs");
+    assert!(built.status.success(), "{built:?}");
+    std::fs::write(
+        dir.join("in.jsonl"),
+        "hello\n{\"value\": \"\", \"key\": \"k\"}\n",
+    )
+    .expect("input");
+    let invoked = pizza_host(&[
+        "invoke",
+        "functions/tagger/stage.wasm",
+        "--input",
+        "in.jsonl",
+    ]);
+    assert!(invoked.status.success(), "{invoked:?}");
+    let lines: Vec<Value> = String::from_utf8_lossy(&invoked.stdout)
+        .lines()
+        .map(|line| serde_json::from_str(line).expect("a JSON line"))
+        .collect();
+    // The empty event is dropped; the other passes on, tagged with where it was read.
+    assert_eq!(
+        lines,
+        [json!({"to": null, "value": "hello", "headers": {"tagger": "invoke/0/0"}})]
+    );
+}
