@@ -483,3 +483,57 @@ fn new_writes_a_processor_that_builds_and_runs() {
         [json!({"to": null, "value": "hello", "headers": {"tagger": "invoke/0/0"}})]
     );
 }
+
+/// A filter on the pizzas' way drops some: each order still ends `complete`, its dropped
+/// pizzas listed as dropped by the filter (not failed, not missing), and the host's metrics
+/// count them as drops.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pizzas_a_filter_drops_are_counted_as_dropped_and_the_order_completes() {
+    let topics = Topics::unique("filtered");
+    // Between cheese and meats, a filter keeps the pizzas with extra cheese.
+    let between = format!("pizza-filtered-{}", topics.suffix);
+    let toml = pipeline_toml(&topics).replacen(
+        &format!("input = \"{}\"", topics.chain[2]),
+        &format!("input = \"{between}\""),
+        1,
+    );
+    let toml = format!(
+        "{toml}\n[[stage]]\nname = \"extra-only\"\ncomponent = \"{}\"\ninput = \"{}\"\n\
+         output = \"{between}\"\nconfig = {{ field = \"cheese\", equals = \"extra\" }}\n",
+        component("filter").display(),
+        topics.chain[2],
+    );
+    let host = TestHost::start_toml(&toml).await;
+    let order = host.order(30).await;
+    let view = wait_for(WAIT, "every pizza accounted for", || async {
+        let (status, view) = host.get_order(&order).await;
+        (status == 200 && view["status"] == "complete").then_some(view)
+    })
+    .await;
+    let pizzas = view["pizzas"].as_array().cloned().unwrap_or_default();
+    let dropped = view["dropped"].as_array().cloned().unwrap_or_default();
+    assert_eq!(pizzas.len() + dropped.len(), 30, "{view}");
+    assert!(!dropped.is_empty(), "some pizza had another cheese: {view}");
+    assert!(view.get("failed").is_none(), "{view}");
+    for pizza in &pizzas {
+        assert_eq!(pizza["cheese"], "extra", "{pizza}");
+    }
+    for drop in &dropped {
+        assert_eq!(drop["stage"], "extra-only", "{drop}");
+        assert!(drop["pizza_id"].is_string(), "{drop}");
+    }
+    let metrics = scrape(&host.url).await;
+    let counted = sum(
+        &metrics,
+        "pizza_host_stage_records_dropped_total",
+        "stage=\"extra-only\"",
+    );
+    assert_eq!(counted, dropped.len() as f64);
+    let failures = sum(
+        &metrics,
+        "pizza_host_stage_dead_letters_total",
+        "stage=\"extra-only\"",
+    );
+    assert_eq!(failures, 0.0);
+    host.stop(Duration::from_secs(20)).await;
+}

@@ -9,7 +9,7 @@ use axum::response::{IntoResponse, Response};
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
-pub use crate::orders::book::{FailedPizza, OrderView, RebuildState, Status};
+pub use crate::orders::book::{DroppedPizza, FailedPizza, OrderView, RebuildState, Status};
 pub use crate::pipeline::report::ReportInfo;
 pub use crate::pipeline::stages::{ErrorInfo, PartitionInfo, StageInfo};
 

@@ -59,6 +59,9 @@ pub(super) fn default_orders_topic() -> String {
 pub(super) fn default_completed_topic() -> String {
     "pizza-with-veggies".into()
 }
+pub(super) fn default_dropped_topic() -> String {
+    "pizza-dropped".into()
+}
 
 impl Default for HttpConfig {
     fn default() -> Self {
@@ -82,6 +85,7 @@ impl Default for OrdersConfig {
             topic: default_order_topic(),
             completed_topic: default_completed_topic(),
             orders_topic: default_orders_topic(),
+            dropped_topic: default_dropped_topic(),
         }
     }
 }

@@ -197,6 +197,7 @@ impl Pipeline {
             ("orders.topic", &self.orders.topic),
             ("orders.completed_topic", &self.orders.completed_topic),
             ("orders.orders_topic", &self.orders.orders_topic),
+            ("orders.dropped_topic", &self.orders.dropped_topic),
         ] {
             check_topic_name(topic).map_err(|why| invalid(format!("{key}: {why}")))?;
         }
@@ -228,6 +229,7 @@ impl Pipeline {
             self.orders.topic.as_str(),
             self.orders.completed_topic.as_str(),
             self.orders.orders_topic.as_str(),
+            self.orders.dropped_topic.as_str(),
         ]);
         for stage in &self.stages {
             topics.insert(&stage.input);

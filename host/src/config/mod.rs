@@ -375,6 +375,10 @@ pub struct OrdersConfig {
     /// Topic of order records (id and count), from which every host rebuilds its order view.
     #[serde(default = "default_orders_topic")]
     pub orders_topic: String,
+    /// Topic where a stage on the pizzas' way notes each pizza it dropped (a filter returned
+    /// no record for it), so the order view counts it as dropped, not as missing.
+    #[serde(default = "default_dropped_topic")]
+    pub dropped_topic: String,
 }
 
 /// The host's local, durable state: the order view's store.

@@ -42,6 +42,10 @@ pub struct OrderView {
     /// The pizzas that went to a dead-letter topic, and why.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub failed: Vec<FailedPizza>,
+    /// The pizzas a stage dropped (a filter passed nothing on for them): accounted for, not
+    /// failed.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub dropped: Vec<DroppedPizza>,
 }
 
 /// Where an order stands.
@@ -50,7 +54,7 @@ pub struct OrderView {
 pub enum Status {
     /// Some pizzas are still on their way.
     InProgress,
-    /// Every pizza completed.
+    /// Every pizza completed, or was dropped by a stage.
     Complete,
     /// Every pizza is accounted for, and some failed.
     Failed,
@@ -69,6 +73,15 @@ pub struct FailedPizza {
     pub error: String,
 }
 
+/// A pizza that a stage dropped on purpose.
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct DroppedPizza {
+    /// The pizza's id, when it had one.
+    pub pizza_id: Option<String>,
+    /// The stage that dropped it.
+    pub stage: String,
+}
+
 /// What happened to one pizza, as the order view learns it.
 #[derive(Debug, Clone)]
 pub enum Outcome {
@@ -76,6 +89,8 @@ pub enum Outcome {
     Completed(CompletedPizza),
     /// It went to a dead-letter topic.
     Failed(FailedPizza),
+    /// A stage dropped it.
+    Dropped(DroppedPizza),
 }
 
 /// A pizza that came out of the last stage, kept as the JSON text it arrived as: read once

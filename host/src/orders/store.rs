@@ -34,7 +34,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use serde_json::value::RawValue;
 
-use crate::orders::book::{FailedPizza, OrderView, Outcome, Status};
+use crate::orders::book::{DroppedPizza, FailedPizza, OrderView, Outcome, Status};
 use crate::telemetry::metrics::OrderCounts;
 
 /// Order id → [`Header`] (JSON).
@@ -103,24 +103,29 @@ struct Header {
     stored: u32,
     completed: u32,
     failed: u32,
+    /// Pizzas a stage dropped (absent in stores written before drops were counted).
+    #[serde(default)]
+    dropped: u32,
     first_seen_ms: u64,
 }
 
 impl Header {
     fn status(&self) -> Option<Status> {
         let count = self.count?;
-        Some(if self.completed >= count {
-            Status::Complete
-        } else if self.completed + self.failed >= count {
-            Status::Failed
-        } else {
-            Status::InProgress
-        })
+        Some(
+            if self.completed + self.dropped >= count && self.failed == 0 {
+                Status::Complete
+            } else if self.completed + self.failed + self.dropped >= count {
+                Status::Failed
+            } else {
+                Status::InProgress
+            },
+        )
     }
 
     fn full(&self) -> bool {
         self.count
-            .is_some_and(|count| self.completed + self.failed >= count)
+            .is_some_and(|count| self.completed + self.failed + self.dropped >= count)
     }
 }
 
@@ -134,6 +139,8 @@ struct Row<'a> {
     stages: Vec<u64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     failed: Option<FailedPizza>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    dropped: Option<DroppedPizza>,
 }
 
 /// The store of one host's order view.
@@ -319,6 +326,7 @@ impl Store {
         let visits = txn.open_table(VISITS)?;
         let mut pizzas = Vec::new();
         let mut failed = Vec::new();
+        let mut dropped = Vec::new();
         for row in parsed {
             if let Some(pizza) = row.pizza {
                 pizzas.push(if detail {
@@ -334,12 +342,15 @@ impl Store {
                 });
             } else if let Some(failure) = row.failed {
                 failed.push(failure);
+            } else if let Some(drop) = row.dropped {
+                dropped.push(drop);
             }
         }
         let header = Header {
             count: Some(count),
             completed: pizzas.len() as u32,
             failed: failed.len() as u32,
+            dropped: dropped.len() as u32,
             ..header
         };
         Ok(Some(OrderView {
@@ -348,6 +359,7 @@ impl Store {
             status: header.status().unwrap_or(Status::InProgress),
             pizzas,
             failed,
+            dropped,
         }))
     }
 
@@ -500,6 +512,7 @@ impl Tables<'_> {
                     pizza: Some(pizza.json()),
                     stages,
                     failed: None,
+                    dropped: None,
                 }
             }
             Outcome::Failed(failure) => {
@@ -509,6 +522,17 @@ impl Tables<'_> {
                     pizza: None,
                     stages: Vec::new(),
                     failed: Some(failure.clone()),
+                    dropped: None,
+                }
+            }
+            Outcome::Dropped(drop) => {
+                header.dropped += 1;
+                Row {
+                    seq: header.stored,
+                    pizza: None,
+                    stages: Vec::new(),
+                    failed: None,
+                    dropped: Some(drop.clone()),
                 }
             }
         };
@@ -669,6 +693,35 @@ mod tests {
         assert_eq!(order.failed[0].stage, "cheese");
         let counts = store.counts().expect("counts");
         assert_eq!((counts.in_progress, counts.failed), (0, 1));
+    }
+
+    #[test]
+    fn an_order_whose_other_pizzas_were_dropped_ends_complete_listing_them() {
+        let dir = tempfile::tempdir().expect("dir");
+        let store = store(&dir, None);
+        let dropped = |n: u32| Timed {
+            change: Change::Outcome {
+                order_id: "1".into(),
+                key: format!("1-{n}"),
+                outcome: Outcome::Dropped(DroppedPizza {
+                    pizza_id: Some(format!("1-{n}")),
+                    stage: "extra-only".into(),
+                }),
+            },
+            at_ms: now(),
+        };
+        store
+            .apply(&[open("1", 3), dropped(0), pizza("1", 1)], &[])
+            .expect("apply");
+        assert_eq!(get(&store, "1").map(|o| o.status), Some(Status::InProgress));
+        // A drop delivered again counts once.
+        store.apply(&[dropped(0), dropped(2)], &[]).expect("apply");
+        let order = get(&store, "1").expect("order");
+        assert_eq!(order.status, Status::Complete);
+        assert_eq!((order.pizzas.len(), order.dropped.len()), (1, 2));
+        assert_eq!(order.dropped[0].stage, "extra-only");
+        let counts = store.counts().expect("counts");
+        assert_eq!((counts.complete, counts.failed), (1, 0));
     }
 
     #[test]

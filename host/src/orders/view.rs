@@ -23,7 +23,7 @@ use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
 use crate::kafka::{self, headers};
-use crate::orders::book::{CompletedPizza, FailedPizza, OrderBook, Outcome};
+use crate::orders::book::{CompletedPizza, DroppedPizza, FailedPizza, OrderBook, Outcome};
 use crate::orders::store::{Change, Store, Timed};
 use crate::pipeline::plan::ViewTopics;
 use crate::telemetry::events::Events;
@@ -150,7 +150,7 @@ fn plan_reads(
     // Where each partition that is behind ended at startup.
     let mut behind: HashMap<(String, i32), i64> = HashMap::new();
     let mut total = 0;
-    let all = [&topics.orders, &topics.completed]
+    let all = [&topics.orders, &topics.completed, &topics.dropped]
         .into_iter()
         .chain(&topics.dead_letters);
     for topic in all {
@@ -383,10 +383,26 @@ fn change_of(
             .map(|v| String::from_utf8_lossy(v).into_owned())
             .unwrap_or_default()
     };
+    let pizza_id = json
+        .as_ref()
+        .and_then(|j| j.get("pizza_id")?.as_str().map(str::to_owned));
+    if message.topic() == topics.dropped {
+        let dropped = DroppedPizza {
+            pizza_id,
+            stage: header(headers::STAGE),
+        };
+        events.publish_for_order(
+            &order_id,
+            || json!({"type": "dropped", "order_id": order_id, "dropped": dropped}),
+        );
+        return Some(Change::Outcome {
+            key: dropped.pizza_id.clone().unwrap_or_else(at),
+            order_id,
+            outcome: Outcome::Dropped(dropped),
+        });
+    }
     let failed = FailedPizza {
-        pizza_id: json
-            .as_ref()
-            .and_then(|j| j.get("pizza_id")?.as_str().map(str::to_owned)),
+        pizza_id,
         stage: header(headers::STAGE),
         kind: header(headers::ERROR_KIND),
         error: header(headers::ERROR),

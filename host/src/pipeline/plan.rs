@@ -41,6 +41,9 @@ pub struct StageRoute {
     pub max_output_bytes: usize,
     /// Where the stage starts reading while its group has no committed position.
     pub from: StartFrom,
+    /// Where it notes the pizzas it drops, when pizzas pass through it (`[orders]
+    /// dropped_topic`), so the order view can count them.
+    pub drop_notices: Option<String>,
 }
 
 impl StageRoute {
@@ -134,6 +137,8 @@ pub struct ViewTopics {
     pub orders: String,
     /// Completed pizzas.
     pub completed: String,
+    /// Pizzas a stage dropped.
+    pub dropped: String,
     /// Every stage's and join's dead-letter topic, once each.
     pub dead_letters: BTreeSet<String>,
 }
@@ -187,6 +192,7 @@ impl Plan {
                         .max_output_bytes
                         .map_or(producer_max, |max| max.min(producer_max)),
                     from: config.from,
+                    drop_notices: None,
                 };
                 (config.clone(), route)
             })
@@ -221,9 +227,16 @@ impl Plan {
         // Only the dead letters of what pizzas pass through are failed pizzas: a stage on
         // other events (a processor of payments, say) has its own, which are no order's.
         let on_path = order_path(&pipeline.orders.topic, &stages, &joins);
+        let mut stages = stages;
+        for (_, route) in &mut stages {
+            if on_path.contains(&route.input) {
+                route.drop_notices = Some(pipeline.orders.dropped_topic.clone());
+            }
+        }
         let view = ViewTopics {
             orders: pipeline.orders.orders_topic.clone(),
             completed: pipeline.orders.completed_topic.clone(),
+            dropped: pipeline.orders.dropped_topic.clone(),
             dead_letters: stages
                 .iter()
                 .map(|(_, route)| route)
@@ -247,6 +260,7 @@ impl Plan {
         let mut topics = BTreeSet::new();
         topics.insert(plain(&pipeline.orders.topic));
         topics.insert(plain(&pipeline.orders.completed_topic));
+        topics.insert(plain(&pipeline.orders.dropped_topic));
         // One record per order, keyed by its id: compaction keeps every order and nothing else.
         topics.insert(TopicSpec {
             compacted: true,
@@ -456,6 +470,16 @@ mod tests {
         assert!(plan.view.dead_letters.contains("pizza.dlq"));
         assert!(plan.view.dead_letters.contains("pizza-with-meats.dlq"));
         assert!(!plan.view.dead_letters.contains("payments.dlq"));
+        let notes = |name: &str| {
+            let (_, route) = plan
+                .stages
+                .iter()
+                .find(|(c, _)| c.name == name)
+                .expect("stage");
+            route.drop_notices.clone()
+        };
+        assert_eq!(notes("meats").as_deref(), Some("pizza-dropped"));
+        assert_eq!(notes("payments"), None);
         assert!(plan.topics.iter().any(|t| t.name == "payments.dlq"));
     }
 

@@ -105,6 +105,7 @@ listen = "127.0.0.1:0"
 topic = "{orders}"
 completed_topic = "{completed}"
 orders_topic = "{order_records}"
+dropped_topic = "pizza-dropped-{suffix}"
 [storage]
 dir = "{stores}"
 "#,

@@ -248,6 +248,15 @@ async fn send_outcome(
             return Ok(pending);
         }
     };
+    if outputs.is_empty()
+        && let Some(notices) = &route.drop_notices
+    {
+        let record = drop_notice(notices, route, component, message);
+        pending
+            .deliveries
+            .push(crate::kafka::send(producer, record).await?);
+        return Ok(pending);
+    }
     // An order's records are keyed by its id.
     let order_id = message.key().and_then(|key| std::str::from_utf8(key).ok());
     for output in outputs {
@@ -307,6 +316,30 @@ fn check_sizes(
         }
     }
     Ok(outputs)
+}
+
+/// The note that the stage dropped `message`, a pizza (see [`Route::drop_notices`]): the
+/// record as it came, with headers naming the stage, for the order view to count.
+fn drop_notice<'a>(
+    topic: &'a str,
+    route: &Route,
+    component: &StageComponent,
+    message: &'a BorrowedMessage<'_>,
+) -> FutureRecord<'a, [u8], [u8]> {
+    let headers = headers::append(
+        copy_headers(message, route),
+        &[
+            (headers::STAGE, component.name()),
+            (headers::DIGEST, component.digest()),
+        ],
+    );
+    let record = FutureRecord::to(topic)
+        .payload(message.payload().unwrap_or_default())
+        .headers(headers);
+    match message.key() {
+        Some(key) => record.key(key),
+        None => record,
+    }
 }
 
 /// The record sent to the dead-letter topic for `message`: its value and headers, with
