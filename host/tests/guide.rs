@@ -1,6 +1,7 @@
 //! The README's "Write a stage in five minutes", followed to the letter: its shell blocks are
 //! read from README.md and run, in a scratch checkout, against a running host watching that
-//! checkout's `pipeline.toml`; then an order's pizzas must carry each new stage's field.
+//! checkout's `pipeline.toml`; then an order's pizzas must carry each new topping's field, and
+//! the new processor's header.
 
 mod support;
 
@@ -31,10 +32,20 @@ fn scratch_checkout() -> PathBuf {
     let manifest = format!("{}members = []{}", &manifest[..start], &manifest[end..]);
     std::fs::write(root.join("Cargo.toml"), manifest).expect("write");
     std::fs::copy(real.join("Cargo.lock"), root.join("Cargo.lock")).expect("lock");
-    for file in ["wit/stage.wit", "wit/deps/random/random.wit"] {
+    for file in [
+        "wit/stage.wit",
+        "wit/v0.2/stage.wit",
+        "wit/deps/random/random.wit",
+        "crates/stage-sdk/Cargo.toml",
+        "crates/stage-sdk/src/lib.rs",
+    ] {
         std::fs::create_dir_all(root.join(file).parent().expect("folder")).expect("mkdir");
         std::fs::copy(real.join(file), root.join(file)).expect("wit");
     }
+    // As in the checkout: one copy of the WIT of 0.2.0, which the SDK carries.
+    std::os::unix::fs::symlink("../deps", root.join("wit/v0.2/deps")).expect("symlink");
+    std::os::unix::fs::symlink("../../wit/v0.2", root.join("crates/stage-sdk/wit"))
+        .expect("symlink");
     std::os::unix::fs::symlink(real.join("target"), root.join("target")).expect("symlink");
     root
 }
@@ -79,7 +90,12 @@ async fn the_five_minute_guide_works_as_written_in_rust_python_and_javascript() 
         "{}\nexport PATH=\"$PIZZA_TEST_PATH:$PATH\"\n",
         guide_block(&readme, "setup")
     );
-    let stages = [("rust", "oregano"), ("python", "basil"), ("js", "chili")];
+    let stages = [
+        ("rust", "oregano"),
+        ("python", "basil"),
+        ("js", "chili"),
+        ("processor", "tagger"),
+    ];
     for (lang, stage) in stages {
         run(
             &root,
@@ -110,5 +126,24 @@ async fn the_five_minute_guide_works_as_written_in_rust_python_and_javascript() 
                 "{field}: {pizza}"
             );
         }
+    }
+    // The processor passed each pizza on, tagged with where it read it.
+    let tagger_input = host.stage("tagger").await.expect("tagger").input;
+    // (The guide's topics are not unique to a run: the completed topic may also hold pizzas of
+    // earlier runs that waited on them, so this order's are picked by key.)
+    let total = support::record_count(topics.completed());
+    let completed: Vec<_> =
+        support::read_records(topics.completed(), total as usize, Duration::from_secs(30))
+            .into_iter()
+            .filter(|record| record.key.as_deref() == Some(id.as_str()))
+            .collect();
+    assert_eq!(completed.len(), 10);
+    for record in &completed {
+        let tag = record.headers.get("tagger").map(String::as_str);
+        assert!(
+            tag.is_some_and(|tag| tag.starts_with(&format!("{tagger_input}/"))),
+            "{tag:?} in {:?}, tagger reads {tagger_input}",
+            record.headers
+        );
     }
 }
