@@ -218,6 +218,15 @@ async fn processors_filter_split_route_and_read_the_whole_record_beside_toppings
         .collect();
     assert_eq!(reasons["p2"], "amount 500 is over 100");
     assert_eq!(reasons["p3"], "the value is not JSON");
+    // A value that is not UTF-8 reaches a processor as bytes, and leaves as it came.
+    produce(&events.topic("payments"), Some("p4"), &[0xff, 0x00, 0xfe]).await;
+    let rejected = read_records(&events.topic("rejected"), 3, WAIT);
+    let bytes = rejected.iter().find(|r| r.key.as_deref() == Some("p4"));
+    assert_eq!(bytes.map(|r| &r.value[..]), Some(&[0xff, 0x00, 0xfe][..]));
+    assert_eq!(
+        bytes.map(|r| r.headers["reason"].as_str()),
+        Some("the value is not text")
+    );
     let not_json = rejected.iter().find(|r| r.key.as_deref() == Some("p3"));
     assert_eq!(
         not_json.map(|r| &r.value[..]),
@@ -535,5 +544,54 @@ async fn pizzas_a_filter_drops_are_counted_as_dropped_and_the_order_completes() 
         "stage=\"extra-only\"",
     );
     assert_eq!(failures, 0.0);
+    host.stop(Duration::from_secs(20)).await;
+}
+
+/// Under at-least-once, an event's records are all written, in order, before its offset is
+/// committed: once the splitter is idle, its group has committed every basket and each
+/// basket's three records are there.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn under_at_least_once_a_split_events_records_are_written_before_its_offset_commits() {
+    const BASKETS: usize = 200;
+    let topics = Topics::unique("split-alo");
+    let events = EventTopics {
+        suffix: topics.suffix.clone(),
+    };
+    let (input, summaries, items) = (
+        events.topic("baskets"),
+        events.topic("basket-summaries"),
+        events.topic("basket-items"),
+    );
+    let toml = format!(
+        "guarantee = \"at-least-once\"\n{}\n[[stage]]\nname = \"splitter\"\ncomponent = \"{}\"\n\
+         input = \"{input}\"\noutputs = {{ summary = \"{summaries}\", items = \"{items}\" }}\n",
+        pipeline_toml(&topics),
+        component("splitter").display()
+    );
+    let host = TestHost::start_toml(&toml).await;
+    for n in 0..BASKETS {
+        let basket = json!({"basket": n, "items": ["dough", "sauce"]}).to_string();
+        produce(&input, Some(&format!("b{n}")), basket.as_bytes()).await;
+    }
+    let group = format!("test-{}-splitter", topics.suffix);
+    wait_for(WAIT, "every basket committed", || async {
+        (record_count(&input) == BASKETS as i64 && records_after_commit(&group, &input) == 0)
+            .then_some(())
+    })
+    .await;
+    let item_records = read_records(&items, 2 * BASKETS, WAIT);
+    assert_eq!(read_records(&summaries, BASKETS, WAIT).len(), BASKETS);
+    assert_eq!(item_records.len(), 2 * BASKETS);
+    // Within a basket (one key, one partition), its items in the order returned.
+    let mut last: BTreeMap<i64, i64> = BTreeMap::new();
+    for item in values(&item_records) {
+        let basket = item["basket"].as_i64().expect("basket");
+        let index = item["index"].as_i64().expect("index");
+        assert_eq!(
+            last.insert(basket, index).map_or(-1, |i| i) + 1,
+            index,
+            "{item}"
+        );
+    }
     host.stop(Duration::from_secs(20)).await;
 }
