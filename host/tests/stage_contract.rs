@@ -292,6 +292,11 @@ async fn processors_filter_split_route_and_read_the_whole_record_beside_toppings
     assert_eq!(echo["offset"], 0);
     assert_eq!(echoed[0].key.as_deref(), Some("echo-k1"));
     assert_eq!(echoed[0].headers["echoed"], "yes");
+    assert!(
+        !echoed[0].headers.contains_key("pizza-host.stage"),
+        "a stage cannot write the host's headers: {:?}",
+        echoed[0].headers
+    );
     assert_eq!(
         echoed[0].headers["h"], "v",
         "the input's headers are passed on"

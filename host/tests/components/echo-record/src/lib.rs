@@ -1,6 +1,7 @@
 //! A processor (contract 0.2) that says what it was given: its one record's value is a JSON
 //! object with the input's value, key, headers, timestamp, topic, partition and offset; its
-//! key is `echo-` and the input's key, and it adds the header `echoed: yes`.
+//! key is `echo-` and the input's key, and it adds the header `echoed: yes` (and tries to
+//! add `pizza-host.stage`, which is the host's).
 
 use pizza_stage_sdk::{Event, Output, Stage, StageError};
 use serde_json::{Map, Value, json};
@@ -25,7 +26,10 @@ impl Stage for Echo {
             "partition": event.partition,
             "offset": event.offset,
         });
-        let record = Output::new(echo.to_string()).header("echoed", "yes");
+        // The second header is the host's: a stage may not write it, and the host drops it.
+        let record = Output::new(echo.to_string())
+            .header("echoed", "yes")
+            .header("pizza-host.stage", "forged");
         Ok(vec![match key {
             Some(key) => record.key(format!("echo-{key}")),
             None => record,
