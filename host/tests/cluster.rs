@@ -8,6 +8,12 @@
 //! pipeline completed a new order (`RECOVERY …`, the README's "Reliability on a cluster").
 //!
 //! Three brokers, the hosts and the customers share two cores, so the tests take turns.
+//!
+//! Orders that do not complete in time fail the test with where each stage stands (end
+//! offsets, `read_committed` ends, committed offsets) and the host's last log lines. To look
+//! closer before the cluster goes, set `PIZZA_TEST_ON_STALL` to a command: it runs first, with
+//! the cluster's bootstrap address and the pipeline's topics as arguments (for Kafka's
+//! `kafka-transactions.sh find-hanging`, say).
 
 #![allow(clippy::unwrap_used)] // a test fails loudly on any unexpected error
 
@@ -35,7 +41,12 @@ struct Placed {
 impl Placed {
     /// Orders 3 pizzas from `host` until it accepts (a fault may make it refuse for a while),
     /// then follows the order to its last pizza; prints and returns the time since `fault`.
-    async fn recovery(&mut self, host: &HostProcess, fault: Instant, what: &str) -> Duration {
+    async fn recovery(
+        &mut self,
+        (host, cluster, topics): (&HostProcess, &OwnCluster, &Topics),
+        fault: Instant,
+        what: &str,
+    ) -> Duration {
         let client = reqwest::Client::new();
         let cut_off = std::sync::atomic::AtomicUsize::new(0);
         let id = wait_for(WITHIN, &format!("an order accepted after {what}"), || {
@@ -58,13 +69,48 @@ impl Placed {
         })
         .await;
         self.cut_off += cut_off.into_inner();
-        host.wait_complete(std::slice::from_ref(&id), 3, WITHIN)
-            .await;
+        complete_or_report(host, std::slice::from_ref(&id), 3, cluster, topics).await;
         self.orders.push(id);
         let took = fault.elapsed();
         println!("RECOVERY {what}: {:.1} s", took.as_secs_f64());
         took
     }
+}
+
+/// Waits until each of `orders` holds `count` pizzas on `host`. Past [`WITHIN`] it fails with
+/// where each stage stands on the cluster and the host's last log lines, which tell a stalled
+/// stage, a transaction left open and a slow run apart.
+async fn complete_or_report(
+    host: &HostProcess,
+    orders: &[String],
+    count: usize,
+    cluster: &OwnCluster,
+    topics: &Topics,
+) {
+    let waited = tokio::time::timeout(WITHIN, host.wait_complete(orders, count, 2 * WITHIN));
+    if waited.await.is_ok() {
+        return;
+    }
+    let state = tokio::task::block_in_place(|| pipeline_state(&cluster.bootstrap(), topics));
+    if let Ok(command) = std::env::var("PIZZA_TEST_ON_STALL") {
+        println!("{state}");
+        std::process::Command::new(command)
+            .arg(cluster.bootstrap())
+            .args(&topics.chain)
+            .arg(topics.order_records())
+            .status()
+            .ok();
+    }
+    let ready = match reqwest::get(format!("{}/readyz", host.url)).await {
+        Ok(response) => response.text().await.unwrap_or_default(),
+        Err(err) => format!("({err})"),
+    };
+    panic!(
+        "orders not complete within {WITHIN:?}\n{state}host /readyz: {ready}\n\
+         the last lines of its log ({}):\n{}",
+        host.log.display(),
+        log_tail(&host.log, 80)
+    );
 }
 
 /// A cluster, the demo pipeline on it and a host named `name` running it.
@@ -86,8 +132,7 @@ async fn settle(
     topics: &Topics,
 ) {
     let answers = customers.stop().await;
-    host.wait_complete(&answers.placed, PIZZAS as usize, WITHIN)
-        .await;
+    complete_or_report(host, &answers.placed, PIZZAS as usize, cluster, topics).await;
     let all: Vec<String> = answers
         .placed
         .iter()
@@ -115,7 +160,9 @@ async fn kill_under_load(name: &str, victim: impl Fn(&OwnCluster, &Topics) -> i3
     println!("killing node {node}");
     cluster.kill_node(node);
     let mut placed = Placed::default();
-    placed.recovery(&host, Instant::now(), name).await;
+    placed
+        .recovery((&host, &cluster, &topics), Instant::now(), name)
+        .await;
     customers.wait_placed(20, WITHIN).await;
     cluster.start_node(node);
     customers.wait_placed(20, WITHIN).await;
@@ -166,7 +213,11 @@ async fn restarting_the_brokers_one_after_another_loses_and_doubles_nothing() {
     for node in 1..=3 {
         cluster.stop_node(node);
         placed
-            .recovery(&host, Instant::now(), &format!("broker {node} stopped"))
+            .recovery(
+                (&host, &cluster, &topics),
+                Instant::now(),
+                &format!("broker {node} stopped"),
+            )
             .await;
         cluster.start_node(node);
         customers.wait_placed(20, WITHIN).await;
@@ -196,7 +247,7 @@ async fn restarting_three_hosts_one_after_another_loses_and_doubles_nothing() {
         let staying = hosts[(restarted + 1) % 3].as_ref().unwrap();
         placed
             .recovery(
-                staying,
+                (staying, &cluster, &topics),
                 stopped,
                 &format!("host {} stopped", NAMES[restarted]),
             )
@@ -243,7 +294,9 @@ async fn a_host_frozen_past_its_session_is_fenced_when_it_wakes_and_doubles_noth
     .await;
     println!("partitions moved {:?} after the freeze", frozen.elapsed());
     let mut placed = Placed::default();
-    placed.recovery(&awake, frozen, "zombie").await;
+    placed
+        .recovery((&awake, &cluster, &topics), frozen, "zombie")
+        .await;
     zombie.signal("CONT");
     wait_for(WITHIN, "the woken host to rejoin", || async {
         (zombie.stages_holding_partitions().await == STAGES.len()).then_some(())
@@ -285,7 +338,9 @@ async fn partitions_added_to_the_first_topic_are_consumed() {
     )
     .await;
     let mut placed = Placed::default();
-    placed.recovery(&host, grown, "partitions added").await;
+    placed
+        .recovery((&host, &cluster, &topics), grown, "partitions added")
+        .await;
     // The order publisher finds them too: pizzas land on them.
     wait_for(WITHIN, "pizzas on the new partitions", || async {
         let landed = cluster.high_watermarks(topics.orders())[3..]

@@ -464,6 +464,80 @@ pub fn stage_records_after_commit(topics: &Topics) -> i64 {
         .sum()
 }
 
+/// Where each demo stage on `topics` stands, for the message of a test whose orders stopped
+/// completing: per input partition, its end offset, the end a `read_committed` reader sees
+/// (short of it while a transaction is open there), and what the stage's group committed,
+/// both as a plain reader sees it and as a `read_committed` member does (who waits while a
+/// transaction holds offsets for the group: "unstable").
+pub fn pipeline_state(bootstrap: &str, topics: &Topics) -> String {
+    let reader = |isolation: &str| -> BaseConsumer {
+        client_config(bootstrap)
+            .set("isolation.level", isolation)
+            .create()
+            .unwrap()
+    };
+    let (uncommitted, committed) = (reader("read_uncommitted"), reader("read_committed"));
+    let mut state = String::new();
+    for (stage, topic) in STAGES.iter().zip(&topics.chain) {
+        let group = format!("test-{}-{stage}", topics.suffix);
+        let (_, partitions) = partitions_at(bootstrap, topic);
+        let mut list = TopicPartitionList::new();
+        for &(partition, _) in &partitions {
+            list.add_partition(topic, partition);
+        }
+        let offsets_of = |isolation: &str| {
+            client_config(bootstrap)
+                .set("group.id", &group)
+                .set("isolation.level", isolation)
+                .create::<BaseConsumer>()
+                .unwrap()
+                .committed_offsets(list.clone(), Duration::from_secs(5))
+                .map(|offsets| {
+                    offsets
+                        .elements()
+                        .iter()
+                        .map(|e| format!("{}:{:?}", e.partition(), e.offset()))
+                        .collect::<Vec<_>>()
+                        .join(" ")
+                })
+                .unwrap_or_else(|err| format!("({err})"))
+        };
+        let ends = |consumer| end_offsets(consumer, topic, &partitions);
+        state += &format!(
+            "{stage} reads {topic}\n  ends (partition@leader:end): {}\n  \
+             read_committed ends: {}\n  group committed: {}\n  \
+             as a read_committed member: {}\n",
+            ends(&uncommitted),
+            ends(&committed),
+            offsets_of("read_uncommitted"),
+            offsets_of("read_committed"),
+        );
+    }
+    let completed = topics.completed();
+    let (_, partitions) = partitions_at(bootstrap, completed);
+    state += &format!(
+        "the order view reads {completed}\n  ends: {}\n  read_committed ends: {}\n",
+        end_offsets(&uncommitted, completed, &partitions),
+        end_offsets(&committed, completed, &partitions),
+    );
+    state
+}
+
+/// `partition@leader:end` of each of `partitions` (as [`partitions_at`] lists them), as
+/// `consumer` sees the ends.
+fn end_offsets(consumer: &BaseConsumer, topic: &str, partitions: &[(i32, i32)]) -> String {
+    partitions
+        .iter()
+        .map(|&(partition, leader)| {
+            match consumer.fetch_watermarks(topic, partition, Duration::from_secs(5)) {
+                Ok((_, high)) => format!("{partition}@{leader}:{high}"),
+                Err(err) => format!("{partition}@{leader}:({err})"),
+            }
+        })
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
 fn count_records(bootstrap: &str, topic: &str, group: &str, from_committed: bool) -> i64 {
     let consumer: BaseConsumer = client_config(bootstrap)
         .set("group.id", group)
