@@ -152,6 +152,38 @@ async fn health_readiness_and_the_status_command_describe_a_running_host() {
         .map(|s| s["partitions"].as_array().unwrap().len())
         .sum();
     assert_eq!(held, 4 * 3, "one host holds every partition of every stage");
+    // Each stage says what its loop is doing, and how its Kafka client sees its membership
+    // and its fetchers (from the client's statistics, once a second).
+    let ready: Value = wait_for(WITHIN, "every stage's client described", || async {
+        let ready: Value = reqwest::get(format!("{}/readyz", host.url))
+            .await
+            .ok()?
+            .json()
+            .await
+            .ok()?;
+        let stages = ready["stages"].as_array()?;
+        stages
+            .iter()
+            .all(|s| {
+                s["client_view"]
+                    .as_str()
+                    .is_some_and(|v| v.contains("active"))
+            })
+            .then_some(ready)
+    })
+    .await;
+    for stage in ready["stages"].as_array().unwrap() {
+        assert_eq!(stage["activity"]["doing"], "waiting for records", "{stage}");
+        assert!(stage["activity"]["for_ms"].as_u64().is_some(), "{stage}");
+        let view = stage["client_view"].as_str().unwrap();
+        assert!(view.starts_with("group up, join steady"), "{view}");
+        for partition in 0..3 {
+            assert!(
+                view.contains(&format!("partition {partition} active")),
+                "{view}"
+            );
+        }
+    }
 
     let output = std::process::Command::new(env!("CARGO_BIN_EXE_pizza-host"))
         .args(["status", "--host", &host.url])

@@ -11,7 +11,7 @@ use utoipa::ToSchema;
 
 pub use crate::orders::book::{DroppedPizza, FailedPizza, OrderView, RebuildState, Status};
 pub use crate::pipeline::report::ReportInfo;
-pub use crate::pipeline::stages::{ErrorInfo, PartitionInfo, StageInfo};
+pub use crate::pipeline::stages::{Activity, ErrorInfo, PartitionInfo, StageInfo};
 
 /// Every error the API answers.
 #[derive(Debug, Serialize, Deserialize, ToSchema)]

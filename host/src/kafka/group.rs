@@ -78,6 +78,11 @@ pub struct GroupState {
     assignments: std::sync::atomic::AtomicU64,
     /// Assigned partition → records not yet read (`None` until librdkafka reports it).
     partitions: Mutex<BTreeMap<i32, Option<i64>>>,
+    /// What the consumer's loop is doing and since when: a loop that stopped moving shows
+    /// where (waiting for records while its partitions are held, or inside a commit).
+    activity: Mutex<Option<(&'static str, std::time::Instant)>>,
+    /// How librdkafka last described the consumer's group membership and its fetchers.
+    client_view: Mutex<Option<String>>,
 }
 
 impl GroupState {
@@ -101,6 +106,30 @@ impl GroupState {
         self.partitions
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Notes that the consumer's loop now does `what` (a few words: "waiting for records",
+    /// "committing", …).
+    pub fn doing(&self, what: &'static str) {
+        let mut activity = self.activity.lock().unwrap_or_else(PoisonError::into_inner);
+        if activity.is_none_or(|(doing, _)| doing != what) {
+            *activity = Some((what, std::time::Instant::now()));
+        }
+    }
+
+    /// What the consumer's loop does, and for how long it has, once it has begun.
+    pub fn activity(&self) -> Option<(&'static str, Duration)> {
+        let activity = self.activity.lock().unwrap_or_else(PoisonError::into_inner);
+        activity.map(|(what, since)| (what, since.elapsed()))
+    }
+
+    /// How librdkafka last described the consumer (its statistics, once a second): the
+    /// group handler's state and join state, and each held partition's fetch state.
+    pub fn client_view(&self) -> Option<String> {
+        self.client_view
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
     }
 
     pub(crate) fn reset(&self) {
@@ -131,16 +160,26 @@ impl GroupContext {
     pub fn assignments(&self) -> u64 {
         self.state.assignments()
     }
+
+    /// Notes what the consumer's loop now does (see [`GroupState::doing`]).
+    pub fn doing(&self, what: &'static str) {
+        self.state.doing(what);
+    }
 }
 
 impl ClientContext for GroupContext {
     fn stats(&self, statistics: Statistics) {
         let mut partitions = self.state.lock();
+        let mut view = match &statistics.cgrp {
+            Some(group) => format!("group {}, join {}", group.state, group.join_state),
+            None => "no group".to_owned(),
+        };
         for topic in statistics.topics.values() {
             for (id, stats) in &topic.partitions {
                 let Some(lag) = partitions.get_mut(id) else {
                     continue; // not ours (or librdkafka's internal partition -1)
                 };
+                view += &format!("; partition {id} {}", stats.fetch_state);
                 // Records not yet read: from the position when there is one; right after an
                 // assignment, from the committed offset.
                 *lag = if stats.app_offset >= 0 && stats.ls_offset >= 0 {
@@ -152,6 +191,11 @@ impl ClientContext for GroupContext {
                 };
             }
         }
+        *self
+            .state
+            .client_view
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner) = Some(view);
     }
 }
 

@@ -180,6 +180,7 @@ pub async fn run<W: TransactionalWork>(
         let first = if !carried.is_empty() {
             None
         } else {
+            consumer.context().doing("waiting for records");
             tokio::select! {
             biased;
             _ = stop.cancelled() => return Ok(()),
@@ -205,6 +206,7 @@ pub async fn run<W: TransactionalWork>(
             sent: Vec::new(),
         };
         work.begin();
+        consumer.context().doing("processing a batch");
         tokio::task::block_in_place(|| producer.begin_transaction())
             .context("cannot begin a transaction")?;
         let deadline = Instant::now() + budget;
@@ -242,6 +244,7 @@ pub async fn run<W: TransactionalWork>(
         });
         let committed = match filled {
             Ok(()) => {
+                consumer.context().doing("committing");
                 let sent = std::mem::take(&mut txn.sent);
                 let mut commit =
                     std::pin::pin!(commit_in_background(consumer, producer, &offsets, sent));
@@ -271,6 +274,7 @@ pub async fn run<W: TransactionalWork>(
             Err(err) => Err(err),
         };
         if let Err(err) = committed {
+            consumer.context().doing("aborting");
             if let Err(abort) =
                 tokio::task::block_in_place(|| producer.abort_transaction(TXN_TIMEOUT))
             {

@@ -94,6 +94,21 @@ pub struct StageInfo {
     pub joined: bool,
     /// The input partitions this host's consumer holds.
     pub partitions: Vec<PartitionInfo>,
+    /// What the stage's loop is doing, once it has begun: a stage that holds partitions and
+    /// stays in one activity while its input grows is stuck there.
+    pub activity: Option<Activity>,
+    /// How the Kafka client last described its consumer: the group handler's state and join
+    /// state, and each held partition's fetch state (`active` when it is being read).
+    pub client_view: Option<String>,
+}
+
+/// What a stage's loop is doing.
+#[derive(Debug, Clone, Serialize, serde::Deserialize, utoipa::ToSchema)]
+pub struct Activity {
+    /// A few words: `waiting for records`, `processing a batch`, `committing`, `aborting`, …
+    pub doing: String,
+    /// For how long, in milliseconds.
+    pub for_ms: u64,
 }
 
 /// One input partition of a stage on this host.

@@ -348,6 +348,8 @@ mod tests {
                 partition: 0,
                 lag: Some(7),
             }],
+            activity: None,
+            client_view: None,
         };
         let orders = OrderCounts {
             in_progress: 1,

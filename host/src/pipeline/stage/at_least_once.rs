@@ -63,12 +63,14 @@ pub async fn run(
         if let Err(fatal) = errors.check_fatal() {
             break Err(fatal);
         }
+        consumer.context().doing("waiting for records");
         tokio::select! {
             biased;
             _ = signals.stop.cancelled() => break Ok(()),
             acked = &mut acker => break acked.context("acknowledgement task panicked").and_then(|r| r),
             received = consumer.recv() => match received {
                 Ok(first) => {
+                    consumer.context().doing("processing a batch");
                     let batch = take_ready(&consumer, first, CALL_BATCH, &mut errors, &name);
                     let pending = process::batch(stage, route, &producer, &batch, None, None).await?;
                     // If the acker ended, its result says why on the next turn.
@@ -92,6 +94,7 @@ pub async fn run(
     };
 
     // Let every sent result be acknowledged and its offset stored, then commit them.
+    consumer.context().doing("committing");
     drop(pending_tx);
     if !acker.is_finished() {
         match tokio::time::timeout(DRAIN_TIMEOUT, acker).await {

@@ -14,7 +14,7 @@ use crate::config::{StageConfig, StartFrom};
 use crate::kafka::KafkaSettings;
 use crate::pipeline::plan::StageRoute;
 use crate::pipeline::stages::{
-    ErrorInfo, NamedOutput, PartitionInfo, Source, StageInfo, SwapReport,
+    Activity, ErrorInfo, NamedOutput, PartitionInfo, Source, StageInfo, SwapReport,
 };
 use crate::pipeline::supervisor::supervise;
 use crate::runtime::StageComponent;
@@ -321,5 +321,10 @@ fn info(stage: &RunningStage) -> StageInfo {
             .into_iter()
             .map(|(partition, lag)| PartitionInfo { partition, lag })
             .collect(),
+        activity: stage.shared.group.activity().map(|(doing, took)| Activity {
+            doing: doing.to_owned(),
+            for_ms: u64::try_from(took.as_millis()).unwrap_or(u64::MAX),
+        }),
+        client_view: stage.shared.group.client_view(),
     }
 }
