@@ -169,9 +169,18 @@ format() {
     home="$(node_home "$id")"
     write_config "$id"
     [[ -f "$home/data/meta.properties" ]] && continue
-    [[ -n "$cluster_id" ]] || cluster_id="$(java_for "$id" kafka.tools.StorageTool random-uuid)"
-    java_for "$id" kafka.tools.StorageTool format "${standalone[@]}" -t "$cluster_id" \
-      -c "$home/config/server.properties" >"$home/logs/format.log" 2>&1
+    if [[ -z "$cluster_id" ]] &&
+      ! cluster_id="$(java_for "$id" kafka.tools.StorageTool random-uuid 2>"$home/logs/format.log")"; then
+      log "cannot make a cluster id:"
+      cat "$home/logs/format.log" >&2
+      exit 1
+    fi
+    if ! java_for "$id" kafka.tools.StorageTool format "${standalone[@]}" -t "$cluster_id" \
+      -c "$home/config/server.properties" >"$home/logs/format.log" 2>&1; then
+      log "cannot format the storage of node $id:"
+      tail -n 30 "$home/logs/format.log" >&2
+      exit 1
+    fi
   done
 }
 

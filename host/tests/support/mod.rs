@@ -700,13 +700,26 @@ pub fn read_records_at(bootstrap: &str, topic: &str, n: usize, limit: Duration) 
     records
 }
 
-/// A TCP port nothing listens on right now.
+/// A TCP port nothing listens on right now, for a broker or host a test starts.
+///
+/// Picked below the kernel's ephemeral range (32768 and up on Linux), not by binding port 0:
+/// a port from that range can be taken by any outgoing connection (a broker's, a client's)
+/// between the pick and the bind of the process meant for it, and a three-broker cluster
+/// makes hundreds of them. Each test process walks its own stretch of ports (from a start
+/// its pid picks) and never hands one out twice.
 pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    const FIRST: u32 = 10_000;
+    const SPAN: u32 = 22_000;
+    static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    let start = std::process::id().wrapping_mul(7_919) % SPAN;
+    for _ in 0..SPAN {
+        let step = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let port = (FIRST + (start + step) % SPAN) as u16;
+        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
+    panic!("no free port from {FIRST} to {}", FIRST + SPAN);
 }
 
 /// Every topic of the chain on the cluster at `bootstrap`, as `read_committed` readers see it,
