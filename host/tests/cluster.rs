@@ -220,6 +220,13 @@ async fn restarting_the_brokers_one_after_another_loses_and_doubles_nothing() {
             )
             .await;
         cluster.start_node(node);
+        // As an operator rolls a cluster: the next broker stops once every replica is in
+        // sync again, or partitions whose other replicas are the restarted one's fall below
+        // `min.insync.replicas` and refuse writes.
+        wait_for(WITHIN, "every partition's replicas in sync", || async {
+            (tokio::task::block_in_place(|| cluster.under_replicated()) == 0).then_some(())
+        })
+        .await;
         customers.wait_placed(20, WITHIN).await;
     }
     settle(customers, placed, &host, &cluster, &topics).await;

@@ -61,6 +61,10 @@ pub const TXN_TIMEOUT: Duration = Duration::from_secs(30);
 /// The share of the transaction timeout a batch may fill; the rest covers its commit
 /// (acknowledgements, offsets, commit markers) on a slow broker.
 pub const BUDGET_SHARE: f64 = 0.5;
+/// Beyond the longest a commit can take by its own timeouts (its records' acknowledgements
+/// within the transaction timeout, then [`TXN_TIMEOUT`] for the commit), how long it may
+/// still take before it is taken for stuck.
+const COMMIT_GRACE: Duration = Duration::from_secs(5);
 
 /// The open transaction: what was sent in it, which its commit waits for.
 pub struct Transaction<'p> {
@@ -246,8 +250,29 @@ pub async fn run<W: TransactionalWork>(
             Ok(()) => {
                 consumer.context().doing("committing");
                 let sent = std::mem::take(&mut txn.sent);
-                let mut commit =
-                    std::pin::pin!(commit_in_background(consumer, producer, &offsets, sent));
+                // The Kafka client's commit has been seen to wait forever after a broker went
+                // away (a stage held its partitions for minutes, "committing", with nothing
+                // logged). Past every timeout the commit has of its own, it is given up: the
+                // transaction is aborted and the worker starts over with a new producer, whose
+                // start fences this one, so nothing it might still write counts.
+                let limit = transaction_timeout + TXN_TIMEOUT + COMMIT_GRACE;
+                let mut commit = std::pin::pin!(async {
+                    tokio::time::timeout(
+                        limit,
+                        commit_in_background(consumer, producer, &offsets, sent),
+                    )
+                    .await
+                    .unwrap_or_else(|_| {
+                        let step = consumer
+                            .context()
+                            .state()
+                            .activity()
+                            .map_or("committing", |(doing, _)| doing);
+                        Err(anyhow::anyhow!(
+                            "the commit did not finish within {limit:?} (stuck {step})"
+                        ))
+                    })
+                });
                 // While it commits, the next batch's first records are taken and prepared.
                 let mut finished = None;
                 if carried.is_empty() {
@@ -306,13 +331,20 @@ async fn commit_in_background(
         None
     };
     let producer = producer.clone();
+    let state = consumer.context().state();
     tokio::task::spawn_blocking(move || {
         if let Some(group) = group {
+            state.doing("committing: adding the input offsets");
             producer
                 .send_offsets_to_transaction(&offsets, &group, TXN_TIMEOUT)
                 .context("cannot add the offsets to the transaction")?;
         }
-        commit_transaction(&producer, sent, TXN_TIMEOUT)
+        state.doing("committing: waiting for acknowledgements");
+        wait_acknowledged(&producer, sent, TXN_TIMEOUT)?;
+        state.doing("committing: ending the transaction");
+        producer
+            .commit_transaction(TXN_TIMEOUT)
+            .context("cannot commit the transaction")
     })
     .await
     .context("the commit panicked")?
@@ -408,6 +440,19 @@ pub fn commit_transaction(
     sent: Vec<DeliveryFuture>,
     timeout: Duration,
 ) -> anyhow::Result<()> {
+    wait_acknowledged(producer, sent, timeout)?;
+    producer
+        .commit_transaction(timeout)
+        .context("cannot commit the transaction")
+}
+
+/// Blocking: waits until every record of `sent` is acknowledged and the producer has counted
+/// them out (see [`commit_transaction`]); fails if one was not delivered.
+fn wait_acknowledged(
+    producer: &FutureProducer,
+    sent: Vec<DeliveryFuture>,
+    timeout: Duration,
+) -> anyhow::Result<()> {
     for delivery in sent {
         match futures::executor::block_on(delivery) {
             Ok(Ok(_)) => {}
@@ -421,7 +466,5 @@ pub fn commit_transaction(
     while producer.in_flight_count() > 0 && std::time::Instant::now() < deadline {
         producer.poll(Duration::from_millis(1));
     }
-    producer
-        .commit_transaction(timeout)
-        .context("cannot commit the transaction")
+    Ok(())
 }

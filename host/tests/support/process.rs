@@ -422,6 +422,21 @@ impl OwnCluster {
             .unwrap_or_else(|| panic!("{topic} has no partition {partition}"))
     }
 
+    /// How many partitions of the cluster (internal topics included) have a replica out of
+    /// sync: a broker just started is still catching up on them.
+    pub fn under_replicated(&self) -> usize {
+        let consumer: BaseConsumer = client_config(&self.bootstrap()).create().unwrap();
+        let metadata = consumer
+            .fetch_metadata(None, Duration::from_secs(10))
+            .unwrap();
+        metadata
+            .topics()
+            .iter()
+            .flat_map(|topic| topic.partitions())
+            .filter(|partition| partition.isr().len() < partition.replicas().len())
+            .count()
+    }
+
     /// The end offset of each partition of `topic`, in partition order.
     pub fn high_watermarks(&self, topic: &str) -> Vec<i64> {
         watermarks_at(&self.bootstrap(), topic)
