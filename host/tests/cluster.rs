@@ -170,8 +170,6 @@ async fn kill_under_load(name: &str, victim: impl Fn(&OwnCluster, &Topics) -> i3
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-#[ignore = "stalled in 1 run of 4: after the broker goes, the pipeline stops completing orders \
-            (issue #22's note); run with --include-ignored"]
 async fn killing_the_leader_of_the_first_topic_loses_and_doubles_nothing() {
     kill_under_load("leader-killed", |cluster, topics| {
         cluster.leader(topics.orders(), 0)
@@ -180,7 +178,6 @@ async fn killing_the_leader_of_the_first_topic_loses_and_doubles_nothing() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-#[ignore = "stalled in 1 run of 3 like the leader kill (issue #22's note); run with --include-ignored"]
 async fn killing_a_stage_s_transaction_coordinator_loses_and_doubles_nothing() {
     kill_under_load("txn-coordinator-killed", |cluster, topics| {
         // `<group>-<instance_id>`, the host being named after the test.
@@ -193,7 +190,6 @@ async fn killing_a_stage_s_transaction_coordinator_loses_and_doubles_nothing() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-#[ignore = "stalled in 1 run of 7 (2026-12-06, in a run of the whole target) like the leader kill (issue #22's note); run with --include-ignored"]
 async fn killing_a_stage_s_group_coordinator_loses_and_doubles_nothing() {
     kill_under_load("group-coordinator-killed", |cluster, topics| {
         cluster.group_coordinator(&format!("test-{}-sauce", topics.suffix))
@@ -202,8 +198,6 @@ async fn killing_a_stage_s_group_coordinator_loses_and_doubles_nothing() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-#[ignore = "stalled once a broker stopped in 3 runs of 8: the pipeline stops completing orders \
-            (issue #22's note); run with --include-ignored"]
 async fn restarting_the_brokers_one_after_another_loses_and_doubles_nothing() {
     let _turn = ONE_AT_A_TIME.lock().await;
     let (cluster, topics, _pipeline, host) = cluster_host("rolling-brokers").await;

@@ -161,12 +161,6 @@ impl GroupContext {
         self.state.assignments()
     }
 
-    /// The state this consumer reports to, for work done off its loop (a commit on a
-    /// blocking thread says which step it is in).
-    pub fn state(&self) -> Arc<GroupState> {
-        self.state.clone()
-    }
-
     /// Notes what the consumer's loop now does (see [`GroupState::doing`]).
     pub fn doing(&self, what: &'static str) {
         self.state.doing(what);

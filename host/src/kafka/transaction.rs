@@ -61,10 +61,14 @@ pub const TXN_TIMEOUT: Duration = Duration::from_secs(30);
 /// The share of the transaction timeout a batch may fill; the rest covers its commit
 /// (acknowledgements, offsets, commit markers) on a slow broker.
 pub const BUDGET_SHARE: f64 = 0.5;
-/// Beyond the longest a commit can take by its own timeouts (its records' acknowledgements
-/// within the transaction timeout, then [`TXN_TIMEOUT`] for the commit), how long it may
-/// still take before it is taken for stuck.
-const COMMIT_GRACE: Duration = Duration::from_secs(5);
+/// How long adding a batch's input offsets to its transaction may take. Shorter than
+/// [`TXN_TIMEOUT`] because the Kafka client does not keep its own timeout for this call
+/// (librdkafka issue 5456) and, after a broker left, can wait forever on a group coordinator
+/// it still believes in (issue 5511): the host's watch, not the client's, ends the wait.
+const OFFSETS_TIMEOUT: Duration = Duration::from_secs(10);
+/// How much longer than its own timeout a step of the commit may take before it is taken
+/// for stuck.
+const STEP_GRACE: Duration = Duration::from_secs(5);
 
 /// The open transaction: what was sent in it, which its commit waits for.
 pub struct Transaction<'p> {
@@ -250,29 +254,8 @@ pub async fn run<W: TransactionalWork>(
             Ok(()) => {
                 consumer.context().doing("committing");
                 let sent = std::mem::take(&mut txn.sent);
-                // The Kafka client's commit has been seen to wait forever after a broker went
-                // away (a stage held its partitions for minutes, "committing", with nothing
-                // logged). Past every timeout the commit has of its own, it is given up: the
-                // transaction is aborted and the worker starts over with a new producer, whose
-                // start fences this one, so nothing it might still write counts.
-                let limit = transaction_timeout + TXN_TIMEOUT + COMMIT_GRACE;
-                let mut commit = std::pin::pin!(async {
-                    tokio::time::timeout(
-                        limit,
-                        commit_in_background(consumer, producer, &offsets, sent),
-                    )
-                    .await
-                    .unwrap_or_else(|_| {
-                        let step = consumer
-                            .context()
-                            .state()
-                            .activity()
-                            .map_or("committing", |(doing, _)| doing);
-                        Err(anyhow::anyhow!(
-                            "the commit did not finish within {limit:?} (stuck {step})"
-                        ))
-                    })
-                });
+                let mut commit =
+                    std::pin::pin!(commit_in_background(consumer, producer, &offsets, sent));
                 // While it commits, the next batch's first records are taken and prepared.
                 let mut finished = None;
                 if carried.is_empty() {
@@ -311,9 +294,14 @@ pub async fn run<W: TransactionalWork>(
     }
 }
 
-/// Commits the open transaction of `producer` on a blocking thread, with `offsets` (the next
+/// Commits the open transaction of `producer` on blocking threads, with `offsets` (the next
 /// input offsets of its batch) and once `sent` is acknowledged, so the caller may go on with
 /// the next batch's records meanwhile.
+///
+/// Each step is watched: one that outlasts its own timeout by [`STEP_GRACE`] fails the commit.
+/// The caller then aborts and its worker starts over with a new producer, whose start fences
+/// this one, so whatever the stuck call still does cannot count. (Seen on a cluster: after a
+/// broker left, a stage sat "committing" for minutes, its partitions held, nothing logged.)
 async fn commit_in_background(
     consumer: &GroupConsumer,
     producer: &FutureProducer,
@@ -330,24 +318,57 @@ async fn commit_in_background(
     } else {
         None
     };
+    if let Some(group) = group {
+        let producer = producer.clone();
+        watched_step(
+            consumer,
+            "committing: adding the input offsets",
+            OFFSETS_TIMEOUT,
+            move || {
+                producer
+                    .send_offsets_to_transaction(&offsets, &group, OFFSETS_TIMEOUT)
+                    .context("cannot add the offsets to the transaction")
+            },
+        )
+        .await?;
+    }
+    let acknowledged = producer.clone();
+    watched_step(
+        consumer,
+        "committing: waiting for acknowledgements",
+        TXN_TIMEOUT,
+        move || wait_acknowledged(&acknowledged, sent, TXN_TIMEOUT),
+    )
+    .await?;
     let producer = producer.clone();
-    let state = consumer.context().state();
-    tokio::task::spawn_blocking(move || {
-        if let Some(group) = group {
-            state.doing("committing: adding the input offsets");
+    watched_step(
+        consumer,
+        "committing: ending the transaction",
+        TXN_TIMEOUT,
+        move || {
             producer
-                .send_offsets_to_transaction(&offsets, &group, TXN_TIMEOUT)
-                .context("cannot add the offsets to the transaction")?;
-        }
-        state.doing("committing: waiting for acknowledgements");
-        wait_acknowledged(&producer, sent, TXN_TIMEOUT)?;
-        state.doing("committing: ending the transaction");
-        producer
-            .commit_transaction(TXN_TIMEOUT)
-            .context("cannot commit the transaction")
-    })
+                .commit_transaction(TXN_TIMEOUT)
+                .context("cannot commit the transaction")
+        },
+    )
     .await
-    .context("the commit panicked")?
+}
+
+/// One blocking Kafka call of a commit, run off the async threads and shown as what the
+/// consumer's loop does; fails if the call has not returned within its own `timeout` and
+/// [`STEP_GRACE`] (the call is left to finish on its thread).
+async fn watched_step(
+    consumer: &GroupConsumer,
+    step: &'static str,
+    timeout: Duration,
+    call: impl FnOnce() -> anyhow::Result<()> + Send + 'static,
+) -> anyhow::Result<()> {
+    consumer.context().doing(step);
+    let limit = timeout + STEP_GRACE;
+    match tokio::time::timeout(limit, tokio::task::spawn_blocking(call)).await {
+        Ok(returned) => returned.context("the commit panicked")?,
+        Err(_) => anyhow::bail!("{step}: no answer from the Kafka client in {limit:?}"),
+    }
 }
 
 /// The batch of the open transaction, while it is being filled.
