@@ -489,3 +489,70 @@ fn wait_acknowledged(
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+    use std::sync::Arc;
+
+    use rdkafka::mocking::{MockCluster, MockCoordinator};
+
+    use super::*;
+    use crate::kafka::KafkaSettings;
+
+    /// The hang seen on a real cluster after a broker left (a stage "committing" for minutes):
+    /// the group coordinator stops answering in mid-transaction, and the Kafka client, which
+    /// does not enforce the offsets call's own timeout (librdkafka 5456), may wait for it
+    /// forever. The commit still fails, at the offsets step, within its timeout and grace.
+    #[test]
+    fn a_commit_fails_in_bounded_time_when_the_group_coordinator_stops_answering()
+    -> anyhow::Result<()> {
+        // Built by hand so that its end does not wait for a call still stuck on its thread.
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()?;
+        let cluster = MockCluster::new(3)?;
+        for topic in ["in", "out"] {
+            cluster.create_topic(topic, 1, 3)?;
+            cluster.partition_leader(topic, 0, Some(1))?;
+        }
+        cluster.coordinator(MockCoordinator::Group("stage".into()), 2)?;
+        cluster.coordinator(MockCoordinator::Transaction("stage-txn".into()), 1)?;
+        let settings = KafkaSettings::new(BTreeMap::from([(
+            "bootstrap.servers".to_owned(),
+            cluster.bootstrap_servers(),
+        )]));
+        let (committed, took) = runtime.block_on(async {
+            let plain = settings.producer()?;
+            let record = FutureRecord::<str, str>::to("in").key("k").payload("{}");
+            plain
+                .send(record, TXN_TIMEOUT)
+                .await
+                .map_err(|(err, _)| err)?;
+            let consumer = settings.transactional_consumer("stage", Arc::default())?;
+            consumer.subscribe(&["in"])?;
+            let message = tokio::time::timeout(TXN_TIMEOUT, consumer.recv()).await??;
+            let mut offsets = Offsets::default();
+            offsets.passed(&message);
+            let producer = settings.transactional_producer("stage-txn")?;
+            producer.init_transactions(TXN_TIMEOUT)?;
+            producer.begin_transaction()?;
+            let record = FutureRecord::<str, str>::to("out").key("k").payload("{}");
+            let sent = vec![producer.send_result(record).map_err(|(err, _)| err)?];
+            cluster.broker_round_trip_time(2, Duration::from_secs(3_600))?;
+            let started = std::time::Instant::now();
+            let committed = commit_in_background(&consumer, &producer, &offsets, sent).await;
+            anyhow::Ok((committed, started.elapsed()))
+        })?;
+        runtime.shutdown_background();
+        let err = format!(
+            "{:#}",
+            committed.expect_err("committed against a silent coordinator")
+        );
+        assert!(err.contains("offsets"), "failed elsewhere: {err}");
+        let bound = OFFSETS_TIMEOUT + STEP_GRACE + Duration::from_secs(1);
+        assert!(took <= bound, "took {took:?}, more than {bound:?}: {err}");
+        Ok(())
+    }
+}

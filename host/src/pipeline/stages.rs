@@ -105,7 +105,8 @@ pub struct StageInfo {
 /// What a stage's loop is doing.
 #[derive(Debug, Clone, Serialize, serde::Deserialize, utoipa::ToSchema)]
 pub struct Activity {
-    /// A few words: `waiting for records`, `processing a batch`, `committing`, `aborting`, …
+    /// A few words: `waiting for records`, `processing a batch`, `committing` (or one of its
+    /// steps, `committing: adding the input offsets`, …), `aborting`.
     pub doing: String,
     /// For how long, in milliseconds.
     pub for_ms: u64,
