@@ -252,7 +252,6 @@ pub async fn run<W: TransactionalWork>(
         });
         let committed = match filled {
             Ok(()) => {
-                consumer.context().doing("committing");
                 let sent = std::mem::take(&mut txn.sent);
                 let mut commit =
                     std::pin::pin!(commit_in_background(consumer, producer, &offsets, sent));
