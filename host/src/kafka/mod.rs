@@ -36,6 +36,10 @@ const CONSUMER_QUEUE_KIB: &str = "4096";
 /// How long a transaction may stay open unless `[kafka]` says otherwise: a crashed owner's
 /// open transaction blocks `read_committed` readers until then, so it is kept short.
 const DEFAULT_TRANSACTION_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long producers hold records back to batch them unless `[kafka]` says otherwise: on
+/// loopback 1 ms took a fifth off full-load throughput, 5 ms costs a lone record 5 ms per hop
+/// (which [`send::Nudge`] gives back). See BENCHMARKS.md.
+const DEFAULT_LINGER: Duration = Duration::from_millis(5);
 /// How much a producer may hold unsent, in KiB (librdkafka's default is 1 GiB); a full queue
 /// makes a stage wait (see [`send::send`]), which is the back-pressure wanted.
 const PRODUCER_QUEUE_KIB: &str = "8192";
@@ -204,10 +208,23 @@ impl KafkaSettings {
             // What idempotence implies anyway, said outright: a record counts as written
             // once every in-sync replica has it.
             .set("acks", "all")
-            .set_if_absent("linger.ms", "5")
+            .set_if_absent("linger.ms", &DEFAULT_LINGER.as_millis().to_string())
             .set_if_absent("compression.type", "lz4")
             .set_if_absent("queue.buffering.max.kbytes", PRODUCER_QUEUE_KIB);
         config
+    }
+
+    /// How long producers hold records back to batch them (`linger.ms`, or its older name
+    /// `queue.buffering.max.ms`; 5 ms unless `[kafka]` says otherwise).
+    pub fn linger(&self) -> Duration {
+        ["linger.ms", "queue.buffering.max.ms"]
+            .iter()
+            .find_map(|key| self.properties.get(*key))
+            .and_then(|millis| millis.trim().parse::<f64>().ok())
+            .filter(|millis| millis.is_finite() && *millis >= 0.0)
+            .map_or(DEFAULT_LINGER, |millis| {
+                Duration::from_secs_f64(millis / 1000.0)
+            })
     }
 
     /// An admin client (topic creation, metadata queries).
@@ -228,7 +245,7 @@ impl KafkaSettings {
 }
 
 pub use group::{ConsumerErrors, GroupConsumer, GroupContext, GroupState, leave};
-pub use send::send;
+pub use send::{Nudge, send};
 pub use topics::{partitions, watermarks};
 pub use transaction::commit_transaction;
 

@@ -1,18 +1,23 @@
 //! The one way a record is handed to a producer: waiting, without blocking a thread, while
-//! the producer's queue is full.
+//! the producer's queue is full; and sending what a producer holds at once, when lingering
+//! for company would only delay it.
 //!
 //! A full queue is back-pressure (the broker is slower than the stages, see
 //! `PRODUCER_QUEUE_KIB`), never an error: the record is offered again shortly.
 
-use std::time::Duration;
+use std::sync::{Mutex, PoisonError};
+use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::ToBytes;
-use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord};
+use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord, Producer as _};
 
 /// How long to wait before offering a record to a full queue again.
 const QUEUE_FULL_WAIT: Duration = Duration::from_millis(5);
+/// How long a nudge keeps the producer sending at once: long enough for its threads to wake
+/// and see it on a busy machine, short enough that records sent meanwhile are few.
+const NUDGE_HOLD: Duration = Duration::from_millis(1);
 
 /// Hands `record` to `producer`. Its delivery is settled later: the returned future says how.
 pub async fn send<K, P>(
@@ -45,9 +50,153 @@ where
     K: ToBytes + ?Sized,
     P: ToBytes + ?Sized,
 {
-    match send(producer, record).await?.await {
+    acknowledged(send(producer, record).await?).await
+}
+
+/// What became of a record handed to a producer: its offset once the broker acknowledged it.
+pub async fn acknowledged(sent: DeliveryFuture) -> anyhow::Result<i64> {
+    match sent.await {
         Ok(Ok(delivered)) => Ok(delivered.offset),
         Ok(Err((err, _))) => Err(err.into()),
         Err(_) => anyhow::bail!("the producer was dropped"),
+    }
+}
+
+/// Blocking: has `producer` send everything it holds now, not after `linger.ms`, and waits
+/// up to `timeout` until all of it is acknowledged; false if something is still unanswered.
+///
+/// For when waiting for more records to batch only delays: a transaction about to commit
+/// (nothing more is sent in it), or a stage with nothing more to send (a lone pizza paid one
+/// 5 ms linger per hop, most of its latency). librdkafka's
+/// `rd_kafka_flush` sends at once while it waits, but rust-rdkafka's `flush` calls it with
+/// no wait and then polls in 100 ms slices that run to their end (every commit took 100 ms),
+/// so it is called here directly. Delivery reports are events (rust-rdkafka's producers use
+/// the event API, served by the producer's polling thread), so it waits on the client's
+/// count of unacknowledged records rather than polling.
+#[allow(unsafe_code)]
+pub fn flush_now(producer: &FutureProducer, timeout: Duration) -> bool {
+    let millis = i32::try_from(timeout.as_millis()).unwrap_or(i32::MAX);
+    // SAFETY: the handle is the live client `producer` owns, borrowed for the whole call, and
+    // librdkafka's flush may be called from any thread beside its other calls.
+    let flushed =
+        unsafe { rdkafka::bindings::rd_kafka_flush(producer.client().native_ptr(), millis) };
+    flushed == rdkafka::bindings::rd_kafka_resp_err_t::RD_KAFKA_RESP_ERR_NO_ERROR
+}
+
+/// Sends a producer's records at once when it has not done so for a linger.
+///
+/// `linger.ms` holds records back so that one request carries many under load; a record
+/// that is alone only waits (five hops of 5 ms were most of a lone pizza's way through the
+/// pipeline). Whoever has just handed records to the producer nudges it: if the last nudge
+/// is a linger ago or more, the producer sends what it holds now. So a lone record leaves at
+/// once, and under load records still leave in batches, at most twice per linger.
+pub struct Nudge {
+    linger: Duration,
+    last: Mutex<Option<Instant>>,
+}
+
+impl Nudge {
+    /// Nudges at most once per `linger` (the producers' `linger.ms`); never if it is zero.
+    pub fn new(linger: Duration) -> Self {
+        Self {
+            linger,
+            last: Mutex::new(None),
+        }
+    }
+
+    /// Has `producer` send what it holds now, unless it was nudged within the last linger.
+    /// Does not wait: the send happens on a blocking thread.
+    pub fn nudge(&self, producer: &FutureProducer) {
+        if self.linger.is_zero() {
+            return;
+        }
+        let now = Instant::now();
+        {
+            let mut last = self.last.lock().unwrap_or_else(PoisonError::into_inner);
+            if last.is_some_and(|last| now.duration_since(last) < self.linger) {
+                return;
+            }
+            *last = Some(now);
+        }
+        let producer = producer.clone();
+        tokio::task::spawn_blocking(move || flush_now(&producer, NUDGE_HOLD));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use rdkafka::mocking::MockCluster;
+
+    use super::*;
+    use crate::kafka::KafkaSettings;
+
+    /// A linger far longer than the waits below: a record that arrives within them was sent
+    /// at once, not when the linger ran out.
+    const LONG_LINGER: &str = "20000";
+    const SOON: Duration = Duration::from_secs(5);
+
+    /// Settings for the mock cluster's topic `out`, with the long linger.
+    fn lingering(bootstrap_servers: String) -> KafkaSettings {
+        KafkaSettings::new(BTreeMap::from([
+            ("bootstrap.servers".to_owned(), bootstrap_servers),
+            ("linger.ms".to_owned(), LONG_LINGER.to_owned()),
+        ]))
+    }
+
+    fn record(key: &str) -> FutureRecord<'_, str, str> {
+        FutureRecord::to("out").key(key).payload("{}")
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn flush_now_sends_at_once_what_the_producer_would_linger_over() -> anyhow::Result<()> {
+        let cluster = MockCluster::new(1)?;
+        cluster.create_topic("out", 1, 1)?;
+        let producer = lingering(cluster.bootstrap_servers()).producer()?;
+        let sent = send(&producer, record("a")).await?;
+        let flushed = tokio::task::spawn_blocking(move || flush_now(&producer, SOON)).await?;
+        assert!(
+            flushed,
+            "not acknowledged within {SOON:?} of a {LONG_LINGER} ms linger"
+        );
+        assert_eq!(acknowledged(sent).await?, 0);
+        Ok(())
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_nudge_sends_a_lone_record_at_once_and_then_waits_a_linger() -> anyhow::Result<()> {
+        let cluster = MockCluster::new(1)?;
+        cluster.create_topic("out", 1, 1)?;
+        let settings = lingering(cluster.bootstrap_servers());
+        let producer = settings.producer()?;
+        let nudge = Nudge::new(settings.linger());
+        assert_eq!(nudge.linger, Duration::from_secs(20));
+
+        // The producer's connection and id come first: a nudge hurries a record that is
+        // ready to go, it does not wait for the producer to be.
+        let ready = send(&producer, record("ready")).await?;
+        let producer_ready = producer.clone();
+        assert!(tokio::task::spawn_blocking(move || flush_now(&producer_ready, SOON)).await?);
+        acknowledged(ready).await?;
+
+        let first = send(&producer, record("a")).await?;
+        nudge.nudge(&producer);
+        let offset = tokio::time::timeout(SOON, acknowledged(first)).await;
+        assert_eq!(
+            offset.ok().transpose()?,
+            Some(1),
+            "the nudged record waited for the linger"
+        );
+
+        // Nudged again within the linger: this one is batched as usual.
+        let second = send(&producer, record("b")).await?;
+        nudge.nudge(&producer);
+        let early = tokio::time::timeout(Duration::from_secs(1), acknowledged(second)).await;
+        assert!(
+            early.is_err(),
+            "a second nudge within the linger sent at once: {early:?}"
+        );
+        Ok(())
     }
 }

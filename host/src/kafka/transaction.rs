@@ -293,9 +293,10 @@ pub async fn run<W: TransactionalWork>(
     }
 }
 
-/// Commits the open transaction of `producer` on blocking threads, with `offsets` (the next
-/// input offsets of its batch) and once `sent` is acknowledged, so the caller may go on with
-/// the next batch's records meanwhile.
+/// Commits the open transaction of `producer` on blocking threads once `sent` is acknowledged,
+/// with `offsets` (the next input offsets of its batch), so the caller may go on with the next
+/// batch's records meanwhile. The records are sent at once, not after a linger, while the
+/// offsets are added.
 ///
 /// Each step is watched: one that outlasts its own timeout by [`STEP_GRACE`] fails the commit.
 /// The caller then aborts and its worker starts over with a new producer, whose start fences
@@ -317,7 +318,21 @@ async fn commit_in_background(
     } else {
         None
     };
-    if let Some(group) = group {
+    // Both round trips at once: the records' acknowledgements and the offsets' registration
+    // do not depend on each other, only the end of the transaction depends on both. The
+    // offsets step is labelled last, so /readyz names it while both wait (it is the one the
+    // client has been seen to hang in).
+    let acknowledged = producer.clone();
+    let records = watched_step(
+        consumer,
+        "committing: waiting for acknowledgements",
+        TXN_TIMEOUT,
+        move || wait_acknowledged(&acknowledged, sent, TXN_TIMEOUT),
+    );
+    let offsets_added = async {
+        let Some(group) = group else {
+            return Ok(());
+        };
         let producer = producer.clone();
         watched_step(
             consumer,
@@ -329,16 +344,9 @@ async fn commit_in_background(
                     .context("cannot add the offsets to the transaction")
             },
         )
-        .await?;
-    }
-    let acknowledged = producer.clone();
-    watched_step(
-        consumer,
-        "committing: waiting for acknowledgements",
-        TXN_TIMEOUT,
-        move || wait_acknowledged(&acknowledged, sent, TXN_TIMEOUT),
-    )
-    .await?;
+        .await
+    };
+    tokio::try_join!(records, offsets_added)?;
     let producer = producer.clone();
     watched_step(
         consumer,
@@ -449,12 +457,6 @@ impl Offsets {
 
 /// Blocking: commits `producer`'s open transaction once every record sent in it (`sent`) is
 /// acknowledged; fails, committing nothing, if one was not delivered.
-///
-/// rust-rdkafka's `commit_transaction` flushes first, and while anything is unacknowledged it
-/// waits in polls of 100 ms that run to their end: every commit took 100 ms, a tenth of a
-/// second per transactional hop. Here the acknowledgements are awaited, then the last
-/// bookkeeping (a message is counted out just after its acknowledgement) in polls of 1 ms, so
-/// the flush finds nothing left.
 pub fn commit_transaction(
     producer: &FutureProducer,
     sent: Vec<DeliveryFuture>,
@@ -466,13 +468,16 @@ pub fn commit_transaction(
         .context("cannot commit the transaction")
 }
 
-/// Blocking: waits until every record of `sent` is acknowledged and the producer has counted
-/// them out (see [`commit_transaction`]); fails if one was not delivered.
+/// Blocking: sends what `producer` still holds at once and waits until every record of `sent`
+/// is acknowledged and counted out; fails if one was not delivered.
 fn wait_acknowledged(
     producer: &FutureProducer,
     sent: Vec<DeliveryFuture>,
     timeout: Duration,
 ) -> anyhow::Result<()> {
+    if !super::send::flush_now(producer, timeout) {
+        anyhow::bail!("the transaction's records were not acknowledged within {timeout:?}");
+    }
     for delivery in sent {
         match futures::executor::block_on(delivery) {
             Ok(Ok(_)) => {}
@@ -481,10 +486,6 @@ fn wait_acknowledged(
             }
             Err(_) => anyhow::bail!("the producer dropped a record of the transaction"),
         }
-    }
-    let deadline = std::time::Instant::now() + timeout;
-    while producer.in_flight_count() > 0 && std::time::Instant::now() < deadline {
-        producer.poll(Duration::from_millis(1));
     }
     Ok(())
 }
@@ -539,6 +540,8 @@ mod tests {
             producer.begin_transaction()?;
             let record = FutureRecord::<str, str>::to("out").key("k").payload("{}");
             let sent = vec![producer.send_result(record).map_err(|(err, _)| err)?];
+            // Acknowledged first: the watch under test is the offsets step's.
+            assert!(crate::kafka::send::flush_now(&producer, TXN_TIMEOUT));
             cluster.broker_round_trip_time(2, Duration::from_secs(3_600))?;
             let started = std::time::Instant::now();
             let committed = commit_in_background(&consumer, &producer, &offsets, sent).await;

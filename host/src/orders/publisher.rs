@@ -21,7 +21,8 @@ use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
 use serde_json::json;
 
-use crate::kafka::KafkaSettings;
+use crate::kafka::send::acknowledged;
+use crate::kafka::{KafkaSettings, Nudge};
 use crate::orders::book::OrderBook;
 use crate::telemetry::trace_context;
 
@@ -128,7 +129,7 @@ pub struct OrderTopics {
 #[derive(Clone)]
 pub enum Publisher {
     /// Each record is acknowledged on its own; a failure midway leaves part of the order.
-    AtLeastOnce(FutureProducer),
+    AtLeastOnce(FutureProducer, Arc<Nudge>),
     /// The order record and its pizzas go in one transaction: all or none.
     ExactlyOnce(Arc<TransactionalPublisher>),
 }
@@ -138,6 +139,7 @@ impl Publisher {
     pub fn at_least_once(kafka: &KafkaSettings) -> anyhow::Result<Self> {
         Ok(Self::AtLeastOnce(
             kafka.producer_with_timeout(PUBLISH_TIMEOUT)?,
+            Arc::new(Nudge::new(kafka.linger())),
         ))
     }
 
@@ -313,7 +315,7 @@ pub async fn place(
             .collect(),
     };
     let published = match publisher {
-        Publisher::AtLeastOnce(producer) => publish_each(producer, &records).await,
+        Publisher::AtLeastOnce(producer, nudge) => publish_each(producer, nudge, &records).await,
         Publisher::ExactlyOnce(publisher) => {
             let publisher = publisher.clone();
             tokio::task::spawn_blocking(move || publisher.publish(records))
@@ -328,21 +330,27 @@ pub async fn place(
     published
 }
 
-async fn publish_each(producer: &FutureProducer, records: &OrderRecords) -> anyhow::Result<()> {
+async fn publish_each(
+    producer: &FutureProducer,
+    nudge: &Nudge,
+    records: &OrderRecords,
+) -> anyhow::Result<()> {
     // The order record first: a view that sees a pizza knows its order.
     let mut values = records.values.iter();
     if let Some(order) = values.next() {
-        producer
-            .send(records.record(order), PUBLISH_TIMEOUT)
+        let sent = crate::kafka::send(producer, records.record(order)).await?;
+        nudge.nudge(producer);
+        acknowledged(sent)
             .await
-            .map_err(|(err, _)| err)
             .context("the broker did not acknowledge the order")?;
     }
-    let sends = values.map(|pizza| producer.send(records.record(pizza), PUBLISH_TIMEOUT));
-    for result in futures::future::join_all(sends).await {
-        result
-            .map_err(|(err, _)| err)
-            .context("the broker did not acknowledge all of the order's pizzas")?;
+    let mut sent = Vec::with_capacity(values.len());
+    for pizza in values {
+        sent.push(crate::kafka::send(producer, records.record(pizza)).await?);
+    }
+    nudge.nudge(producer);
+    for result in futures::future::join_all(sent.into_iter().map(acknowledged)).await {
+        result.context("the broker did not acknowledge all of the order's pizzas")?;
     }
     Ok(())
 }

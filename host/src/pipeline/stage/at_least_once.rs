@@ -4,7 +4,8 @@
 //! and the stage is called on a batch in one go, which saves a thread hand-over per record.
 //! Records of a partition are called in order and their results are sent in order; sends are
 //! pipelined (the loop does not wait for each acknowledgement) through an idempotent producer,
-//! which keeps them in order and free of duplicates on retry. A separate task awaits the
+//! which keeps them in order and free of duplicates on retry, and [nudged](Nudge) after each
+//! batch so that a lone record does not wait out the linger. A separate task awaits the
 //! acknowledgements in the same order and stores a batch's input offsets only after all its
 //! outputs (every record each input became) are acknowledged, so the committed offset never passes an event whose result is not
 //! in Kafka. If a send fails for good, the loop stops; its supervisor starts it again from the
@@ -22,7 +23,7 @@ use tokio::sync::mpsc;
 
 use super::{CALL_BATCH, DRAIN_CHECK, Pending, StageShared, StopSignals, process};
 use crate::kafka::group::{consumed_to_end, take_ready};
-use crate::kafka::{ConsumerErrors, GroupConsumer, KafkaSettings};
+use crate::kafka::{ConsumerErrors, GroupConsumer, KafkaSettings, Nudge};
 use crate::pipeline::plan::StageRoute as Route;
 
 /// Sent but not yet acknowledged results per stage (counted in whole batches of at most
@@ -44,6 +45,7 @@ pub async fn run(
 ) -> anyhow::Result<()> {
     let consumer = Arc::new(kafka.consumer(&route.group_id, stage.group.clone())?);
     let producer = kafka.producer()?;
+    let nudge = Nudge::new(kafka.linger());
     consumer
         .subscribe(&[&route.input])
         .with_context(|| format!("cannot subscribe to {}", route.input))?;
@@ -73,6 +75,7 @@ pub async fn run(
                     consumer.context().doing("processing a batch");
                     let batch = take_ready(&consumer, first, CALL_BATCH, &mut errors, &name);
                     let pending = process::batch(stage, route, &producer, &batch, None, None).await?;
+                    nudge.nudge(&producer);
                     // If the acker ended, its result says why on the next turn.
                     let _ = pending_tx.send(pending).await;
                 }
