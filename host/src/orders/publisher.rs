@@ -11,7 +11,8 @@
 //! costs the orders placed during it a 503, never the publisher itself.
 
 use std::collections::VecDeque;
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
 use anyhow::Context as _;
@@ -149,6 +150,8 @@ impl Publisher {
             kafka: kafka.clone(),
             transactional_id: transactional_id.to_owned(),
             queue: Mutex::default(),
+            arrived: Condvar::new(),
+            last_group: AtomicUsize::new(0),
             producer: Mutex::new(None),
         };
         let producer = tokio::task::block_in_place(|| publisher.start())?;
@@ -160,12 +163,16 @@ impl Publisher {
 /// Most orders in one transaction, and most records: a group stays a quick commit.
 const MAX_GROUP_ORDERS: usize = 256;
 const MAX_GROUP_RECORDS: usize = 10_000;
+/// How long a group may wait for as many orders as the last group held (see
+/// [`TransactionalPublisher::next_group`]).
+const GATHER_WAIT: Duration = Duration::from_millis(1);
 
 /// What a publishing order is told: `Err` with the reason its transaction failed.
 type Answer = Result<(), String>;
 
 /// The transactional producer of orders, committing them in groups: orders that arrive while
-/// a transaction commits wait in a queue, and the next transaction takes them all (up to
+/// a transaction commits wait in a queue, and the next transaction takes them all (gathering
+/// for a moment under load, see [`Self::next_group`]; up to
 /// [`MAX_GROUP_ORDERS`] orders or [`MAX_GROUP_RECORDS`] records). An order is never split
 /// across transactions, each is answered once its transaction committed, and a failed commit
 /// fails exactly the orders in it.
@@ -174,6 +181,10 @@ pub struct TransactionalPublisher {
     transactional_id: String,
     /// Orders waiting for a transaction, each with where its answer goes.
     queue: Mutex<VecDeque<(OrderRecords, std::sync::mpsc::Sender<Answer>)>>,
+    /// Told when an order joins the queue.
+    arrived: Condvar,
+    /// How many orders the last transaction held.
+    last_group: AtomicUsize,
     /// Held by the thread that runs the current transaction. Empty after a failure that left
     /// the producer's state unknown: the next transaction starts a new producer.
     producer: Mutex<Option<FutureProducer>>,
@@ -198,10 +209,7 @@ impl TransactionalPublisher {
     /// either finds its order answered or runs the transaction that takes it.
     fn publish(&self, records: OrderRecords) -> anyhow::Result<()> {
         let (answer, answered) = std::sync::mpsc::channel();
-        self.queue
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .push_back((records, answer));
+        self.enqueue(records, answer);
         let mut slot = self.producer.lock().unwrap_or_else(PoisonError::into_inner);
         loop {
             if let Ok(answer) = answered.try_recv() {
@@ -217,9 +225,43 @@ impl TransactionalPublisher {
         }
     }
 
-    /// The queued orders the next transaction takes.
+    /// Queues an order for the next transaction.
+    fn enqueue(&self, records: OrderRecords, answer: std::sync::mpsc::Sender<Answer>) {
+        self.queue
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .push_back((records, answer));
+        self.arrived.notify_all();
+    }
+
+    /// The queued orders the next transaction takes. Its customers, answered together when
+    /// the last transaction committed, order again together: a group first waits (up to
+    /// [`GATHER_WAIT`]) until as many orders are queued as the last one held. Without the
+    /// wait, the first of them to come back went alone, the rest waited a whole commit for the
+    /// next, and under load there were twice the transactions, each costing the broker its
+    /// registration, end and markers. A lone customer's group held one order: it never waits.
     fn next_group(&self) -> Vec<(OrderRecords, std::sync::mpsc::Sender<Answer>)> {
-        take_group(&mut self.queue.lock().unwrap_or_else(PoisonError::into_inner))
+        let want = self.last_group.load(Ordering::Relaxed);
+        let group = take_group(&mut self.gathered(want, GATHER_WAIT));
+        self.last_group.store(group.len(), Ordering::Relaxed);
+        group
+    }
+
+    /// The queue, once it holds `want` orders or `wait` has passed.
+    fn gathered(
+        &self,
+        want: usize,
+        wait: Duration,
+    ) -> MutexGuard<'_, VecDeque<(OrderRecords, std::sync::mpsc::Sender<Answer>)>> {
+        let queue = self.queue.lock().unwrap_or_else(PoisonError::into_inner);
+        let want = want.min(MAX_GROUP_ORDERS);
+        match self
+            .arrived
+            .wait_timeout_while(queue, wait, |queue| queue.len() < want)
+        {
+            Ok((queue, _)) => queue,
+            Err(poisoned) => poisoned.into_inner().0,
+        }
     }
 
     /// One transaction holding every record of the orders of `group`.
@@ -410,6 +452,38 @@ mod tests {
         assert_eq!(groups(queued(&[4_000; 3])), [vec![0, 1], vec![2]]);
         // An order bigger than the bound still goes, alone.
         assert_eq!(groups(queued(&[12_000, 1])), [vec![0], vec![1]]);
+    }
+
+    #[test]
+    fn a_group_waits_for_as_many_orders_as_the_last_one_held_but_no_longer() {
+        let publisher = Arc::new(TransactionalPublisher {
+            kafka: KafkaSettings::new(std::collections::BTreeMap::new()),
+            transactional_id: "test".to_owned(),
+            queue: Mutex::default(),
+            arrived: Condvar::new(),
+            last_group: AtomicUsize::new(0),
+            producer: Mutex::new(None),
+        });
+        let order = |n: usize| OrderRecords {
+            key: n.to_string(),
+            headers: OwnedHeaders::new(),
+            values: Vec::new(),
+        };
+        // One order queued, three wanted: the other two come from another thread meanwhile.
+        publisher.enqueue(order(0), std::sync::mpsc::channel().0);
+        let later = publisher.clone();
+        let arriving = std::thread::spawn(move || {
+            for n in 1..3 {
+                later.enqueue(order(n), std::sync::mpsc::channel().0);
+            }
+        });
+        let group = take_group(&mut publisher.gathered(3, Duration::from_secs(60)));
+        let keys: Vec<&str> = group.iter().map(|(order, _)| order.key.as_str()).collect();
+        assert_eq!(keys, ["0", "1", "2"]);
+        assert!(arriving.join().is_ok());
+        // Nobody else comes: the wait ends at its bound with what is there.
+        publisher.enqueue(order(3), std::sync::mpsc::channel().0);
+        assert_eq!(publisher.gathered(3, Duration::from_millis(20)).len(), 1);
     }
 
     #[test]
