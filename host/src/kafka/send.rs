@@ -105,21 +105,24 @@ impl Nudge {
     }
 
     /// Has `producer` send what it holds now, unless it was nudged within the last linger.
-    /// Does not wait: the send happens on a blocking thread.
-    pub fn nudge(&self, producer: &FutureProducer) {
+    /// Does not wait: the send happens on a blocking thread, returned when there is one (until
+    /// it ends, whatever the producer is given is sent at once too).
+    pub fn nudge(&self, producer: &FutureProducer) -> Option<tokio::task::JoinHandle<bool>> {
         if self.linger.is_zero() {
-            return;
+            return None;
         }
         let now = Instant::now();
         {
             let mut last = self.last.lock().unwrap_or_else(PoisonError::into_inner);
             if last.is_some_and(|last| now.duration_since(last) < self.linger) {
-                return;
+                return None;
             }
             *last = Some(now);
         }
         let producer = producer.clone();
-        tokio::task::spawn_blocking(move || flush_now(&producer, NUDGE_HOLD));
+        Some(tokio::task::spawn_blocking(move || {
+            flush_now(&producer, NUDGE_HOLD)
+        }))
     }
 }
 
@@ -181,17 +184,24 @@ mod tests {
         acknowledged(ready).await?;
 
         let first = send(&producer, record("a")).await?;
-        nudge.nudge(&producer);
+        let nudged = nudge
+            .nudge(&producer)
+            .context("the first nudge sent nothing")?;
         let offset = tokio::time::timeout(SOON, acknowledged(first)).await;
         assert_eq!(
             offset.ok().transpose()?,
             Some(1),
             "the nudged record waited for the linger"
         );
+        // Whatever the producer is given while a nudge lasts goes at once too.
+        nudged.await?;
 
         // Nudged again within the linger: this one is batched as usual.
         let second = send(&producer, record("b")).await?;
-        nudge.nudge(&producer);
+        assert!(
+            nudge.nudge(&producer).is_none(),
+            "nudged twice within a linger"
+        );
         let early = tokio::time::timeout(Duration::from_secs(1), acknowledged(second)).await;
         assert!(
             early.is_err(),
