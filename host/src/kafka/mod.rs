@@ -208,9 +208,13 @@ impl KafkaSettings {
             // What idempotence implies anyway, said outright: a record counts as written
             // once every in-sync replica has it.
             .set("acks", "all")
-            .set_if_absent("linger.ms", &DEFAULT_LINGER.as_millis().to_string())
             .set_if_absent("compression.type", "lz4")
             .set_if_absent("queue.buffering.max.kbytes", PRODUCER_QUEUE_KIB);
+        // The default only when neither name is given: with both set, which one librdkafka
+        // takes is arbitrary, and `linger()` (the nudge's interval) follows the given one.
+        if !self.properties.contains_key("queue.buffering.max.ms") {
+            config.set_if_absent("linger.ms", &DEFAULT_LINGER.as_millis().to_string());
+        }
         config
     }
 

@@ -15,8 +15,9 @@ use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord, Producer a
 
 /// How long to wait before offering a record to a full queue again.
 const QUEUE_FULL_WAIT: Duration = Duration::from_millis(5);
-/// How long a nudge keeps the producer sending at once: long enough for its threads to wake
-/// and see it on a busy machine, short enough that records sent meanwhile are few.
+/// How long a nudge keeps the producer sending at once. librdkafka sends early only if a
+/// broker thread wakes while it lasts, so it is a best effort: long enough for the threads to
+/// wake on a busy machine, short enough that records handed over meanwhile are few.
 const NUDGE_HOLD: Duration = Duration::from_millis(1);
 
 /// Hands `record` to `producer`. Its delivery is settled later: the returned future says how.
@@ -62,8 +63,9 @@ pub async fn acknowledged(sent: DeliveryFuture) -> anyhow::Result<i64> {
     }
 }
 
-/// Blocking: has `producer` send everything it holds now, not after `linger.ms`, and waits
-/// up to `timeout` until all of it is acknowledged; false if something is still unanswered.
+/// Blocking: has `producer` send everything it holds now, not after `linger.ms` (also what it
+/// is given meanwhile), and waits up to `timeout` until every record has an outcome; false if
+/// one has none yet. An outcome may be a failure: callers check each record's delivery.
 ///
 /// For when waiting for more records to batch only delays: a transaction about to commit
 /// (nothing more is sent in it), or a stage with nothing more to send (a lone pizza paid one

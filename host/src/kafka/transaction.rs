@@ -320,8 +320,11 @@ async fn commit_in_background(
     };
     // Both round trips at once: the records' acknowledgements and the offsets' registration
     // do not depend on each other, only the end of the transaction depends on both. The
-    // offsets step is labelled last, so /readyz names it while both wait (it is the one the
-    // client has been seen to hang in).
+    // offsets step is labelled last, so /readyz names it from then on, even once it is done
+    // and the acknowledgements are still awaited (it is the step the client has been seen to
+    // hang in). Both are awaited even when one fails: an abort while the offsets call still
+    // runs would be refused as a conflicting call, leaving the transaction open until the
+    // restarted worker's producer fences it.
     let acknowledged = producer.clone();
     let records = watched_step(
         consumer,
@@ -346,7 +349,8 @@ async fn commit_in_background(
         )
         .await
     };
-    tokio::try_join!(records, offsets_added)?;
+    let (records, offsets_added) = tokio::join!(records, offsets_added);
+    records.and(offsets_added)?;
     let producer = producer.clone();
     watched_step(
         consumer,

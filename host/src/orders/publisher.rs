@@ -380,7 +380,7 @@ async fn publish_each(
     // The order record first: a view that sees a pizza knows its order.
     let mut values = records.values.iter();
     if let Some(order) = values.next() {
-        let sent = crate::kafka::send(producer, records.record(order)).await?;
+        let sent = handed_over(producer, records.record(order)).await?;
         nudge.nudge(producer);
         acknowledged(sent)
             .await
@@ -388,13 +388,24 @@ async fn publish_each(
     }
     let mut sent = Vec::with_capacity(values.len());
     for pizza in values {
-        sent.push(crate::kafka::send(producer, records.record(pizza)).await?);
+        sent.push(handed_over(producer, records.record(pizza)).await?);
     }
     nudge.nudge(producer);
     for result in futures::future::join_all(sent.into_iter().map(acknowledged)).await {
         result.context("the broker did not acknowledge all of the order's pizzas")?;
     }
     Ok(())
+}
+
+/// Hands `record` to the producer, or fails once its queue stayed full for [`PUBLISH_TIMEOUT`]:
+/// a customer waits for the answer.
+async fn handed_over(
+    producer: &FutureProducer,
+    record: FutureRecord<'_, str, str>,
+) -> anyhow::Result<rdkafka::producer::DeliveryFuture> {
+    tokio::time::timeout(PUBLISH_TIMEOUT, crate::kafka::send(producer, record))
+        .await
+        .context("the producer's queue stayed full: the broker is not taking records")?
 }
 
 #[cfg(test)]
