@@ -483,13 +483,8 @@ fn wait_acknowledged(
         anyhow::bail!("the transaction's records were not acknowledged within {timeout:?}");
     }
     for delivery in sent {
-        match futures::executor::block_on(delivery) {
-            Ok(Ok(_)) => {}
-            Ok(Err((err, _))) => {
-                return Err(err).context("a record of the transaction was not delivered");
-            }
-            Err(_) => anyhow::bail!("the producer dropped a record of the transaction"),
-        }
+        futures::executor::block_on(super::send::acknowledged(delivery))
+            .context("a record of the transaction was not delivered")?;
     }
     Ok(())
 }
