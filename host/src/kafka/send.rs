@@ -19,6 +19,9 @@ const QUEUE_FULL_WAIT: Duration = Duration::from_millis(5);
 /// broker thread wakes while it lasts, so it is a best effort: long enough for the threads to
 /// wake on a busy machine, short enough that records handed over meanwhile are few.
 const NUDGE_HOLD: Duration = Duration::from_millis(1);
+/// How long [`deliver`] keeps the producer sending at once: until its record is acknowledged,
+/// as its caller waits for that anyway, and long enough for a new producer to connect first.
+const DELIVER_HOLD: Duration = Duration::from_secs(1);
 
 /// Hands `record` to `producer`. Its delivery is settled later: the returned future says how.
 pub async fn send<K, P>(
@@ -42,7 +45,9 @@ where
 }
 
 /// Hands `record` to `producer` and waits for the broker's acknowledgement; returns the
-/// record's offset.
+/// record's offset. The record is sent at once: a caller that waits for it has nothing to
+/// batch it with (a host's beat, a deployment's pieces one after the other), and its
+/// tombstone at shutdown must not wait out a long linger.
 pub async fn deliver<K, P>(
     producer: &FutureProducer,
     record: FutureRecord<'_, K, P>,
@@ -51,7 +56,10 @@ where
     K: ToBytes + ?Sized,
     P: ToBytes + ?Sized,
 {
-    acknowledged(send(producer, record).await?).await
+    let sent = send(producer, record).await?;
+    let hurried = producer.clone();
+    tokio::task::spawn_blocking(move || flush_now(&hurried, DELIVER_HOLD));
+    acknowledged(sent).await
 }
 
 /// What became of a record handed to a producer: its offset once the broker acknowledged it.
@@ -91,7 +99,7 @@ pub fn flush_now(producer: &FutureProducer, timeout: Duration) -> bool {
 /// that is alone only waits (five hops of 5 ms were most of a lone pizza's way through the
 /// pipeline). Whoever has just handed records to the producer nudges it: if the last nudge
 /// is a linger ago or more, the producer sends what it holds now. So a lone record leaves at
-/// once, and under load records still leave in batches, at most twice per linger.
+/// once, and under load records still leave in batches, a few times per linger at most.
 pub struct Nudge {
     linger: Duration,
     last: Mutex<Option<Instant>>,
@@ -110,13 +118,35 @@ impl Nudge {
     /// Does not wait: the send happens on a blocking thread, returned when there is one (until
     /// it ends, whatever the producer is given is sent at once too).
     pub fn nudge(&self, producer: &FutureProducer) -> Option<tokio::task::JoinHandle<bool>> {
+        self.nudge_if(producer, false)
+    }
+
+    /// Nudges `producer` now, within the linger too, if this caller's own last nudge sent
+    /// (`own_nudge_sent`; else as [`Self::nudge`]): for records that could only be handed over once
+    /// those of that nudge were acknowledged, as an order's pizzas follow its order record
+    /// (within a linger of it on a near broker, so a plain nudge would not send and the
+    /// pizzas would wait out the linger). That nudge restarted the linger's clock, so this
+    /// adds at most one send per linger.
+    pub fn follow_up(
+        &self,
+        producer: &FutureProducer,
+        own_nudge_sent: bool,
+    ) -> Option<tokio::task::JoinHandle<bool>> {
+        self.nudge_if(producer, own_nudge_sent)
+    }
+
+    fn nudge_if(
+        &self,
+        producer: &FutureProducer,
+        within_linger: bool,
+    ) -> Option<tokio::task::JoinHandle<bool>> {
         if self.linger.is_zero() {
             return None;
         }
         let now = Instant::now();
         {
             let mut last = self.last.lock().unwrap_or_else(PoisonError::into_inner);
-            if last.is_some_and(|last| now.duration_since(last) < self.linger) {
+            if !within_linger && last.is_some_and(|last| now.duration_since(last) < self.linger) {
                 return None;
             }
             *last = Some(now);
@@ -170,6 +200,22 @@ mod tests {
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn deliver_sends_at_once_whatever_the_linger() -> anyhow::Result<()> {
+        let cluster = MockCluster::new(1)?;
+        cluster.create_topic("out", 1, 1)?;
+        let producer = lingering(cluster.bootstrap_servers()).producer()?;
+        for (expected, key) in [(0, "a"), (1, "b")] {
+            let offset = tokio::time::timeout(SOON, deliver(&producer, record(key))).await;
+            assert_eq!(
+                offset.ok().transpose()?,
+                Some(expected),
+                "not delivered within {SOON:?} of a {LONG_LINGER} ms linger"
+            );
+        }
+        Ok(())
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_nudge_sends_a_lone_record_at_once_and_then_waits_a_linger() -> anyhow::Result<()> {
         let cluster = MockCluster::new(1)?;
         cluster.create_topic("out", 1, 1)?;
@@ -209,6 +255,44 @@ mod tests {
             early.is_err(),
             "a second nudge within the linger sent at once: {early:?}"
         );
+        Ok(())
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_follow_up_to_a_nudge_that_sent_sends_within_the_linger_too() -> anyhow::Result<()> {
+        let cluster = MockCluster::new(1)?;
+        cluster.create_topic("out", 1, 1)?;
+        let settings = lingering(cluster.bootstrap_servers());
+        let producer = settings.producer()?;
+        let nudge = Nudge::new(settings.linger());
+        let ready = send(&producer, record("ready")).await?;
+        let producer_ready = producer.clone();
+        assert!(tokio::task::spawn_blocking(move || flush_now(&producer_ready, SOON)).await?);
+        acknowledged(ready).await?;
+
+        // An order record, nudged and acknowledged...
+        let order = send(&producer, record("order")).await?;
+        let nudged = nudge.nudge(&producer).context("the nudge sent nothing")?;
+        tokio::time::timeout(SOON, acknowledged(order)).await??;
+        nudged.await?;
+        // ...then its pizza, well within the linger.
+        let pizza = send(&producer, record("pizza")).await?;
+        let followed = nudge
+            .follow_up(&producer, true)
+            .context("the follow-up sent nothing")?;
+        let offset = tokio::time::timeout(SOON, acknowledged(pizza)).await;
+        assert_eq!(
+            offset.ok().transpose()?,
+            Some(2),
+            "the follow-up's record waited for the linger"
+        );
+        followed.await?;
+
+        // A follow-up to a nudge that did not send is a plain nudge: within the linger, none.
+        let later = send(&producer, record("later")).await?;
+        assert!(nudge.follow_up(&producer, false).is_none());
+        let early = tokio::time::timeout(Duration::from_secs(1), acknowledged(later)).await;
+        assert!(early.is_err(), "sent within the linger: {early:?}");
         Ok(())
     }
 }

@@ -379,9 +379,10 @@ async fn publish_each(
 ) -> anyhow::Result<()> {
     // The order record first: a view that sees a pizza knows its order.
     let mut values = records.values.iter();
+    let mut order_nudged = false;
     if let Some(order) = values.next() {
         let sent = handed_over(producer, records.record(order)).await?;
-        nudge.nudge(producer);
+        order_nudged = nudge.nudge(producer).is_some();
         acknowledged(sent)
             .await
             .context("the broker did not acknowledge the order")?;
@@ -390,7 +391,8 @@ async fn publish_each(
     for pizza in values {
         sent.push(handed_over(producer, records.record(pizza)).await?);
     }
-    nudge.nudge(producer);
+    // Within a linger of the order's nudge unless the broker is far: only a follow-up sends.
+    nudge.follow_up(producer, order_nudged);
     for result in futures::future::join_all(sent.into_iter().map(acknowledged)).await {
         result.context("the broker did not acknowledge all of the order's pizzas")?;
     }
@@ -410,11 +412,59 @@ async fn handed_over(
 
 #[cfg(test)]
 mod tests {
-    use std::collections::HashSet;
+    use std::collections::{BTreeMap, HashSet};
 
+    use rdkafka::mocking::MockCluster;
     use serde_json::Value;
 
     use super::*;
+
+    /// On a broker farther away than a nudge lasts, an order's pizzas, handed over once its
+    /// record is acknowledged and so within a linger of its nudge, are followed up: they do not
+    /// wait out the linger (20 s here; the order takes far less than 5).
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn an_orders_pizzas_do_not_wait_out_the_linger_on_a_far_broker() -> anyhow::Result<()> {
+        let cluster = MockCluster::new(1)?;
+        let settings = KafkaSettings::new(BTreeMap::from([
+            ("bootstrap.servers".to_owned(), cluster.bootstrap_servers()),
+            ("linger.ms".to_owned(), "20000".to_owned()),
+        ]));
+        let producer = settings.producer()?;
+        let nudge = Nudge::new(settings.linger());
+        let order = |id: &str| OrderRecords {
+            key: id.to_owned(),
+            headers: OwnedHeaders::new(),
+            values: vec![
+                ("orders".to_owned(), order_record(id, 1)),
+                ("pizza".to_owned(), new_pizzas(id, 1).remove(0)),
+            ],
+        };
+        // The producer knows both topics first: a nudge hurries records that are ready to go.
+        for topic in ["orders", "pizza"] {
+            cluster.create_topic(topic, 1, 1)?;
+        }
+        let warm_up = order("1");
+        let mut sent = Vec::new();
+        for value in &warm_up.values {
+            sent.push(crate::kafka::send(&producer, warm_up.record(value)).await?);
+        }
+        let flushing = producer.clone();
+        tokio::task::spawn_blocking(move || crate::kafka::send::flush_now(&flushing, SOON)).await?;
+        for sent in sent {
+            acknowledged(sent).await?;
+        }
+
+        cluster.broker_round_trip_time(1, Duration::from_millis(50))?;
+        let timed = order("2");
+        let published = tokio::time::timeout(SOON, publish_each(&producer, &nudge, &timed));
+        assert!(
+            matches!(published.await, Ok(Ok(()))),
+            "the order was not published within {SOON:?}"
+        );
+        Ok(())
+    }
+
+    const SOON: Duration = Duration::from_secs(5);
 
     #[test]
     fn a_new_order_id_is_told_apart_from_one_that_never_was() {
