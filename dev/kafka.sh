@@ -19,6 +19,13 @@
 # client listener SASL_PLAINTEXT with the PLAIN mechanism and those users (the broker itself
 # logs in as an extra user, `broker`).
 #
+# A broker as far away as a remote one (single broker only): KAFKA_REMOTE_RTT_MS=N gives the
+# broker a second client listener, reached only through Toxiproxy (installed from the Go module
+# proxy into .local/toxiproxy) on 127.0.0.1:${KAFKA_REMOTE_PORT:-19092}, which delays each
+# direction by N/2 ms; the broker's own traffic stays on loopback, as a cluster's does on its
+# network. Clients that bootstrap there (KAFKA_BOOTSTRAP=127.0.0.1:19092) see a broker N ms
+# away; its byte counts are at http://127.0.0.1:8474/metrics. `stop` stops the proxy too.
+#
 # A cluster of three (each node a broker and a controller; replication 3, min.insync.replicas
 # 2; smaller heaps): add `--brokers 3` to any command, e.g. `dev/kafka.sh start --brokers 3`.
 # Clients on 127.0.0.1:9092-9094 and controllers on 9192-9194 unless KAFKA_PORTS and
@@ -60,6 +67,13 @@ else
     echo "kafka: KAFKA_PORTS and KAFKA_CONTROLLER_PORTS need three ports each" >&2
     exit 2
   fi
+fi
+remote_rtt="${KAFKA_REMOTE_RTT_MS:-}"
+remote_port="${KAFKA_REMOTE_PORT:-19092}"
+toxiproxy_home="$root/.local/toxiproxy"
+if [[ -n "$remote_rtt" ]] && ((brokers != 1)); then
+  echo "kafka: KAFKA_REMOTE_RTT_MS is for the single broker" >&2
+  exit 2
 fi
 local_bootstrap=""
 for p in "${ports[@]}"; do local_bootstrap+="${local_bootstrap:+,}127.0.0.1:$p"; done
@@ -117,15 +131,23 @@ listener.name.sasl_plaintext.plain.sasl.jaas.config=org.apache.kafka.common.secu
     replication=3
     min_isr=2
   fi
+  # The remote listener binds next to the proxy's port and advertises the proxy, so a client
+  # that came in through the proxy stays behind it.
+  local remote_listener="" remote_advertised="" remote_protocol=""
+  if [[ -n "$remote_rtt" ]]; then
+    remote_listener=",REMOTE://127.0.0.1:$((remote_port + 1))"
+    remote_advertised=",REMOTE://127.0.0.1:$remote_port"
+    remote_protocol=",REMOTE:$client"
+  fi
   cat >"$home/config/server.properties" <<EOF
 process.roles=broker,controller
 node.id=$id
 $quorum
-listeners=$client://127.0.0.1:$port,CONTROLLER://127.0.0.1:$controller_port
-advertised.listeners=$client://127.0.0.1:$port
+listeners=$client://127.0.0.1:$port$remote_listener,CONTROLLER://127.0.0.1:$controller_port
+advertised.listeners=$client://127.0.0.1:$port$remote_advertised
 controller.listener.names=CONTROLLER
 inter.broker.listener.name=$client
-listener.security.protocol.map=CONTROLLER:PLAINTEXT,$client:$client
+listener.security.protocol.map=CONTROLLER:PLAINTEXT,$client:$client$remote_protocol
 $sasl
 log.dirs=$home/data
 num.partitions=3
@@ -221,6 +243,11 @@ start() {
     log "a broker answers at $bootstrap; reusing it"
     # Tests start brokers of their own beside it, several at once: they need the jars here.
     if [[ -z "${KAFKA_BOOTSTRAP:-}" ]] && command -v mvn >/dev/null; then provision; fi
+    if [[ -n "$remote_rtt" ]] && ! answers "127.0.0.1:$remote_port"; then
+      answers "127.0.0.1:$((remote_port + 1))" ||
+        { log "the running broker has no remote listener: dev/kafka.sh stop first"; exit 1; }
+      start_remote_proxy
+    fi
     return
   fi
   if [[ -n "${KAFKA_BOOTSTRAP:-}" ]]; then
@@ -238,6 +265,41 @@ start() {
   for id in $(seq 1 "$brokers"); do launch_node "$id"; done
   for id in $(seq 1 "$brokers"); do await_node "$id"; done
   log "ready at $bootstrap"
+  if [[ -n "$remote_rtt" ]]; then start_remote_proxy; fi
+}
+
+# Puts Toxiproxy in front of the broker's remote listener with half the round trip added in
+# each direction.
+start_remote_proxy() {
+  local server="$toxiproxy_home/bin/server"
+  mkdir -p "$toxiproxy_home"
+  if [[ ! -x "$server" ]]; then
+    command -v go >/dev/null || { log "go is required to install Toxiproxy"; exit 1; }
+    log "installing Toxiproxy from the Go module proxy (once)"
+    GOBIN="$toxiproxy_home/bin" go install github.com/Shopify/toxiproxy/v2/cmd/server@v2.5.0
+  fi
+  stop_remote_proxy
+  nohup "$server" -host 127.0.0.1 -proxy-metrics >"$toxiproxy_home/server.log" 2>&1 </dev/null &
+  echo $! >"$toxiproxy_home/server.pid"
+  local api=http://127.0.0.1:8474 deadline=$((SECONDS + 30))
+  until curl -sf "$api/version" >/dev/null; do
+    ((SECONDS < deadline)) || { log "Toxiproxy did not start:"; cat "$toxiproxy_home/server.log" >&2; exit 1; }
+    sleep 0.2
+  done
+  curl -sf -X POST "$api/proxies" -d "{\"name\":\"kafka\",\"listen\":\"127.0.0.1:$remote_port\",\"upstream\":\"127.0.0.1:$((remote_port + 1))\"}" >/dev/null
+  local stream half_ms=$((remote_rtt / 2))
+  for stream in upstream downstream; do
+    curl -sf -X POST "$api/proxies/kafka/toxics" \
+      -d "{\"type\":\"latency\",\"stream\":\"$stream\",\"attributes\":{\"latency\":$half_ms}}" >/dev/null
+  done
+  log "a remote broker, $((half_ms * 2)) ms away: 127.0.0.1:$remote_port"
+}
+
+stop_remote_proxy() {
+  local pidfile="$toxiproxy_home/server.pid"
+  [[ -f "$pidfile" ]] || return 0
+  kill "$(cat "$pidfile")" 2>/dev/null || true
+  rm -f "$pidfile"
 }
 
 # Stops node N: gracefully (TERM), or at once with KILL.
@@ -263,6 +325,7 @@ stop() {
     [[ -f "$(node_home "$id")/broker.pid" ]] && stopped=1
     stop_node "$id"
   done
+  stop_remote_proxy
   if ((stopped)); then log "stopped"; else log "no broker started by this script"; fi
 }
 
