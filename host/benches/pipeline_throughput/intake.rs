@@ -117,8 +117,8 @@ async fn measure(guarantee: &str, clients: usize) -> anyhow::Result<Intake> {
     let thousands = waited.len() as f64 / 1000.0;
     Ok(Intake {
         orders_per_second: waited.len() as f64 / elapsed.as_secs_f64(),
-        p50: waited[waited.len() / 2],
-        p99: waited[waited.len() * 99 / 100],
+        p50: crate::percentile(&waited, 50),
+        p99: crate::percentile(&waited, 99),
         cpu_per_1000: Cpu {
             pipeline: used.pipeline / thousands,
             broker: used.broker / thousands,
