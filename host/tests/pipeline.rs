@@ -77,8 +77,9 @@ async fn orders_complete_the_same_way_at_least_once() {
 /// order completes within 6 instead of waiting 9 s at each of five hops. A first order warms
 /// the producers up (a new producer, or one sending to a topic for the first time, is not
 /// ready within a nudge); a nudge sends at most once per linger, so the timed order comes a
-/// linger after it. (The door's follow-up nudge matters only on a broker farther than a
-/// nudge lasts: `publisher::an_orders_pizzas_do_not_wait_out_the_linger_on_a_far_broker`.)
+/// linger after it. (That the door's pizzas, sent once their order record is acknowledged,
+/// are nudged too shows only on a broker farther than a nudge lasts:
+/// `publisher::an_orders_pizzas_do_not_wait_out_the_linger_on_a_far_broker`.)
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_lone_order_does_not_wait_out_a_long_linger_at_least_once() {
     const LINGER: Duration = Duration::from_secs(9);

@@ -93,20 +93,23 @@ pub fn flush_now(producer: &FutureProducer, timeout: Duration) -> bool {
     flushed == rdkafka::bindings::rd_kafka_resp_err_t::RD_KAFKA_RESP_ERR_NO_ERROR
 }
 
-/// Sends a producer's records at once when it has not done so for a linger.
+/// Sends a producer's records at once when they have no company to wait for.
 ///
 /// `linger.ms` holds records back so that one request carries many under load; a record
 /// that is alone only waits (five hops of 5 ms were most of a lone pizza's way through the
-/// pipeline). Whoever has just handed records to the producer nudges it: if the last nudge
-/// is a linger ago or more, the producer sends what it holds now. So a lone record leaves at
-/// once, and under load records still leave in batches, a few times per linger at most.
+/// pipeline). Whoever has just handed records to the producer nudges it, and the producer
+/// sends what it holds now if those records are all it holds (nobody else's wait for
+/// company: a lone pizza, a customer ordering alone, again and again) or if the last nudge
+/// is a linger ago or more. So a lone record leaves at once, and under load records still
+/// leave in batches, a few times per linger at most.
 pub struct Nudge {
     linger: Duration,
     last: Mutex<Option<Instant>>,
 }
 
 impl Nudge {
-    /// Nudges at most once per `linger` (the producers' `linger.ms`); never if it is zero.
+    /// Nudges at most once per `linger` (the producers' `linger.ms`) under load; never if it
+    /// is zero.
     pub fn new(linger: Duration) -> Self {
         Self {
             linger,
@@ -114,39 +117,25 @@ impl Nudge {
         }
     }
 
-    /// Has `producer` send what it holds now, unless it was nudged within the last linger.
-    /// Does not wait: the send happens on a blocking thread, returned when there is one (until
-    /// it ends, whatever the producer is given is sent at once too).
-    pub fn nudge(&self, producer: &FutureProducer) -> Option<tokio::task::JoinHandle<bool>> {
-        self.nudge_if(producer, false)
-    }
-
-    /// Nudges `producer` now, within the linger too, if this caller's own last nudge sent
-    /// (`own_nudge_sent`; else as [`Self::nudge`]): for records that could only be handed over once
-    /// those of that nudge were acknowledged, as an order's pizzas follow its order record
-    /// (within a linger of it on a near broker, so a plain nudge would not send and the
-    /// pizzas would wait out the linger). That nudge restarted the linger's clock, so this
-    /// adds at most one send per linger.
-    pub fn follow_up(
+    /// Has `producer` send what it holds now, if that is only the `handed_over` records the
+    /// caller has just given it (and is waiting for), or if it was not nudged within the last
+    /// linger. Does not wait: the send happens on a blocking thread, returned when there is
+    /// one (until it ends, whatever the producer is given is sent at once too).
+    pub fn nudge(
         &self,
         producer: &FutureProducer,
-        own_nudge_sent: bool,
-    ) -> Option<tokio::task::JoinHandle<bool>> {
-        self.nudge_if(producer, own_nudge_sent)
-    }
-
-    fn nudge_if(
-        &self,
-        producer: &FutureProducer,
-        within_linger: bool,
+        handed_over: usize,
     ) -> Option<tokio::task::JoinHandle<bool>> {
         if self.linger.is_zero() {
             return None;
         }
+        // Counts records not yet acknowledged, and acknowledgements not yet taken.
+        let alone =
+            usize::try_from(producer.in_flight_count()).is_ok_and(|held| held <= handed_over);
         let now = Instant::now();
         {
             let mut last = self.last.lock().unwrap_or_else(PoisonError::into_inner);
-            if !within_linger && last.is_some_and(|last| now.duration_since(last) < self.linger) {
+            if !alone && last.is_some_and(|last| now.duration_since(last) < self.linger) {
                 return None;
             }
             *last = Some(now);
@@ -216,7 +205,8 @@ mod tests {
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn a_nudge_sends_a_lone_record_at_once_and_then_waits_a_linger() -> anyhow::Result<()> {
+    async fn a_nudge_sends_records_that_are_alone_at_once_and_others_once_a_linger()
+    -> anyhow::Result<()> {
         let cluster = MockCluster::new(1)?;
         cluster.create_topic("out", 1, 1)?;
         let settings = lingering(cluster.bootstrap_servers());
@@ -231,68 +221,35 @@ mod tests {
         assert!(tokio::task::spawn_blocking(move || flush_now(&producer_ready, SOON)).await?);
         acknowledged(ready).await?;
 
-        let first = send(&producer, record("a")).await?;
-        let nudged = nudge
-            .nudge(&producer)
-            .context("the first nudge sent nothing")?;
-        let offset = tokio::time::timeout(SOON, acknowledged(first)).await;
-        assert_eq!(
-            offset.ok().transpose()?,
-            Some(1),
-            "the nudged record waited for the linger"
-        );
-        // Whatever the producer is given while a nudge lasts goes at once too.
-        nudged.await?;
+        // Alone, twice within the linger (a customer ordering again and again): both at once.
+        for (expected, key) in [(1, "a"), (2, "b")] {
+            let alone = send(&producer, record(key)).await?;
+            let nudged = nudge
+                .nudge(&producer, 1)
+                .with_context(|| format!("the nudge of {key} sent nothing"))?;
+            let offset = tokio::time::timeout(SOON, acknowledged(alone)).await;
+            assert_eq!(
+                offset.ok().transpose()?,
+                Some(expected),
+                "the nudged record {key} waited for the linger"
+            );
+            // Whatever the producer is given while a nudge lasts goes at once too.
+            nudged.await?;
+        }
 
-        // Nudged again within the linger: this one is batched as usual.
-        let second = send(&producer, record("b")).await?;
+        // With company (another caller's record waits too), within the linger: batched.
+        let company = send(&producer, record("c")).await?;
+        let ours = send(&producer, record("d")).await?;
         assert!(
-            nudge.nudge(&producer).is_none(),
-            "nudged twice within a linger"
+            nudge.nudge(&producer, 1).is_none(),
+            "nudged with company within a linger"
         );
-        let early = tokio::time::timeout(Duration::from_secs(1), acknowledged(second)).await;
+        let early = tokio::time::timeout(Duration::from_secs(1), acknowledged(ours)).await;
         assert!(
             early.is_err(),
-            "a second nudge within the linger sent at once: {early:?}"
+            "a nudge with company within the linger sent at once: {early:?}"
         );
-        Ok(())
-    }
-
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn a_follow_up_to_a_nudge_that_sent_sends_within_the_linger_too() -> anyhow::Result<()> {
-        let cluster = MockCluster::new(1)?;
-        cluster.create_topic("out", 1, 1)?;
-        let settings = lingering(cluster.bootstrap_servers());
-        let producer = settings.producer()?;
-        let nudge = Nudge::new(settings.linger());
-        let ready = send(&producer, record("ready")).await?;
-        let producer_ready = producer.clone();
-        assert!(tokio::task::spawn_blocking(move || flush_now(&producer_ready, SOON)).await?);
-        acknowledged(ready).await?;
-
-        // An order record, nudged and acknowledged...
-        let order = send(&producer, record("order")).await?;
-        let nudged = nudge.nudge(&producer).context("the nudge sent nothing")?;
-        tokio::time::timeout(SOON, acknowledged(order)).await??;
-        nudged.await?;
-        // ...then its pizza, well within the linger.
-        let pizza = send(&producer, record("pizza")).await?;
-        let followed = nudge
-            .follow_up(&producer, true)
-            .context("the follow-up sent nothing")?;
-        let offset = tokio::time::timeout(SOON, acknowledged(pizza)).await;
-        assert_eq!(
-            offset.ok().transpose()?,
-            Some(2),
-            "the follow-up's record waited for the linger"
-        );
-        followed.await?;
-
-        // A follow-up to a nudge that did not send is a plain nudge: within the linger, none.
-        let later = send(&producer, record("later")).await?;
-        assert!(nudge.follow_up(&producer, false).is_none());
-        let early = tokio::time::timeout(Duration::from_secs(1), acknowledged(later)).await;
-        assert!(early.is_err(), "sent within the linger: {early:?}");
+        drop(company);
         Ok(())
     }
 }

@@ -379,10 +379,9 @@ async fn publish_each(
 ) -> anyhow::Result<()> {
     // The order record first: a view that sees a pizza knows its order.
     let mut values = records.values.iter();
-    let mut order_nudged = false;
     if let Some(order) = values.next() {
         let sent = handed_over(producer, records.record(order)).await?;
-        order_nudged = nudge.nudge(producer).is_some();
+        nudge.nudge(producer, 1);
         acknowledged(sent)
             .await
             .context("the broker did not acknowledge the order")?;
@@ -391,8 +390,7 @@ async fn publish_each(
     for pizza in values {
         sent.push(handed_over(producer, records.record(pizza)).await?);
     }
-    // Within a linger of the order's nudge unless the broker is far: only a follow-up sends.
-    nudge.follow_up(producer, order_nudged);
+    nudge.nudge(producer, sent.len());
     for result in futures::future::join_all(sent.into_iter().map(acknowledged)).await {
         result.context("the broker did not acknowledge all of the order's pizzas")?;
     }
@@ -420,8 +418,9 @@ mod tests {
     use super::*;
 
     /// On a broker farther away than a nudge lasts, an order's pizzas, handed over once its
-    /// record is acknowledged and so within a linger of its nudge, are followed up: they do not
-    /// wait out the linger (20 s here; the order takes far less than 5).
+    /// record is acknowledged and so within a linger of its nudge, are nudged too (they are all
+    /// the producer holds): they do not wait out the linger (20 s here; the order takes far
+    /// less than 5).
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn an_orders_pizzas_do_not_wait_out_the_linger_on_a_far_broker() -> anyhow::Result<()> {
         let cluster = MockCluster::new(1)?;

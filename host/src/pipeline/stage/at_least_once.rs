@@ -75,7 +75,7 @@ pub async fn run(
                     consumer.context().doing("processing a batch");
                     let batch = take_ready(&consumer, first, CALL_BATCH, &mut errors, &name);
                     let pending = process::batch(stage, route, &producer, &batch, None, None).await?;
-                    nudge.nudge(&producer);
+                    nudge.nudge(&producer, pending.iter().map(|p| p.deliveries.len()).sum());
                     // If the acker ended, its result says why on the next turn.
                     let _ = pending_tx.send(pending).await;
                 }
