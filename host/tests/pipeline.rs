@@ -74,12 +74,11 @@ async fn orders_complete_the_same_way_at_least_once() {
 
 /// Under at-least-once every producer on a lone pizza's way (the door's, each stage's) sends
 /// at once when nudged, so with a linger of 9 s (the door's records time out after 10) an
-/// order completes within 6 instead of waiting 9 s at each of five hops. A first order warms
-/// the producers up (a new producer, or one sending to a topic for the first time, is not
-/// ready within a nudge); a nudge sends at most once per linger, so the timed order comes a
-/// linger after it. (That the door's pizzas, sent once their order record is acknowledged,
-/// are nudged too shows only on a broker farther than a nudge lasts:
-/// `publisher::an_orders_pizzas_do_not_wait_out_the_linger_on_a_far_broker`.)
+/// order completes within 6 instead of waiting 9 s at each of five hops: the first order
+/// (new producers, connecting while the nudge lasts), and the same customer's next order right
+/// after it (producers nudged a moment ago). (That the door's pizzas, sent once their order
+/// record is acknowledged, are nudged too shows best on a broker farther than a nudge under
+/// load lasts: `publisher::an_orders_pizzas_do_not_wait_out_the_linger_on_a_far_broker`.)
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_lone_order_does_not_wait_out_a_long_linger_at_least_once() {
     const LINGER: Duration = Duration::from_secs(9);
@@ -90,14 +89,11 @@ async fn a_lone_order_does_not_wait_out_a_long_linger_at_least_once() {
         1,
     );
     let host = TestHost::start_toml(&toml).await;
-    let first = host.order(1).await;
-    host.wait_complete(&first, 1, COMPLETE_WITHIN).await;
-    let linger_passed = tokio::time::Instant::now() + LINGER;
-    tokio::time::sleep_until(linger_passed).await;
-
-    let id = host.order(1).await;
-    let order = host.wait_complete(&id, 1, LINGER * 2 / 3).await;
-    assert_valid_pizza(&order["pizzas"][0], &id);
+    for _ in 0..2 {
+        let id = host.order(1).await;
+        let order = host.wait_complete(&id, 1, LINGER * 2 / 3).await;
+        assert_valid_pizza(&order["pizzas"][0], &id);
+    }
 }
 
 async fn orders_complete(topics: &Topics, host: TestHost) {

@@ -15,9 +15,10 @@ use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord, Producer a
 
 /// How long to wait before offering a record to a full queue again.
 const QUEUE_FULL_WAIT: Duration = Duration::from_millis(5);
-/// How long a nudge keeps the producer sending at once. librdkafka sends early only if a
-/// broker thread wakes while it lasts, so it is a best effort: long enough for the threads to
-/// wake on a busy machine, short enough that records handed over meanwhile are few.
+/// How long a nudge under load keeps the producer sending at once. librdkafka sends early
+/// only if a broker thread wakes while it lasts, so it is a best effort: long enough for the
+/// threads to wake on an idle machine, short enough that records handed over meanwhile are
+/// few (they too are sent at once).
 const NUDGE_HOLD: Duration = Duration::from_millis(1);
 /// How long [`deliver`] keeps the producer sending at once: until its record is acknowledged,
 /// as its caller waits for that anyway, and long enough for a new producer to connect first.
@@ -57,8 +58,7 @@ where
     P: ToBytes + ?Sized,
 {
     let sent = send(producer, record).await?;
-    let hurried = producer.clone();
-    tokio::task::spawn_blocking(move || flush_now(&hurried, DELIVER_HOLD));
+    hurry(producer, DELIVER_HOLD);
     acknowledged(sent).await
 }
 
@@ -93,6 +93,14 @@ pub fn flush_now(producer: &FutureProducer, timeout: Duration) -> bool {
     flushed == rdkafka::bindings::rd_kafka_resp_err_t::RD_KAFKA_RESP_ERR_NO_ERROR
 }
 
+/// Has `producer` send what it holds at once, and whatever it is given for up to `hold`
+/// more or until all it holds is acknowledged, on a blocking thread (see [`flush_now`]); the
+/// thread's outcome is whether all was acknowledged.
+pub fn hurry(producer: &FutureProducer, hold: Duration) -> tokio::task::JoinHandle<bool> {
+    let producer = producer.clone();
+    tokio::task::spawn_blocking(move || flush_now(&producer, hold))
+}
+
 /// Sends a producer's records at once when they have no company to wait for.
 ///
 /// `linger.ms` holds records back so that one request carries many under load; a record
@@ -120,7 +128,15 @@ impl Nudge {
     /// Has `producer` send what it holds now, if that is only the `handed_over` records the
     /// caller has just given it (and is waiting for), or if it was not nudged within the last
     /// linger. Does not wait: the send happens on a blocking thread, returned when there is
-    /// one (until it ends, whatever the producer is given is sent at once too).
+    /// one.
+    ///
+    /// Records that are alone are held on to until they are acknowledged, for up to a
+    /// linger: librdkafka sends early only if a broker thread wakes while the nudge lasts,
+    /// and on a busy machine a thread may take longer than a millisecond to wake (then a
+    /// lone pizza waited the whole linger at a hop), or a new producer longer to connect.
+    /// Whatever the producer is given meanwhile is sent at once too: at worst, when load
+    /// begins after a quiet spell, records handed over within that one linger go out without
+    /// waiting for company. Under load a nudge lasts [`NUDGE_HOLD`], as the next comes soon.
     pub fn nudge(
         &self,
         producer: &FutureProducer,
@@ -140,10 +156,10 @@ impl Nudge {
             }
             *last = Some(now);
         }
-        let producer = producer.clone();
-        Some(tokio::task::spawn_blocking(move || {
-            flush_now(&producer, NUDGE_HOLD)
-        }))
+        Some(hurry(
+            producer,
+            if alone { self.linger } else { NUDGE_HOLD },
+        ))
     }
 }
 
@@ -179,7 +195,7 @@ mod tests {
         cluster.create_topic("out", 1, 1)?;
         let producer = lingering(cluster.bootstrap_servers()).producer()?;
         let sent = send(&producer, record("a")).await?;
-        let flushed = tokio::task::spawn_blocking(move || flush_now(&producer, SOON)).await?;
+        let flushed = hurry(&producer, SOON).await?;
         assert!(
             flushed,
             "not acknowledged within {SOON:?} of a {LONG_LINGER} ms linger"
@@ -214,12 +230,21 @@ mod tests {
         let nudge = Nudge::new(settings.linger());
         assert_eq!(nudge.linger, Duration::from_secs(20));
 
-        // The producer's connection and id come first: a nudge hurries a record that is
-        // ready to go, it does not wait for the producer to be.
-        let ready = send(&producer, record("ready")).await?;
-        let producer_ready = producer.clone();
-        assert!(tokio::task::spawn_blocking(move || flush_now(&producer_ready, SOON)).await?);
-        acknowledged(ready).await?;
+        // Alone, from a new producer: held on to until the producer has connected.
+        let first = send(&producer, record("first")).await?;
+        let nudged = nudge
+            .nudge(&producer, 1)
+            .context("the first nudge sent nothing")?;
+        let offset = tokio::time::timeout(SOON, acknowledged(first)).await;
+        assert_eq!(
+            offset.ok().transpose()?,
+            Some(0),
+            "a new producer's nudged record waited for the linger"
+        );
+        assert!(
+            nudged.await?,
+            "the nudge ended before its record was acknowledged"
+        );
 
         // Alone, twice within the linger (a customer ordering again and again): both at once.
         for (expected, key) in [(1, "a"), (2, "b")] {

@@ -447,8 +447,7 @@ mod tests {
         for value in &warm_up.values {
             sent.push(crate::kafka::send(&producer, warm_up.record(value)).await?);
         }
-        let flushing = producer.clone();
-        tokio::task::spawn_blocking(move || crate::kafka::send::flush_now(&flushing, SOON)).await?;
+        crate::kafka::send::hurry(&producer, SOON).await?;
         for sent in sent {
             acknowledged(sent).await?;
         }
