@@ -135,17 +135,13 @@ async fn store_acknowledged(
         } in batch
         {
             for delivery in deliveries {
-                match delivery.await {
-                    Ok(Ok(_)) => {}
-                    Ok(Err((err, _))) => {
-                        anyhow::bail!(
-                            "send for {input}/{partition}@{offset} failed: {err}; resuming from the last commit"
+                crate::kafka::send::acknowledged(delivery)
+                    .await
+                    .with_context(|| {
+                        format!(
+                            "send for {input}/{partition}@{offset} failed; resuming from the last commit"
                         )
-                    }
-                    Err(_) => {
-                        anyhow::bail!("producer dropped the send for {input}/{partition}@{offset}")
-                    }
-                }
+                    })?;
             }
             next_offsets.insert(partition, offset + 1);
         }
