@@ -3,7 +3,8 @@
 //! the joins.
 //!
 //! [`run`] takes records in batches (while they keep arriving, up to [`MAX_BATCH`] records or
-//! [`BATCH_WINDOW`]; a worker is handed those already at hand in chunks of up to [`CHUNK`]),
+//! [`BATCH_WINDOW`]; while the input is busy, at most one batch every [`BUSY_SPACING`]; a
+//! worker is handed those already at hand in chunks of up to [`CHUNK`]),
 //! and commits each batch's outputs together with its input offsets in one transaction, so
 //! `read_committed` readers downstream see every result exactly once. If anything in a batch
 //! fails, the transaction is aborted and the worker ends with the error; its supervisor starts
@@ -56,6 +57,14 @@ pub const CHUNK: usize = 100;
 pub const IDLE_GAP: Duration = Duration::from_millis(2);
 /// ...or when it has been open this long (records keep coming).
 pub const BATCH_WINDOW: Duration = Duration::from_millis(100);
+/// While the input is busy (the last batch held more than one record), batches begin at most
+/// this often: a batch stays open until this long after the last one began, however long the
+/// gaps between its records. Records that arrive in bursts (an upstream commit makes a whole
+/// transaction visible at once) then share a transaction instead of each burst paying for
+/// one, and a transaction's cost is mostly the broker's (registering partitions, the offsets,
+/// the end, a marker on every partition it touched). A lone record still waits only
+/// [`IDLE_GAP`].
+pub const BUSY_SPACING: Duration = Duration::from_millis(50);
 /// How long a transaction call may take.
 pub const TXN_TIMEOUT: Duration = Duration::from_secs(30);
 /// The share of the transaction timeout a batch may fill; the rest covers its commit
@@ -173,6 +182,8 @@ pub async fn run<W: TransactionalWork>(
     let mut carried: Vec<BorrowedMessage<'_>> = Vec::new();
     // The consumer's assignment count when `carried` was taken.
     let mut carried_under = 0;
+    // Until when the open batch stays open while the input is busy (see [`BUSY_SPACING`]).
+    let mut paced_until: Option<Instant> = None;
     loop {
         if stop.is_cancelled() {
             return Ok(());
@@ -217,7 +228,9 @@ pub async fn run<W: TransactionalWork>(
         consumer.context().doing("processing a batch");
         tokio::task::block_in_place(|| producer.begin_transaction())
             .context("cannot begin a transaction")?;
-        let deadline = Instant::now() + budget;
+        let began = Instant::now();
+        let deadline = began + budget;
+        let stay_open_until = paced_until.take();
         let mut offsets = Offsets::default();
         let filled = async {
             let ready = match first {
@@ -228,10 +241,13 @@ pub async fn run<W: TransactionalWork>(
                 let batch = Batch {
                     consumer,
                     deadline,
+                    stay_open_until,
                     offsets: &mut offsets,
                     errors: &mut errors,
                 };
-                carried = batch.fill(name, ready, work, &mut txn).await?;
+                let taken;
+                (carried, taken) = batch.fill(name, ready, work, &mut txn).await?;
+                paced_until = paced(began, taken);
                 // Taken under the assignment of now, as far as this batch is concerned.
                 carried_under = consumer.context().assignments();
             }
@@ -387,20 +403,23 @@ struct Batch<'b, 'c> {
     consumer: &'c GroupConsumer,
     /// When the batch must close, for its transaction to commit in time.
     deadline: Instant,
+    /// The input is busy: the batch waits for records until then, whatever the gaps.
+    stay_open_until: Option<Instant>,
     offsets: &'b mut Offsets,
     errors: &'b mut ConsumerErrors,
 }
 
 impl<'c> Batch<'_, 'c> {
     /// Fills the open transaction: `ready`, and what follows while records keep arriving and
-    /// time is left. Returns the records taken that there was no time for, in order.
+    /// time is left. Returns the records taken that there was no time for, in order, and how
+    /// many it handled.
     async fn fill<W: TransactionalWork>(
         self,
         name: &str,
         mut ready: Vec<BorrowedMessage<'c>>,
         work: &mut W,
         txn: &mut Transaction<'_>,
-    ) -> anyhow::Result<Vec<BorrowedMessage<'c>>> {
+    ) -> anyhow::Result<(Vec<BorrowedMessage<'c>>, usize)> {
         let consumer = self.consumer;
         let window = Instant::now() + BATCH_WINDOW;
         let mut taken = 0;
@@ -411,14 +430,14 @@ impl<'c> Batch<'_, 'c> {
             }
             taken += handled;
             if handled < ready.len() {
-                return Ok(ready.split_off(handled));
+                return Ok((ready.split_off(handled), taken));
             }
             if taken >= MAX_BATCH || Instant::now() >= self.deadline {
-                return Ok(Vec::new());
+                return Ok((Vec::new(), taken));
             }
-            let until = window.min(Instant::now() + IDLE_GAP);
+            let until = closes_at(Instant::now(), window, self.stay_open_until);
             let Ok(received) = tokio::time::timeout_at(until, consumer.recv()).await else {
-                return Ok(Vec::new());
+                return Ok((Vec::new(), taken));
             };
             let message = received.context("consumer error inside a transaction")?;
             ready = take_ready(
@@ -430,6 +449,21 @@ impl<'c> Batch<'_, 'c> {
             );
         }
     }
+}
+
+/// Until when the next batch stays open, whatever the gaps between its records, after a batch
+/// that began at `began` and took `taken` records: while the input is busy, batches begin at
+/// most every [`BUSY_SPACING`].
+fn paced(began: Instant, taken: usize) -> Option<Instant> {
+    (taken > 1).then(|| began + BUSY_SPACING)
+}
+
+/// When an open batch that has just handled its records at `now` closes if no further record
+/// arrives: after [`IDLE_GAP`], or at `stay_open_until` if that is later, but never after its
+/// `window`.
+fn closes_at(now: Instant, window: Instant, stay_open_until: Option<Instant>) -> Instant {
+    let gap = now + IDLE_GAP;
+    window.min(stay_open_until.map_or(gap, |paced| paced.max(gap)))
 }
 
 /// The next offset to read of each input partition a batch passed.
@@ -498,6 +532,30 @@ mod tests {
 
     use super::*;
     use crate::kafka::KafkaSettings;
+
+    /// A lone record's batch closes after the idle gap and does not slow the next; after a
+    /// batch of several, the next stays open until the spacing after that one began (within
+    /// its window), so bursts a few milliseconds apart share a transaction.
+    #[test]
+    fn batches_begin_at_most_every_busy_spacing_while_the_input_is_busy() {
+        let began = Instant::now();
+        assert_eq!(paced(began, 0), None);
+        assert_eq!(paced(began, 1), None, "a lone record is not company");
+        let busy = paced(began, 2);
+        assert_eq!(busy, Some(began + BUSY_SPACING));
+
+        let now = began + Duration::from_millis(7);
+        let window = now + BATCH_WINDOW;
+        assert_eq!(closes_at(now, window, None), now + IDLE_GAP);
+        assert_eq!(closes_at(now, window, busy), began + BUSY_SPACING);
+        // Once the spacing has passed, only the idle gap is left; the window still bounds it.
+        let late = began + BUSY_SPACING + Duration::from_millis(1);
+        assert_eq!(closes_at(late, late + BATCH_WINDOW, busy), late + IDLE_GAP);
+        assert_eq!(
+            closes_at(now, now + Duration::from_millis(1), busy),
+            now + Duration::from_millis(1)
+        );
+    }
 
     /// The hang seen on a real cluster after a broker left (a stage "committing" for minutes):
     /// the group coordinator stops answering in mid-transaction, and the Kafka client, which
