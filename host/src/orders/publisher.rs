@@ -3,15 +3,15 @@
 //! them under the pipeline's guarantee.
 //!
 //! Under exactly-once the order goes out in one transaction: all or none. Concurrent orders
-//! share transactions (group commit, see [`TransactionalPublisher`]), so the front door is
-//! not one commit per order behind one lock. A failure that
+//! share transactions (group commit, see [`TransactionalPublisher`]), two of them in flight at
+//! once, so the front door is not one commit per order behind one lock. A failure that
 //! leaves the transactional producer in an unknown state (the broker went away mid-commit, a
 //! fatal error) retires that producer; the next order starts a new one with the same
 //! transactional id, which fences the old one and aborts whatever it left open. So an outage
 //! costs the orders placed during it a 503, never the publisher itself.
 
 use std::collections::VecDeque;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
@@ -146,16 +146,11 @@ impl Publisher {
 
     /// A transactional publisher with id `transactional_id`, ready to use.
     pub fn transactional(kafka: &KafkaSettings, transactional_id: &str) -> anyhow::Result<Self> {
-        let publisher = TransactionalPublisher {
-            kafka: kafka.clone(),
-            transactional_id: transactional_id.to_owned(),
-            queue: Mutex::default(),
-            arrived: Condvar::new(),
-            last_group: AtomicUsize::new(0),
-            producer: Mutex::new(None),
-        };
-        let producer = tokio::task::block_in_place(|| publisher.start())?;
-        publisher.put_back(producer);
+        let publisher = TransactionalPublisher::new(kafka, transactional_id);
+        for lane in &publisher.lanes {
+            let producer = tokio::task::block_in_place(|| publisher.start(lane))?;
+            *lane.producer.lock().unwrap_or_else(PoisonError::into_inner) = Some(producer);
+        }
         Ok(Self::ExactlyOnce(Arc::new(publisher)))
     }
 }
@@ -170,53 +165,114 @@ const GATHER_WAIT: Duration = Duration::from_millis(1);
 /// What a publishing order is told: `Err` with the reason its transaction failed.
 type Answer = Result<(), String>;
 
-/// The transactional producer of orders, committing them in groups: orders that arrive while
-/// a transaction commits wait in a queue, and the next transaction takes them all (gathering
-/// for a moment under load, see [`Self::next_group`]; up to
-/// [`MAX_GROUP_ORDERS`] orders or [`MAX_GROUP_RECORDS`] records). An order is never split
-/// across transactions, each is answered once its transaction committed, and a failed commit
-/// fails exactly the orders in it.
+/// The transactional producers of orders, committing them in groups: orders that arrive while
+/// a transaction is under way wait in a queue, and the next transaction takes them all
+/// (gathering for a moment under load, see [`Self::next_group`]; up to [`MAX_GROUP_ORDERS`]
+/// orders or [`MAX_GROUP_RECORDS`] records). Transactions take turns on [`LANES`] producers,
+/// so the next is gathered and sent while the last one's commit waits on the broker; with one
+/// producer, orders waited for a whole commit before theirs began (and back-to-back
+/// transactions of one producer meet the broker still writing the last one's markers, which
+/// librdkafka answers with a fixed 20 ms retry). An order is never split across transactions,
+/// each is answered once its transaction committed, and a failed commit fails exactly the
+/// orders in it.
 pub struct TransactionalPublisher {
     kafka: KafkaSettings,
-    transactional_id: String,
     /// Orders waiting for a transaction, each with where its answer goes.
     queue: Mutex<VecDeque<(OrderRecords, std::sync::mpsc::Sender<Answer>)>>,
     /// Told when an order joins the queue.
     arrived: Condvar,
+    /// How many orders were ever queued, and how many of them taken by a transaction: an
+    /// order's place in the queue tells whether it is still waiting.
+    tickets: AtomicU64,
+    taken: AtomicU64,
     /// How many orders the last transaction held.
     last_group: AtomicUsize,
-    /// Held by the thread that runs the current transaction. Empty after a failure that left
+    /// The producers, each running one transaction at a time (see [`Lane`]).
+    lanes: Vec<Lane>,
+    /// The lane the next transaction runs in: they take turns.
+    next_lane: Mutex<usize>,
+}
+
+/// Transactions in flight at once: while one commits (waiting on the broker), the next is
+/// gathered and sent on the other producer.
+const LANES: usize = 2;
+
+/// One of the publisher's transactional producers.
+struct Lane {
+    transactional_id: String,
+    /// Held by the thread that runs this lane's transaction. Empty after a failure that left
     /// the producer's state unknown: the next transaction starts a new producer.
     producer: Mutex<Option<FutureProducer>>,
 }
 
 impl TransactionalPublisher {
-    /// A new producer, its transactions initialised (fencing any earlier one with our id).
-    fn start(&self) -> anyhow::Result<FutureProducer> {
-        let producer = self.kafka.transactional_producer(&self.transactional_id)?;
+    /// A publisher with no producers started yet; its lanes' transactional ids are
+    /// `transactional_id` and `transactional_id-1`, ... (stable, so a restarted host fences
+    /// its old self in every lane).
+    fn new(kafka: &KafkaSettings, transactional_id: &str) -> Self {
+        let lanes = (0..LANES)
+            .map(|lane| Lane {
+                transactional_id: match lane {
+                    0 => transactional_id.to_owned(),
+                    n => format!("{transactional_id}-{n}"),
+                },
+                producer: Mutex::new(None),
+            })
+            .collect();
+        Self {
+            kafka: kafka.clone(),
+            queue: Mutex::default(),
+            arrived: Condvar::new(),
+            tickets: AtomicU64::new(0),
+            taken: AtomicU64::new(0),
+            last_group: AtomicUsize::new(0),
+            lanes,
+            next_lane: Mutex::new(0),
+        }
+    }
+
+    /// A new producer for `lane`, its transactions initialised (fencing any earlier one with
+    /// its id).
+    fn start(&self, lane: &Lane) -> anyhow::Result<FutureProducer> {
+        let id = &lane.transactional_id;
+        let producer = self.kafka.transactional_producer(id)?;
         producer
             .init_transactions(PUBLISH_TIMEOUT)
-            .with_context(|| format!("cannot start transactions as {}", self.transactional_id))?;
+            .with_context(|| format!("cannot start transactions as {id}"))?;
         Ok(producer)
     }
 
-    fn put_back(&self, producer: FutureProducer) {
-        *self.producer.lock().unwrap_or_else(PoisonError::into_inner) = Some(producer);
-    }
-
     /// Blocking: publishes the order in a transaction, with whatever other orders are queued.
-    /// Whoever holds the producer runs the next transaction for everyone queued, so a caller
-    /// either finds its order answered or runs the transaction that takes it.
+    /// A caller whose order is still queued when the next lane is free runs that lane's
+    /// transaction for everyone queued; one whose order a transaction took waits for its answer.
     fn publish(&self, records: OrderRecords) -> anyhow::Result<()> {
         let (answer, answered) = std::sync::mpsc::channel();
-        self.enqueue(records, answer);
-        let mut slot = self.producer.lock().unwrap_or_else(PoisonError::into_inner);
+        let ticket = self.enqueue(records, answer);
         loop {
-            if let Ok(answer) = answered.try_recv() {
-                return answer.map_err(anyhow::Error::msg);
-            }
+            let lane = {
+                let mut next = self
+                    .next_lane
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner);
+                if self.was_taken(ticket) {
+                    None
+                } else {
+                    let lane = &self.lanes[*next];
+                    // Waits for the lane's last transaction to end: lanes take turns.
+                    let slot = lane.producer.lock().unwrap_or_else(PoisonError::into_inner);
+                    *next = (*next + 1) % self.lanes.len();
+                    Some((lane, slot))
+                }
+            };
+            let Some((lane, mut slot)) = lane.filter(|_| !self.was_taken(ticket)) else {
+                return answered
+                    .recv()
+                    .map_err(|_| anyhow::anyhow!("the order's transaction ended unanswered"))?
+                    .map_err(anyhow::Error::msg);
+            };
             let group = self.next_group();
-            let published = self.publish_group(&mut slot, &group);
+            let published = self.publish_group(lane, &mut slot, &group);
+            drop(slot);
             let answer: Answer = published.map_err(|err| format!("{err:#}"));
             for (_, to) in group {
                 // The caller waits for it; if it went away, nobody needs the answer.
@@ -225,13 +281,19 @@ impl TransactionalPublisher {
         }
     }
 
-    /// Queues an order for the next transaction.
-    fn enqueue(&self, records: OrderRecords, answer: std::sync::mpsc::Sender<Answer>) {
-        self.queue
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .push_back((records, answer));
+    /// Queues an order for the next transaction; returns its place in the queue's history.
+    fn enqueue(&self, records: OrderRecords, answer: std::sync::mpsc::Sender<Answer>) -> u64 {
+        let mut queue = self.queue.lock().unwrap_or_else(PoisonError::into_inner);
+        queue.push_back((records, answer));
+        let ticket = self.tickets.fetch_add(1, Ordering::Relaxed);
+        drop(queue);
         self.arrived.notify_all();
+        ticket
+    }
+
+    /// Whether the order queued as `ticket` was taken by a transaction.
+    fn was_taken(&self, ticket: u64) -> bool {
+        self.taken.load(Ordering::Acquire) > ticket
     }
 
     /// The queued orders the next transaction takes. Its customers, answered together when
@@ -242,7 +304,10 @@ impl TransactionalPublisher {
     /// registration, end and markers. A lone customer's group held one order: it never waits.
     fn next_group(&self) -> Vec<(OrderRecords, std::sync::mpsc::Sender<Answer>)> {
         let want = self.last_group.load(Ordering::Relaxed);
-        let group = take_group(&mut self.gathered(want, GATHER_WAIT));
+        let mut queue = self.gathered(want, GATHER_WAIT);
+        let group = take_group(&mut queue);
+        self.taken.fetch_add(group.len() as u64, Ordering::Release);
+        drop(queue);
         self.last_group.store(group.len(), Ordering::Relaxed);
         group
     }
@@ -267,12 +332,13 @@ impl TransactionalPublisher {
     /// One transaction holding every record of the orders of `group`.
     fn publish_group(
         &self,
+        lane: &Lane,
         slot: &mut Option<FutureProducer>,
         group: &[(OrderRecords, std::sync::mpsc::Sender<Answer>)],
     ) -> anyhow::Result<()> {
         let producer = match slot.take() {
             Some(producer) => producer,
-            None => self.start()?,
+            None => self.start(lane)?,
         };
         let orders: Vec<&OrderRecords> = group.iter().map(|(order, _)| order).collect();
         let published = send_in_transaction(&producer, &orders);
@@ -515,14 +581,10 @@ mod tests {
 
     #[test]
     fn a_group_waits_for_as_many_orders_as_the_last_one_held_but_no_longer() {
-        let publisher = Arc::new(TransactionalPublisher {
-            kafka: KafkaSettings::new(std::collections::BTreeMap::new()),
-            transactional_id: "test".to_owned(),
-            queue: Mutex::default(),
-            arrived: Condvar::new(),
-            last_group: AtomicUsize::new(0),
-            producer: Mutex::new(None),
-        });
+        let publisher = Arc::new(TransactionalPublisher::new(
+            &KafkaSettings::new(std::collections::BTreeMap::new()),
+            "test",
+        ));
         let order = |n: usize| OrderRecords {
             key: n.to_string(),
             headers: OwnedHeaders::new(),
