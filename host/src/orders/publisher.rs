@@ -144,9 +144,14 @@ impl Publisher {
         ))
     }
 
-    /// A transactional publisher with id `transactional_id`, ready to use.
-    pub fn transactional(kafka: &KafkaSettings, transactional_id: &str) -> anyhow::Result<Self> {
-        let publisher = TransactionalPublisher::new(kafka, transactional_id);
+    /// A transactional publisher for the host `instance` of the pipeline whose group ids
+    /// begin with `prefix`, ready to use (see [`lane_transactional_id`]).
+    pub fn transactional(
+        kafka: &KafkaSettings,
+        prefix: &str,
+        instance: &str,
+    ) -> anyhow::Result<Self> {
+        let publisher = TransactionalPublisher::new(kafka, prefix, instance);
         for lane in &publisher.lanes {
             let producer = tokio::task::block_in_place(|| publisher.start(lane))?;
             *lane.producer.lock().unwrap_or_else(PoisonError::into_inner) = Some(producer);
@@ -197,6 +202,18 @@ pub struct TransactionalPublisher {
 /// gathered and sent on the other producer.
 const LANES: usize = 2;
 
+/// The transactional id of the order producer `lane` of host `instance`:
+/// `<prefix>-orders-<instance>`, then `<prefix>-orders.1-<instance>`, ... Stable, so a
+/// restarted host fences its old self in every lane; the lane sits before the instance, and
+/// marked by a '.' that no stage name has, so no host's lane can take another host's id
+/// (`a`'s second lane and `a-1`'s first) or a stage's (`<prefix>-<stage>-<instance>`).
+pub fn lane_transactional_id(prefix: &str, instance: &str, lane: usize) -> String {
+    match lane {
+        0 => format!("{prefix}-orders-{instance}"),
+        n => format!("{prefix}-orders.{n}-{instance}"),
+    }
+}
+
 /// One of the publisher's transactional producers.
 struct Lane {
     transactional_id: String,
@@ -206,16 +223,11 @@ struct Lane {
 }
 
 impl TransactionalPublisher {
-    /// A publisher with no producers started yet; its lanes' transactional ids are
-    /// `transactional_id` and `transactional_id-1`, ... (stable, so a restarted host fences
-    /// its old self in every lane).
-    fn new(kafka: &KafkaSettings, transactional_id: &str) -> Self {
+    /// A publisher with no producers started yet (see [`lane_transactional_id`]).
+    fn new(kafka: &KafkaSettings, prefix: &str, instance: &str) -> Self {
         let lanes = (0..LANES)
             .map(|lane| Lane {
-                transactional_id: match lane {
-                    0 => transactional_id.to_owned(),
-                    n => format!("{transactional_id}-{n}"),
-                },
+                transactional_id: lane_transactional_id(prefix, instance, lane),
                 producer: Mutex::new(None),
             })
             .collect();
@@ -254,23 +266,28 @@ impl TransactionalPublisher {
                     .next_lane
                     .lock()
                     .unwrap_or_else(PoisonError::into_inner);
-                if self.was_taken(ticket) {
-                    None
-                } else {
-                    let lane = &self.lanes[*next];
-                    // Waits for the lane's last transaction to end: lanes take turns.
-                    let slot = lane.producer.lock().unwrap_or_else(PoisonError::into_inner);
+                let lane = &self.lanes[*next];
+                // Waits for the lane's last transaction to end: lanes take turns. The turn
+                // passes only to a caller that leads (its order was not taken meanwhile).
+                let slot = (!self.was_taken(ticket))
+                    .then(|| lane.producer.lock().unwrap_or_else(PoisonError::into_inner))
+                    .filter(|_| !self.was_taken(ticket));
+                if slot.is_some() {
                     *next = (*next + 1) % self.lanes.len();
-                    Some((lane, slot))
                 }
+                slot.map(|slot| (lane, slot))
             };
-            let Some((lane, mut slot)) = lane.filter(|_| !self.was_taken(ticket)) else {
+            let Some((lane, mut slot)) = lane else {
                 return answered
                     .recv()
                     .map_err(|_| anyhow::anyhow!("the order's transaction ended unanswered"))?
                     .map_err(anyhow::Error::msg);
             };
             let group = self.next_group();
+            if group.is_empty() {
+                // The other lane took every order while this one gathered.
+                continue;
+            }
             let published = self.publish_group(lane, &mut slot, &group);
             drop(slot);
             let answer: Answer = published.map_err(|err| format!("{err:#}"));
@@ -308,7 +325,9 @@ impl TransactionalPublisher {
         let group = take_group(&mut queue);
         self.taken.fetch_add(group.len() as u64, Ordering::Release);
         drop(queue);
-        self.last_group.store(group.len(), Ordering::Relaxed);
+        if !group.is_empty() {
+            self.last_group.store(group.len(), Ordering::Relaxed);
+        }
         group
     }
 
@@ -548,6 +567,24 @@ mod tests {
     }
 
     #[test]
+    fn no_hosts_order_producers_share_a_transactional_id() {
+        let ids = |instance: &str| -> Vec<String> {
+            (0..LANES)
+                .map(|lane| lane_transactional_id("pizza", instance, lane))
+                .collect()
+        };
+        assert_eq!(ids("a"), ["pizza-orders-a", "pizza-orders.1-a"]);
+        let mut all: Vec<String> = ["a", "a-1", "a-1-1", "1"]
+            .into_iter()
+            .flat_map(ids)
+            .collect();
+        let count = all.len();
+        all.sort();
+        all.dedup();
+        assert_eq!(all.len(), count, "{all:?}");
+    }
+
+    #[test]
     fn a_group_takes_whole_orders_up_to_256_orders_or_10_000_records() {
         let queued = |sizes: &[usize]| -> VecDeque<(OrderRecords, usize)> {
             sizes
@@ -584,6 +621,7 @@ mod tests {
         let publisher = Arc::new(TransactionalPublisher::new(
             &KafkaSettings::new(std::collections::BTreeMap::new()),
             "test",
+            "here",
         ));
         let order = |n: usize| OrderRecords {
             key: n.to_string(),
