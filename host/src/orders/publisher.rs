@@ -204,9 +204,11 @@ const LANES: usize = 2;
 
 /// The transactional id of the order producer `lane` of host `instance`:
 /// `<prefix>-orders-<instance>`, then `<prefix>-orders.1-<instance>`, ... Stable, so a
-/// restarted host fences its old self in every lane; the lane sits before the instance, and
-/// marked by a '.' that no stage name has, so no host's lane can take another host's id
-/// (`a`'s second lane and `a-1`'s first) or a stage's (`<prefix>-<stage>-<instance>`).
+/// restarted host fences its old self in every lane. The lane number sits before the
+/// instance, marked by a '.' that no stage name has, so a second lane cannot take another
+/// host's id (`a`'s second lane and `a-1`'s first) or a stage's (`<prefix>-<stage>-<instance>`).
+/// (The first lane's id predates the lanes and is kept, so hosts upgraded in place still
+/// fence their old selves; a stage named `orders` would share it.)
 pub fn lane_transactional_id(prefix: &str, instance: &str, lane: usize) -> String {
     match lane {
         0 => format!("{prefix}-orders-{instance}"),
