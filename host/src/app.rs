@@ -167,8 +167,7 @@ pub async fn start(
         publisher: match pipeline.guarantee {
             Guarantee::ExactlyOnce => crate::orders::publisher::Publisher::transactional(
                 &kafka,
-                &pipeline.group_prefix,
-                &pipeline.instance_id,
+                &format!("{}-orders-{}", pipeline.group_prefix, pipeline.instance_id),
             )?,
             Guarantee::AtLeastOnce => crate::orders::publisher::Publisher::at_least_once(&kafka)?,
         },

@@ -470,11 +470,10 @@ async fn concurrent_orders_share_transactions_and_each_completes_exactly_once() 
 }
 
 /// A group commit that fails answers each of its orders with an error and publishes none of
-/// them. The failure is a fence: a producer with one of the publisher's transactional ids
-/// starts (as a restarted host's would), so the transaction in flight on it, which holds many
-/// queued orders with 64 clients ordering, can no longer commit. The fences alternate between
-/// the publisher's two producers (`…-orders-<instance>` and `…-orders.1-<instance>`); each time the publisher
-/// starts a new producer and later orders go through. Afterwards `read_committed` readers see exactly the orders
+/// them. The failure is a fence: a producer with the publisher's transactional id starts (as
+/// a restarted host's would), so the transaction in flight, which holds many queued orders
+/// with 64 clients ordering, can no longer commit. The publisher then starts a new producer
+/// and later orders go through. Afterwards `read_committed` readers see exactly the orders
 /// answered 200, each once, on the orders topic and through the whole chain.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_failed_group_commit_answers_each_of_its_orders_with_an_error_and_publishes_none() {
@@ -496,10 +495,7 @@ async fn a_failed_group_commit_answers_each_of_its_orders_with_an_error_and_publ
     for fence in 0..FENCES {
         customers.wait_placed(64, Duration::from_secs(60)).await;
         let refused_before = customers.refused();
-        let id = match fence % 2 {
-            0 => transactional_id.clone(),
-            _ => format!("test-{}-orders.1-{instance}", topics.suffix),
-        };
+        let id = transactional_id.clone();
         let fencer = tokio::task::spawn_blocking(move || {
             let producer: BaseProducer = rdkafka::ClientConfig::new()
                 .set("bootstrap.servers", bootstrap())

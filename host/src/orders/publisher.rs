@@ -3,15 +3,15 @@
 //! them under the pipeline's guarantee.
 //!
 //! Under exactly-once the order goes out in one transaction: all or none. Concurrent orders
-//! share transactions (group commit, see [`TransactionalPublisher`]), two of them in flight at
-//! once, so the front door is not one commit per order behind one lock. A failure that
+//! share transactions (group commit, see [`TransactionalPublisher`]), so the front door is
+//! not one commit per order behind one lock. A failure that
 //! leaves the transactional producer in an unknown state (the broker went away mid-commit, a
 //! fatal error) retires that producer; the next order starts a new one with the same
 //! transactional id, which fences the old one and aborts whatever it left open. So an outage
 //! costs the orders placed during it a 503, never the publisher itself.
 
 use std::collections::VecDeque;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
@@ -144,18 +144,18 @@ impl Publisher {
         ))
     }
 
-    /// A transactional publisher for the host `instance` of the pipeline whose group ids
-    /// begin with `prefix`, ready to use (see [`lane_transactional_id`]).
-    pub fn transactional(
-        kafka: &KafkaSettings,
-        prefix: &str,
-        instance: &str,
-    ) -> anyhow::Result<Self> {
-        let publisher = TransactionalPublisher::new(kafka, prefix, instance);
-        for lane in &publisher.lanes {
-            let producer = tokio::task::block_in_place(|| publisher.start(lane))?;
-            *lane.producer.lock().unwrap_or_else(PoisonError::into_inner) = Some(producer);
-        }
+    /// A transactional publisher with id `transactional_id`, ready to use.
+    pub fn transactional(kafka: &KafkaSettings, transactional_id: &str) -> anyhow::Result<Self> {
+        let publisher = TransactionalPublisher {
+            kafka: kafka.clone(),
+            transactional_id: transactional_id.to_owned(),
+            queue: Mutex::default(),
+            arrived: Condvar::new(),
+            last_group: AtomicUsize::new(0),
+            producer: Mutex::new(None),
+        };
+        let producer = tokio::task::block_in_place(|| publisher.start())?;
+        publisher.put_back(producer);
         Ok(Self::ExactlyOnce(Arc::new(publisher)))
     }
 }
@@ -170,128 +170,53 @@ const GATHER_WAIT: Duration = Duration::from_millis(1);
 /// What a publishing order is told: `Err` with the reason its transaction failed.
 type Answer = Result<(), String>;
 
-/// The transactional producers of orders, committing them in groups: orders that arrive while
-/// a transaction is under way wait in a queue, and the next transaction takes them all
-/// (gathering for a moment under load, see [`Self::next_group`]; up to [`MAX_GROUP_ORDERS`]
-/// orders or [`MAX_GROUP_RECORDS`] records). Transactions take turns on [`LANES`] producers,
-/// so the next is gathered and sent while the last one's commit waits on the broker; with one
-/// producer, orders waited for a whole commit before theirs began (and back-to-back
-/// transactions of one producer meet the broker still writing the last one's markers, which
-/// librdkafka answers with a fixed 20 ms retry). An order is never split across transactions,
-/// each is answered once its transaction committed, and a failed commit fails exactly the
-/// orders in it.
+/// The transactional producer of orders, committing them in groups: orders that arrive while
+/// a transaction commits wait in a queue, and the next transaction takes them all (gathering
+/// for a moment under load, see [`Self::next_group`]; up to
+/// [`MAX_GROUP_ORDERS`] orders or [`MAX_GROUP_RECORDS`] records). An order is never split
+/// across transactions, each is answered once its transaction committed, and a failed commit
+/// fails exactly the orders in it.
 pub struct TransactionalPublisher {
     kafka: KafkaSettings,
+    transactional_id: String,
     /// Orders waiting for a transaction, each with where its answer goes.
     queue: Mutex<VecDeque<(OrderRecords, std::sync::mpsc::Sender<Answer>)>>,
     /// Told when an order joins the queue.
     arrived: Condvar,
-    /// How many orders were ever queued, and how many of them taken by a transaction: an
-    /// order's place in the queue tells whether it is still waiting.
-    tickets: AtomicU64,
-    taken: AtomicU64,
     /// How many orders the last transaction held.
     last_group: AtomicUsize,
-    /// The producers, each running one transaction at a time (see [`Lane`]).
-    lanes: Vec<Lane>,
-    /// The lane the next transaction runs in: they take turns.
-    next_lane: Mutex<usize>,
-}
-
-/// Transactions in flight at once: while one commits (waiting on the broker), the next is
-/// gathered and sent on the other producer.
-const LANES: usize = 2;
-
-/// The transactional id of the order producer `lane` of host `instance`:
-/// `<prefix>-orders-<instance>`, then `<prefix>-orders.1-<instance>`, ... Stable, so a
-/// restarted host fences its old self in every lane. The lane number sits before the
-/// instance, marked by a '.' that no stage name has, so a second lane cannot take another
-/// host's id (`a`'s second lane and `a-1`'s first) or a stage's (`<prefix>-<stage>-<instance>`).
-/// (The first lane's id predates the lanes and is kept, so hosts upgraded in place still
-/// fence their old selves; a stage named `orders` would share it.)
-pub fn lane_transactional_id(prefix: &str, instance: &str, lane: usize) -> String {
-    match lane {
-        0 => format!("{prefix}-orders-{instance}"),
-        n => format!("{prefix}-orders.{n}-{instance}"),
-    }
-}
-
-/// One of the publisher's transactional producers.
-struct Lane {
-    transactional_id: String,
-    /// Held by the thread that runs this lane's transaction. Empty after a failure that left
+    /// Held by the thread that runs the current transaction. Empty after a failure that left
     /// the producer's state unknown: the next transaction starts a new producer.
     producer: Mutex<Option<FutureProducer>>,
 }
 
 impl TransactionalPublisher {
-    /// A publisher with no producers started yet (see [`lane_transactional_id`]).
-    fn new(kafka: &KafkaSettings, prefix: &str, instance: &str) -> Self {
-        let lanes = (0..LANES)
-            .map(|lane| Lane {
-                transactional_id: lane_transactional_id(prefix, instance, lane),
-                producer: Mutex::new(None),
-            })
-            .collect();
-        Self {
-            kafka: kafka.clone(),
-            queue: Mutex::default(),
-            arrived: Condvar::new(),
-            tickets: AtomicU64::new(0),
-            taken: AtomicU64::new(0),
-            last_group: AtomicUsize::new(0),
-            lanes,
-            next_lane: Mutex::new(0),
-        }
-    }
-
-    /// A new producer for `lane`, its transactions initialised (fencing any earlier one with
-    /// its id).
-    fn start(&self, lane: &Lane) -> anyhow::Result<FutureProducer> {
-        let id = &lane.transactional_id;
-        let producer = self.kafka.transactional_producer(id)?;
+    /// A new producer, its transactions initialised (fencing any earlier one with our id).
+    fn start(&self) -> anyhow::Result<FutureProducer> {
+        let producer = self.kafka.transactional_producer(&self.transactional_id)?;
         producer
             .init_transactions(PUBLISH_TIMEOUT)
-            .with_context(|| format!("cannot start transactions as {id}"))?;
+            .with_context(|| format!("cannot start transactions as {}", self.transactional_id))?;
         Ok(producer)
     }
 
+    fn put_back(&self, producer: FutureProducer) {
+        *self.producer.lock().unwrap_or_else(PoisonError::into_inner) = Some(producer);
+    }
+
     /// Blocking: publishes the order in a transaction, with whatever other orders are queued.
-    /// A caller whose order is still queued when the next lane is free runs that lane's
-    /// transaction for everyone queued; one whose order a transaction took waits for its answer.
+    /// Whoever holds the producer runs the next transaction for everyone queued, so a caller
+    /// either finds its order answered or runs the transaction that takes it.
     fn publish(&self, records: OrderRecords) -> anyhow::Result<()> {
         let (answer, answered) = std::sync::mpsc::channel();
-        let ticket = self.enqueue(records, answer);
+        self.enqueue(records, answer);
+        let mut slot = self.producer.lock().unwrap_or_else(PoisonError::into_inner);
         loop {
-            let lane = {
-                let mut next = self
-                    .next_lane
-                    .lock()
-                    .unwrap_or_else(PoisonError::into_inner);
-                let lane = &self.lanes[*next];
-                // Waits for the lane's last transaction to end: lanes take turns. The turn
-                // passes only to a caller that leads (its order was not taken meanwhile).
-                let slot = (!self.was_taken(ticket))
-                    .then(|| lane.producer.lock().unwrap_or_else(PoisonError::into_inner))
-                    .filter(|_| !self.was_taken(ticket));
-                if slot.is_some() {
-                    *next = (*next + 1) % self.lanes.len();
-                }
-                slot.map(|slot| (lane, slot))
-            };
-            let Some((lane, mut slot)) = lane else {
-                return answered
-                    .recv()
-                    .map_err(|_| anyhow::anyhow!("the order's transaction ended unanswered"))?
-                    .map_err(anyhow::Error::msg);
-            };
-            let group = self.next_group();
-            if group.is_empty() {
-                // The other lane took every order while this one gathered.
-                continue;
+            if let Ok(answer) = answered.try_recv() {
+                return answer.map_err(anyhow::Error::msg);
             }
-            let published = self.publish_group(lane, &mut slot, &group);
-            drop(slot);
+            let group = self.next_group();
+            let published = self.publish_group(&mut slot, &group);
             let answer: Answer = published.map_err(|err| format!("{err:#}"));
             for (_, to) in group {
                 // The caller waits for it; if it went away, nobody needs the answer.
@@ -300,19 +225,13 @@ impl TransactionalPublisher {
         }
     }
 
-    /// Queues an order for the next transaction; returns its place in the queue's history.
-    fn enqueue(&self, records: OrderRecords, answer: std::sync::mpsc::Sender<Answer>) -> u64 {
-        let mut queue = self.queue.lock().unwrap_or_else(PoisonError::into_inner);
-        queue.push_back((records, answer));
-        let ticket = self.tickets.fetch_add(1, Ordering::Relaxed);
-        drop(queue);
+    /// Queues an order for the next transaction.
+    fn enqueue(&self, records: OrderRecords, answer: std::sync::mpsc::Sender<Answer>) {
+        self.queue
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .push_back((records, answer));
         self.arrived.notify_all();
-        ticket
-    }
-
-    /// Whether the order queued as `ticket` was taken by a transaction.
-    fn was_taken(&self, ticket: u64) -> bool {
-        self.taken.load(Ordering::Acquire) > ticket
     }
 
     /// The queued orders the next transaction takes. Its customers, answered together when
@@ -323,13 +242,8 @@ impl TransactionalPublisher {
     /// registration, end and markers. A lone customer's group held one order: it never waits.
     fn next_group(&self) -> Vec<(OrderRecords, std::sync::mpsc::Sender<Answer>)> {
         let want = self.last_group.load(Ordering::Relaxed);
-        let mut queue = self.gathered(want, GATHER_WAIT);
-        let group = take_group(&mut queue);
-        self.taken.fetch_add(group.len() as u64, Ordering::Release);
-        drop(queue);
-        if !group.is_empty() {
-            self.last_group.store(group.len(), Ordering::Relaxed);
-        }
+        let group = take_group(&mut self.gathered(want, GATHER_WAIT));
+        self.last_group.store(group.len(), Ordering::Relaxed);
         group
     }
 
@@ -353,13 +267,12 @@ impl TransactionalPublisher {
     /// One transaction holding every record of the orders of `group`.
     fn publish_group(
         &self,
-        lane: &Lane,
         slot: &mut Option<FutureProducer>,
         group: &[(OrderRecords, std::sync::mpsc::Sender<Answer>)],
     ) -> anyhow::Result<()> {
         let producer = match slot.take() {
             Some(producer) => producer,
-            None => self.start(lane)?,
+            None => self.start()?,
         };
         let orders: Vec<&OrderRecords> = group.iter().map(|(order, _)| order).collect();
         let published = send_in_transaction(&producer, &orders);
@@ -569,24 +482,6 @@ mod tests {
     }
 
     #[test]
-    fn no_hosts_order_producers_share_a_transactional_id() {
-        let ids = |instance: &str| -> Vec<String> {
-            (0..LANES)
-                .map(|lane| lane_transactional_id("pizza", instance, lane))
-                .collect()
-        };
-        assert_eq!(ids("a"), ["pizza-orders-a", "pizza-orders.1-a"]);
-        let mut all: Vec<String> = ["a", "a-1", "a-1-1", "1"]
-            .into_iter()
-            .flat_map(ids)
-            .collect();
-        let count = all.len();
-        all.sort();
-        all.dedup();
-        assert_eq!(all.len(), count, "{all:?}");
-    }
-
-    #[test]
     fn a_group_takes_whole_orders_up_to_256_orders_or_10_000_records() {
         let queued = |sizes: &[usize]| -> VecDeque<(OrderRecords, usize)> {
             sizes
@@ -620,11 +515,14 @@ mod tests {
 
     #[test]
     fn a_group_waits_for_as_many_orders_as_the_last_one_held_but_no_longer() {
-        let publisher = Arc::new(TransactionalPublisher::new(
-            &KafkaSettings::new(std::collections::BTreeMap::new()),
-            "test",
-            "here",
-        ));
+        let publisher = Arc::new(TransactionalPublisher {
+            kafka: KafkaSettings::new(std::collections::BTreeMap::new()),
+            transactional_id: "test".to_owned(),
+            queue: Mutex::default(),
+            arrived: Condvar::new(),
+            last_group: AtomicUsize::new(0),
+            producer: Mutex::new(None),
+        });
         let order = |n: usize| OrderRecords {
             key: n.to_string(),
             headers: OwnedHeaders::new(),
