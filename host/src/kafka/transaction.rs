@@ -2,7 +2,7 @@
 //! fencing), written once for every transactional worker: the stages under exactly-once and
 //! the joins.
 //!
-//! [`run`] takes records in batches (while they keep arriving, up to [`MAX_BATCH`] records or
+//! [`run`] takes records in batches (those at hand, up to [`MAX_BATCH`] records or
 //! [`BATCH_WINDOW`]; while the input is busy, at most one batch every [`BUSY_SPACING`]; a
 //! worker is handed those already at hand in chunks of up to [`CHUNK`]),
 //! and commits each batch's outputs together with its input offsets in one transaction, so
@@ -52,18 +52,16 @@ use super::group::{ConsumerErrors, GroupConsumer, take_ready};
 pub const MAX_BATCH: usize = 1_000;
 /// Most records handed to a worker at once (those the consumer already holds).
 pub const CHUNK: usize = 100;
-/// A batch ends when no further record arrives within this gap (a lone record is not held
-/// back waiting for company)...
-pub const IDLE_GAP: Duration = Duration::from_millis(2);
-/// ...or when it has been open this long (records keep coming).
+/// A batch ends once no further record is at hand (a lone record does not wait for company:
+/// a 2 ms wait for one was a third of each hop of a lone pizza), or when it has been open
+/// this long (records keep coming).
 pub const BATCH_WINDOW: Duration = Duration::from_millis(100);
 /// While the input is busy (the last batch held more than one record), batches begin at most
 /// this often: a batch stays open until this long after the last one began, however long the
 /// gaps between its records. Records that arrive in bursts (an upstream commit makes a whole
 /// transaction visible at once) then share a transaction instead of each burst paying for
 /// one, and a transaction's cost is mostly the broker's (registering partitions, the offsets,
-/// the end, a marker on every partition it touched). A lone record still waits only
-/// [`IDLE_GAP`].
+/// the end, a marker on every partition it touched). A lone record does not wait.
 pub const BUSY_SPACING: Duration = Duration::from_millis(50);
 /// How long a transaction call may take.
 pub const TXN_TIMEOUT: Duration = Duration::from_secs(30);
@@ -436,6 +434,8 @@ impl<'c> Batch<'_, 'c> {
                 return Ok((Vec::new(), taken));
             }
             let until = closes_at(Instant::now(), window, self.stay_open_until);
+            // A deadline already reached still takes a record at hand: the timeout polls the
+            // consumer before its clock.
             let Ok(received) = tokio::time::timeout_at(until, consumer.recv()).await else {
                 return Ok((Vec::new(), taken));
             };
@@ -459,11 +459,10 @@ fn paced(began: Instant, taken: usize) -> Option<Instant> {
 }
 
 /// When an open batch that has just handled its records at `now` closes if no further record
-/// arrives: after [`IDLE_GAP`], or at `stay_open_until` if that is later, but never after its
+/// is at hand: at once, or at `stay_open_until` if that is later, but never after its
 /// `window`.
 fn closes_at(now: Instant, window: Instant, stay_open_until: Option<Instant>) -> Instant {
-    let gap = now + IDLE_GAP;
-    window.min(stay_open_until.map_or(gap, |paced| paced.max(gap)))
+    window.min(stay_open_until.map_or(now, |paced| paced.max(now)))
 }
 
 /// The next offset to read of each input partition a batch passed.
@@ -533,7 +532,7 @@ mod tests {
     use super::*;
     use crate::kafka::KafkaSettings;
 
-    /// A lone record's batch closes after the idle gap and does not slow the next; after a
+    /// A lone record's batch closes at once and does not slow the next; after a
     /// batch of several, the next stays open until the spacing after that one began (within
     /// its window), so bursts a few milliseconds apart share a transaction.
     #[test]
@@ -546,11 +545,12 @@ mod tests {
 
         let now = began + Duration::from_millis(7);
         let window = now + BATCH_WINDOW;
-        assert_eq!(closes_at(now, window, None), now + IDLE_GAP);
+        assert_eq!(closes_at(now, window, None), now);
         assert_eq!(closes_at(now, window, busy), began + BUSY_SPACING);
-        // Once the spacing has passed, only the idle gap is left; the window still bounds it.
+        // Once the spacing has passed, the batch closes when nothing more is at hand; the
+        // window still bounds it.
         let late = began + BUSY_SPACING + Duration::from_millis(1);
-        assert_eq!(closes_at(late, late + BATCH_WINDOW, busy), late + IDLE_GAP);
+        assert_eq!(closes_at(late, late + BATCH_WINDOW, busy), late);
         assert_eq!(
             closes_at(now, now + Duration::from_millis(1), busy),
             now + Duration::from_millis(1)
