@@ -57,8 +57,10 @@ pub const CHUNK: usize = 100;
 /// this long (records keep coming).
 pub const BATCH_WINDOW: Duration = Duration::from_millis(100);
 /// While the input is busy (the last batch held more than one record), batches begin at most
-/// this often: a batch stays open until this long after the last one began, however long the
-/// gaps between its records. Records that arrive in bursts (an upstream commit makes a whole
+/// this often: a batch stays open this long from its beginning, however long the gaps
+/// between its records. (Measured from the one before's beginning instead, every other batch
+/// began right after that one's commit and closed at once: half the transactions held only
+/// what arrived during a commit.) Records that arrive in bursts (an upstream commit makes a whole
 /// transaction visible at once) then share a transaction instead of each burst paying for
 /// one, and a transaction's cost is mostly the broker's (registering partitions, the offsets,
 /// the end, a marker on every partition it touched). A lone record does not wait.
@@ -180,8 +182,9 @@ pub async fn run<W: TransactionalWork>(
     let mut carried: Vec<BorrowedMessage<'_>> = Vec::new();
     // The consumer's assignment count when `carried` was taken.
     let mut carried_under = 0;
-    // Until when the open batch stays open while the input is busy (see [`BUSY_SPACING`]).
-    let mut paced_until: Option<Instant> = None;
+    // How many records the last batch took: more than one, and the input is busy (see
+    // [`BUSY_SPACING`]).
+    let mut last_taken = 0;
     loop {
         if stop.is_cancelled() {
             return Ok(());
@@ -228,7 +231,7 @@ pub async fn run<W: TransactionalWork>(
             .context("cannot begin a transaction")?;
         let began = Instant::now();
         let deadline = began + budget;
-        let stay_open_until = paced_until.take();
+        let stay_open_until = paced(std::mem::take(&mut last_taken), began);
         let mut offsets = Offsets::default();
         let filled = async {
             let ready = match first {
@@ -245,7 +248,7 @@ pub async fn run<W: TransactionalWork>(
                 };
                 let taken;
                 (carried, taken) = batch.fill(name, ready, work, &mut txn).await?;
-                paced_until = paced(began, taken);
+                last_taken = taken;
                 // Taken under the assignment of now, as far as this batch is concerned.
                 carried_under = consumer.context().assignments();
             }
@@ -451,11 +454,11 @@ impl<'c> Batch<'_, 'c> {
     }
 }
 
-/// Until when the next batch stays open, whatever the gaps between its records, after a batch
-/// that began at `began` and took `taken` records: while the input is busy, batches begin at
-/// most every [`BUSY_SPACING`].
-fn paced(began: Instant, taken: usize) -> Option<Instant> {
-    (taken > 1).then(|| began + BUSY_SPACING)
+/// Until when a batch that began at `began` stays open, whatever the gaps between its
+/// records, after a batch that took `last_taken`: while the input is busy, a batch stays open
+/// [`BUSY_SPACING`] from its beginning, so batches begin at most that often.
+fn paced(last_taken: usize, began: Instant) -> Option<Instant> {
+    (last_taken > 1).then(|| began + BUSY_SPACING)
 }
 
 /// When an open batch that has just handled its records at `now` closes if no further record
@@ -532,15 +535,16 @@ mod tests {
     use super::*;
     use crate::kafka::KafkaSettings;
 
-    /// A lone record's batch closes at once and does not slow the next; after a
-    /// batch of several, the next stays open until the spacing after that one began (within
-    /// its window), so bursts a few milliseconds apart share a transaction.
+    /// A lone record's batch closes at once and does not slow the next; after a batch of
+    /// several, the next stays open for the spacing from its own beginning (within its
+    /// window), so bursts a few milliseconds apart share a transaction and batches begin at
+    /// most every spacing.
     #[test]
     fn batches_begin_at_most_every_busy_spacing_while_the_input_is_busy() {
         let began = Instant::now();
-        assert_eq!(paced(began, 0), None);
-        assert_eq!(paced(began, 1), None, "a lone record is not company");
-        let busy = paced(began, 2);
+        assert_eq!(paced(0, began), None);
+        assert_eq!(paced(1, began), None, "a lone record is not company");
+        let busy = paced(2, began);
         assert_eq!(busy, Some(began + BUSY_SPACING));
 
         let now = began + Duration::from_millis(7);
