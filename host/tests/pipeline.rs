@@ -469,6 +469,93 @@ async fn concurrent_orders_share_transactions_and_each_completes_exactly_once() 
     );
 }
 
+/// Records that reach a busy stage in bursts share its transactions. An upstream producer
+/// commits bursts of five pizzas back to back, each commit making one burst visible at once;
+/// the sauce stage's transactions, counted by the commit markers on its one-partition output,
+/// begin at most every 50 ms (`BUSY_SPACING`) over the time its output spans, where one per
+/// burst would be several times as many.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn bursts_reaching_a_busy_stage_share_its_transactions() {
+    use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
+
+    const BURSTS: usize = 100;
+    const BURST: usize = 5;
+    const PIZZAS: i64 = (BURSTS * BURST) as i64;
+    const BUSY_SPACING_MS: i64 = 50;
+    let topics = Topics::unique("bursts");
+    let _host = TestHost::start_toml(&format!(
+        "{}[topics]\npartitions = 1\n",
+        pipeline_toml(&topics)
+    ))
+    .await;
+
+    // Committed as the host commits (its records sent at once, not after a linger): a
+    // producer's own flush would take 100 ms a commit, slower than the spacing.
+    let upstream: FutureProducer = rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", bootstrap())
+        .set(
+            "transactional.id",
+            format!("test-{}-upstream", topics.suffix),
+        )
+        .create()
+        .unwrap();
+    tokio::task::block_in_place(|| upstream.init_transactions(Duration::from_secs(30))).unwrap();
+    for burst in 0..BURSTS {
+        upstream.begin_transaction().unwrap();
+        let mut sent = Vec::new();
+        for n in 0..BURST {
+            let id = format!("burst-{burst}-{n}");
+            let pizza = serde_json::json!({
+                "order_id": format!("burst-{burst}"),
+                "pizza_id": id,
+                "sauce": "", "cheese": "", "meats": "", "veggies": "",
+            })
+            .to_string();
+            let record = FutureRecord::to(topics.orders()).key(&id).payload(&pizza);
+            sent.push(pizza_host::kafka::send(&upstream, record).await.unwrap());
+        }
+        tokio::task::block_in_place(|| {
+            pizza_host::kafka::commit_transaction(&upstream, sent, Duration::from_secs(30))
+        })
+        .unwrap();
+    }
+    assert_eq!(
+        offsets_spanned(topics.orders()) - PIZZAS,
+        BURSTS as i64,
+        "one commit marker per burst upstream"
+    );
+
+    let sauced = topics.chain[1].clone();
+    wait_for(
+        Duration::from_secs(60),
+        "every pizza committed past the sauce stage",
+        || async { (record_count(&sauced) == PIZZAS).then_some(()) },
+    )
+    .await;
+    let records = read_records(&sauced, PIZZAS as usize, Duration::from_secs(30));
+    let pizzas: HashSet<&str> = records.iter().filter_map(|r| r.key.as_deref()).collect();
+    assert_eq!(pizzas.len(), records.len(), "every pizza once");
+    let transactions = offsets_spanned(&sauced) - PIZZAS;
+    let first = records.iter().map(|r| r.timestamp).min().unwrap();
+    let last = records.iter().map(|r| r.timestamp).max().unwrap();
+    println!(
+        "{BURSTS} bursts made {transactions} transactions of the sauce stage over {} ms",
+        last - first
+    );
+    // The first batch is not paced (nothing came before it), nor is the second (it follows a
+    // batch that was alone at the time it began): two batches beyond the spacing's count.
+    assert!(
+        transactions <= (last - first) / BUSY_SPACING_MS + 3,
+        "{transactions} transactions over {} ms: batches began more often than every \
+         {BUSY_SPACING_MS} ms while the input was busy",
+        last - first
+    );
+    assert!(
+        transactions < BURSTS as i64 / 2,
+        "{transactions} transactions for {BURSTS} bursts: bursts did not share them"
+    );
+}
+
 /// A group commit that fails answers each of its orders with an error and publishes none of
 /// them. The failure is a fence: a producer with the publisher's transactional id starts (as
 /// a restarted host's would), so the transaction in flight, which holds many queued orders
