@@ -193,6 +193,27 @@ impl Pipeline {
                 check_topic_name(topic).map_err(|why| invalid(format!("{at}: {key}: {why}")))?;
             }
         }
+        // A stage's consumer group and transactional id are `<group_prefix>-<name>[-<instance>]`,
+        // in one namespace with the order door's transactional id (`…-orders-<instance>`) and
+        // a join's (`…-join-<join>`): sharing one, each would fence the other.
+        for (index, stage) in self.stages.iter().enumerate() {
+            let taken_by = if stage.name == "orders" {
+                Some("the order door's transactional id".to_owned())
+            } else {
+                stage
+                    .name
+                    .strip_prefix("join-")
+                    .filter(|join| joins.contains(join))
+                    .map(|join| format!("the ids of join {join:?}"))
+            };
+            if let Some(owner) = taken_by {
+                return Err(invalid(format!(
+                    "stage[{index}] ({:?}): the name makes its group and transactional ids \
+                     those of {owner}; choose another name",
+                    stage.name
+                )));
+            }
+        }
         for (key, topic) in [
             ("orders.topic", &self.orders.topic),
             ("orders.completed_topic", &self.orders.completed_topic),

@@ -133,6 +133,17 @@ fn invalid_stages_are_rejected_with_the_reason() {
             ),
             "same name",
         ),
+        (
+            MINIMAL.replace("\"sauce\"", "\"orders\""),
+            "the order door's transactional id",
+        ),
+        (
+            format!(
+                "{}\n[[join]]\nname = \"paid\"\ninputs = [\"a\", \"b\"]\noutput = \"c\"\n",
+                MINIMAL.replace("\"sauce\"", "\"join-paid\"")
+            ),
+            "the ids of join \"paid\"",
+        ),
     ];
     for (text, says) in cases {
         let err = Pipeline::parse(&text, Path::new("."))
