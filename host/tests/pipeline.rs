@@ -518,6 +518,17 @@ async fn bursts_reaching_a_busy_stage_share_its_transactions() {
             pizza_host::kafka::commit_transaction(&upstream, sent, Duration::from_secs(30))
         })
         .unwrap();
+        if burst == 0 {
+            // The stage is consuming before the rest come: they reach it live, not as a backlog
+            // that one batch would take whole.
+            let sauced = topics.chain[1].clone();
+            wait_for(
+                Duration::from_secs(60),
+                "the first burst past the sauce stage",
+                || async { (record_count(&sauced) == BURST as i64).then_some(()) },
+            )
+            .await;
+        }
     }
     assert_eq!(
         offsets_spanned(topics.orders()) - PIZZAS,
@@ -535,24 +546,29 @@ async fn bursts_reaching_a_busy_stage_share_its_transactions() {
     let records = read_records(&sauced, PIZZAS as usize, Duration::from_secs(30));
     let pizzas: HashSet<&str> = records.iter().filter_map(|r| r.key.as_deref()).collect();
     assert_eq!(pizzas.len(), records.len(), "every pizza once");
-    let transactions = offsets_spanned(&sauced) - PIZZAS;
-    let first = records.iter().map(|r| r.timestamp).min().unwrap();
-    let last = records.iter().map(|r| r.timestamp).max().unwrap();
+    // The first burst went alone (the rest waited until it was through): the others reached
+    // the stage live, over the span of their outputs.
+    let transactions = offsets_spanned(&sauced) - PIZZAS - 1;
+    let live = || {
+        records
+            .iter()
+            .filter(|r| !r.key.as_deref().unwrap_or_default().starts_with("burst-0-"))
+            .map(|r| r.timestamp)
+    };
+    let span = live().max().unwrap() - live().min().unwrap();
     println!(
-        "{BURSTS} bursts made {transactions} transactions of the sauce stage over {} ms",
-        last - first
+        "{} bursts made {transactions} transactions of the sauce stage over {span} ms",
+        BURSTS - 1
     );
-    // The first batch is not paced (nothing came before it), nor is the second (it follows a
-    // batch that was alone at the time it began): two batches beyond the spacing's count.
+    // The first of them is not paced (the input was quiet while the first burst went through),
+    // nor is one after any pause of the upstream longer than the spacing (which is in the span
+    // too); one more for the timestamps' rounding to milliseconds. An aborted batch would add
+    // markers and fail this, never pass it wrongly.
     assert!(
-        transactions <= (last - first) / BUSY_SPACING_MS + 3,
-        "{transactions} transactions over {} ms: batches began more often than every \
-         {BUSY_SPACING_MS} ms while the input was busy",
-        last - first
-    );
-    assert!(
-        transactions < BURSTS as i64 / 2,
-        "{transactions} transactions for {BURSTS} bursts: bursts did not share them"
+        transactions <= span / BUSY_SPACING_MS + 3,
+        "{transactions} transactions for {} bursts over {span} ms: batches began more often \
+         than every {BUSY_SPACING_MS} ms while the input was busy",
+        BURSTS - 1
     );
 }
 

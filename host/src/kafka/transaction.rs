@@ -56,14 +56,15 @@ pub const CHUNK: usize = 100;
 /// a 2 ms wait for one was a third of each hop of a lone pizza), or when it has been open
 /// this long (records keep coming).
 pub const BATCH_WINDOW: Duration = Duration::from_millis(100);
-/// While the input is busy (the last batch held more than one record), batches begin at most
-/// this often: a batch stays open this long from its beginning, however long the gaps
+/// While the input is busy (the last batch held more than one record and committed less than
+/// this long ago), batches begin at most this often: a batch stays open this long from its beginning, however long the gaps
 /// between its records. (Measured from the one before's beginning instead, every other batch
 /// began right after that one's commit and closed at once: half the transactions held only
 /// what arrived during a commit.) Records that arrive in bursts (an upstream commit makes a whole
 /// transaction visible at once) then share a transaction instead of each burst paying for
 /// one, and a transaction's cost is mostly the broker's (registering partitions, the offsets,
-/// the end, a marker on every partition it touched). A lone record does not wait.
+/// the end, a marker on every partition it touched). A lone record on a quiet input does not
+/// wait.
 pub const BUSY_SPACING: Duration = Duration::from_millis(50);
 /// How long a transaction call may take.
 pub const TXN_TIMEOUT: Duration = Duration::from_secs(30);
@@ -182,9 +183,9 @@ pub async fn run<W: TransactionalWork>(
     let mut carried: Vec<BorrowedMessage<'_>> = Vec::new();
     // The consumer's assignment count when `carried` was taken.
     let mut carried_under = 0;
-    // How many records the last batch took: more than one, and the input is busy (see
-    // [`BUSY_SPACING`]).
-    let mut last_taken = 0;
+    // When the last batch finished committing, if it held more than one record: the input
+    // counts as busy for [`BUSY_SPACING`] after that (see [`paced`]).
+    let mut busy_at: Option<Instant> = None;
     loop {
         if stop.is_cancelled() {
             return Ok(());
@@ -231,7 +232,8 @@ pub async fn run<W: TransactionalWork>(
             .context("cannot begin a transaction")?;
         let began = Instant::now();
         let deadline = began + budget;
-        let stay_open_until = paced(std::mem::take(&mut last_taken), began);
+        let stay_open_until = paced(busy_at.take(), began);
+        let mut taken = 0;
         let mut offsets = Offsets::default();
         let filled = async {
             let ready = match first {
@@ -246,9 +248,7 @@ pub async fn run<W: TransactionalWork>(
                     offsets: &mut offsets,
                     errors: &mut errors,
                 };
-                let taken;
                 (carried, taken) = batch.fill(name, ready, work, &mut txn).await?;
-                last_taken = taken;
                 // Taken under the assignment of now, as far as this batch is concerned.
                 carried_under = consumer.context().assignments();
             }
@@ -307,6 +307,7 @@ pub async fn run<W: TransactionalWork>(
             work.aborted();
             return Err(err.context("transaction aborted; the batch will be processed again"));
         }
+        busy_at = (taken > 1).then(Instant::now);
     }
 }
 
@@ -455,10 +456,14 @@ impl<'c> Batch<'_, 'c> {
 }
 
 /// Until when a batch that began at `began` stays open, whatever the gaps between its
-/// records, after a batch that took `last_taken`: while the input is busy, a batch stays open
-/// [`BUSY_SPACING`] from its beginning, so batches begin at most that often.
-fn paced(last_taken: usize, began: Instant) -> Option<Instant> {
-    (last_taken > 1).then(|| began + BUSY_SPACING)
+/// records, if the last batch held several records and finished committing at `busy_at`:
+/// while the input is busy (within [`BUSY_SPACING`] of that), a batch stays open that long
+/// from its beginning, so batches begin at most that often. Once the input has been quiet
+/// that long, a lone record goes at once again.
+fn paced(busy_at: Option<Instant>, began: Instant) -> Option<Instant> {
+    busy_at
+        .filter(|&committed| began < committed + BUSY_SPACING)
+        .map(|_| began + BUSY_SPACING)
 }
 
 /// When an open batch that has just handled its records at `now` closes if no further record
@@ -535,17 +540,20 @@ mod tests {
     use super::*;
     use crate::kafka::KafkaSettings;
 
-    /// A lone record's batch closes at once and does not slow the next; after a batch of
-    /// several, the next stays open for the spacing from its own beginning (within its
-    /// window), so bursts a few milliseconds apart share a transaction and batches begin at
-    /// most every spacing.
+    /// A lone record's batch closes at once and does not slow the next; a batch that begins
+    /// soon after one of several committed stays open for the spacing from its own beginning
+    /// (within its window), so bursts a few milliseconds apart share a transaction and
+    /// batches begin at most every spacing; once the input was quiet for the spacing, a lone
+    /// record goes at once again.
     #[test]
     fn batches_begin_at_most_every_busy_spacing_while_the_input_is_busy() {
-        let began = Instant::now();
-        assert_eq!(paced(0, began), None);
-        assert_eq!(paced(1, began), None, "a lone record is not company");
-        let busy = paced(2, began);
+        let committed = Instant::now();
+        let began = committed + Duration::from_millis(1);
+        assert_eq!(paced(None, began), None, "after a lone record");
+        let busy = paced(Some(committed), began);
         assert_eq!(busy, Some(began + BUSY_SPACING));
+        let quiet = committed + BUSY_SPACING;
+        assert_eq!(paced(Some(committed), quiet), None, "after a quiet spell");
 
         let now = began + Duration::from_millis(7);
         let window = now + BATCH_WINDOW;
