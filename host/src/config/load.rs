@@ -198,17 +198,17 @@ impl Pipeline {
         // a join's (`…-join-<join>`): sharing one, each would fence the other.
         for (index, stage) in self.stages.iter().enumerate() {
             let taken_by = if stage.name == "orders" {
-                Some("the order door's transactional id".to_owned())
+                Some("the order door".to_owned())
             } else {
                 stage
                     .name
                     .strip_prefix("join-")
                     .filter(|join| joins.contains(join))
-                    .map(|join| format!("the ids of join {join:?}"))
+                    .map(|join| format!("join {join:?}"))
             };
             if let Some(owner) = taken_by {
                 return Err(invalid(format!(
-                    "stage[{index}] ({:?}): the name makes its group and transactional ids \
+                    "stage[{index}] ({:?}): its consumer group and transactional ids would be \
                      those of {owner}; choose another name",
                     stage.name
                 )));

@@ -135,14 +135,14 @@ fn invalid_stages_are_rejected_with_the_reason() {
         ),
         (
             MINIMAL.replace("\"sauce\"", "\"orders\""),
-            "the order door's transactional id",
+            "would be those of the order door",
         ),
         (
             format!(
                 "{}\n[[join]]\nname = \"paid\"\ninputs = [\"a\", \"b\"]\noutput = \"c\"\n",
                 MINIMAL.replace("\"sauce\"", "\"join-paid\"")
             ),
-            "the ids of join \"paid\"",
+            "would be those of join \"paid\"",
         ),
     ];
     for (text, says) in cases {
@@ -204,7 +204,7 @@ fn generated_pipeline() -> impl proptest::strategy::Strategy<Value = Generated> 
     use proptest::prelude::*;
     let topic = proptest::sample::select(&TOPIC_POOL[..]);
     let stage = (
-        proptest::sample::select(&["sauce", "cheese", "bad name"][..]),
+        proptest::sample::select(&["sauce", "cheese", "bad name", "orders", "join-j1"][..]),
         topic.clone(),
         topic.clone(),
         proptest::sample::select(&[0u64, 1, 1_000][..]),
@@ -236,6 +236,7 @@ fn generated_pipeline() -> impl proptest::strategy::Strategy<Value = Generated> 
                      retries = {retries}\n"
                 ));
                 valid &= name != "bad name"
+                    && name != "orders"
                     && names.insert(name)
                     && input != output
                     && timeout_ms > 0
@@ -259,6 +260,8 @@ fn generated_pipeline() -> impl proptest::strategy::Strategy<Value = Generated> 
                     && inputs.iter().all(|t| legal(t))
                     && legal(output);
             }
+            // A stage named after a join takes that join's ids.
+            valid &= !(names.contains("join-j1") && join_names.contains("j1"));
             Generated { text, valid }
         })
 }
