@@ -472,7 +472,7 @@ async fn concurrent_orders_share_transactions_and_each_completes_exactly_once() 
 /// Records that reach a busy stage in bursts share its transactions. An upstream producer
 /// commits bursts of five pizzas back to back, each commit making one burst visible at once;
 /// the sauce stage's transactions, counted by the commit markers on its one-partition output,
-/// begin at most every 50 ms (`BUSY_SPACING`) over the time its output spans, where one per
+/// begin at most every `BUSY_SPACING` (50 ms) over the time its output spans, where one per
 /// burst would be several times as many.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn bursts_reaching_a_busy_stage_share_its_transactions() {
@@ -481,7 +481,7 @@ async fn bursts_reaching_a_busy_stage_share_its_transactions() {
     const BURSTS: usize = 100;
     const BURST: usize = 5;
     const PIZZAS: i64 = (BURSTS * BURST) as i64;
-    const BUSY_SPACING_MS: i64 = 50;
+    let spacing_ms = pizza_host::kafka::transaction::BUSY_SPACING.as_millis() as i64;
     let topics = Topics::unique("bursts");
     let _host = TestHost::start_toml(&format!(
         "{}[topics]\npartitions = 1\n",
@@ -500,18 +500,17 @@ async fn bursts_reaching_a_busy_stage_share_its_transactions() {
         .create()
         .unwrap();
     tokio::task::block_in_place(|| upstream.init_transactions(Duration::from_secs(30))).unwrap();
+    let sauced = topics.chain[1].clone();
     for burst in 0..BURSTS {
         upstream.begin_transaction().unwrap();
         let mut sent = Vec::new();
-        for n in 0..BURST {
-            let id = format!("burst-{burst}-{n}");
-            let pizza = serde_json::json!({
-                "order_id": format!("burst-{burst}"),
-                "pizza_id": id,
-                "sauce": "", "cheese": "", "meats": "", "veggies": "",
-            })
-            .to_string();
-            let record = FutureRecord::to(topics.orders()).key(&id).payload(&pizza);
+        let order = format!("burst-{burst}");
+        for (n, pizza) in pizza_host::orders::publisher::new_pizzas(&order, BURST as u32)
+            .iter()
+            .enumerate()
+        {
+            let id = format!("{order}-{n}");
+            let record = FutureRecord::to(topics.orders()).key(&id).payload(pizza);
             sent.push(pizza_host::kafka::send(&upstream, record).await.unwrap());
         }
         tokio::task::block_in_place(|| {
@@ -521,7 +520,6 @@ async fn bursts_reaching_a_busy_stage_share_its_transactions() {
         if burst == 0 {
             // The stage is consuming before the rest come: they reach it live, not as a backlog
             // that one batch would take whole.
-            let sauced = topics.chain[1].clone();
             wait_for(
                 Duration::from_secs(60),
                 "the first burst past the sauce stage",
@@ -536,7 +534,6 @@ async fn bursts_reaching_a_busy_stage_share_its_transactions() {
         "one commit marker per burst upstream"
     );
 
-    let sauced = topics.chain[1].clone();
     wait_for(
         Duration::from_secs(60),
         "every pizza committed past the sauce stage",
@@ -565,9 +562,9 @@ async fn bursts_reaching_a_busy_stage_share_its_transactions() {
     // too); one more for the timestamps' rounding to milliseconds. An aborted batch would add
     // markers and fail this, never pass it wrongly.
     assert!(
-        transactions <= span / BUSY_SPACING_MS + 3,
+        transactions <= span / spacing_ms + 3,
         "{transactions} transactions for {} bursts over {span} ms: batches began more often \
-         than every {BUSY_SPACING_MS} ms while the input was busy",
+         than every {spacing_ms} ms while the input was busy",
         BURSTS - 1
     );
 }

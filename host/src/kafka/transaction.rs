@@ -57,14 +57,14 @@ pub const CHUNK: usize = 100;
 /// this long (records keep coming).
 pub const BATCH_WINDOW: Duration = Duration::from_millis(100);
 /// While the input is busy (the last batch held more than one record and committed less than
-/// this long ago), batches begin at most this often: a batch stays open this long from its beginning, however long the gaps
-/// between its records. (Measured from the one before's beginning instead, every other batch
-/// began right after that one's commit and closed at once: half the transactions held only
-/// what arrived during a commit.) Records that arrive in bursts (an upstream commit makes a whole
-/// transaction visible at once) then share a transaction instead of each burst paying for
-/// one, and a transaction's cost is mostly the broker's (registering partitions, the offsets,
-/// the end, a marker on every partition it touched). A lone record on a quiet input does not
-/// wait.
+/// this long ago), batches begin at most this often: a batch stays open this long from its
+/// beginning, however long the gaps between its records. (Measured from the one before's
+/// beginning instead, every other batch began right after that one's commit and closed at
+/// once: half the transactions held only what arrived during a commit.) Records that arrive
+/// in bursts (an upstream commit makes a whole transaction visible at once) then share a
+/// transaction instead of each burst paying for one, and a transaction's cost is mostly the
+/// broker's (registering partitions, the offsets, the end, a marker on every partition it
+/// touched). A lone record on a quiet input does not wait.
 pub const BUSY_SPACING: Duration = Duration::from_millis(50);
 /// How long a transaction call may take.
 pub const TXN_TIMEOUT: Duration = Duration::from_secs(30);
