@@ -538,6 +538,62 @@ fn end_offsets(consumer: &BaseConsumer, topic: &str, partitions: &[(i32, i32)]) 
         .join(" ")
 }
 
+/// Waits until no transaction is open on `topic` at `bootstrap`: each partition's last stable
+/// offset (the end a `read_committed` reader sees) has reached its high watermark. Only then
+/// is what such a reader sees final: a committed record behind a still-open transaction is
+/// not read until that transaction ends, so a count taken earlier is short. A transaction a
+/// fault cut off stays open until the broker's transaction timeout; past `limit` this fails,
+/// naming each partition still held open (a hanging transaction blocks every reader).
+pub fn wait_transactions_closed(bootstrap: &str, topic: &str, limit: Duration) {
+    let reader = |isolation: &str| -> BaseConsumer {
+        client_config(bootstrap)
+            .set("isolation.level", isolation)
+            .create()
+            .unwrap()
+    };
+    let (uncommitted, committed) = (reader("read_uncommitted"), reader("read_committed"));
+    let (_, partitions) = partitions_at(bootstrap, topic);
+    let began = Instant::now();
+    let deadline = began + limit;
+    let mut first_open = None;
+    loop {
+        let open: Vec<String> = partitions
+            .iter()
+            .filter_map(|&(partition, leader)| {
+                let end = |consumer: &BaseConsumer| {
+                    consumer
+                        .fetch_watermarks(topic, partition, Duration::from_secs(10))
+                        .map(|(_, high)| high)
+                };
+                match (end(&committed), end(&uncommitted)) {
+                    (Ok(stable), Ok(high)) if stable >= high => None,
+                    (stable, high) => Some(format!(
+                        "partition {partition} (leader {leader}): stable to {stable:?}, \
+                         written to {high:?}"
+                    )),
+                }
+            })
+            .collect();
+        if open.is_empty() {
+            if let Some(open) = first_open {
+                // Shown with a failure's output: tells a slow marker from none.
+                println!(
+                    "{topic}: waited {:?} for a transaction to close ({open})",
+                    began.elapsed()
+                );
+            }
+            return;
+        }
+        first_open.get_or_insert_with(|| open.join("; "));
+        assert!(
+            Instant::now() < deadline,
+            "a transaction stays open on {topic} past {limit:?}: {}",
+            open.join("; ")
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
 fn count_records(bootstrap: &str, topic: &str, group: &str, from_committed: bool) -> i64 {
     let consumer: BaseConsumer = client_config(bootstrap)
         .set("group.id", group)
@@ -700,6 +756,49 @@ pub fn read_records_at(bootstrap: &str, topic: &str, n: usize, limit: Duration) 
     records
 }
 
+/// Where records keyed `key` were written in `topic` at `bootstrap` (partition, offset),
+/// committed, aborted or still open: what a failure needs to tell a record never written
+/// from one whose transaction did not commit.
+fn written_at(bootstrap: &str, topic: &str, key: &str) -> Vec<(i32, i64)> {
+    let consumer: BaseConsumer = client_config(bootstrap)
+        .set("isolation.level", "read_uncommitted")
+        .create()
+        .unwrap();
+    let (_, partitions) = partitions_at(bootstrap, topic);
+    let mut assignment = TopicPartitionList::new();
+    let mut ends = Vec::new();
+    for &(partition, _) in &partitions {
+        let (low, high) = consumer
+            .fetch_watermarks(topic, partition, Duration::from_secs(10))
+            .unwrap();
+        if high > low {
+            ends.push((partition, high));
+        }
+        assignment
+            .add_partition_offset(topic, partition, Offset::Beginning)
+            .unwrap();
+    }
+    consumer.assign(&assignment).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let mut found = Vec::new();
+    while Instant::now() < deadline {
+        if let Some(Ok(message)) = consumer.poll(Duration::from_millis(100))
+            && message.key() == Some(key.as_bytes())
+        {
+            found.push((message.partition(), message.offset()));
+        }
+        let positions = consumer.position().unwrap();
+        let read = |&(p, end): &(i32, i64)| {
+            matches!(positions.find_partition(topic, p).map(|e| e.offset()),
+                Some(Offset::Offset(at)) if at >= end)
+        };
+        if ends.iter().all(read) {
+            break;
+        }
+    }
+    found
+}
+
 /// A TCP port nothing listens on right now, for a broker or host a test starts.
 ///
 /// Picked below the kernel's ephemeral range (32768 and up on Linux), not by binding port 0:
@@ -764,6 +863,9 @@ pub fn assert_orders_exactly_once(
     cut_off: usize,
 ) -> usize {
     let limit = Duration::from_secs(120);
+    for topic in std::iter::once(&topics.order_records()).chain(&topics.chain) {
+        wait_transactions_closed(bootstrap, topic, limit);
+    }
     let order_records = record_count_at(bootstrap, &topics.order_records()) as usize;
     let committed: HashMap<String, i64> =
         read_records_at(bootstrap, &topics.order_records(), order_records, limit)
@@ -778,7 +880,8 @@ pub fn assert_orders_exactly_once(
     for id in placed {
         assert!(
             committed.contains_key(id),
-            "placed order {id} is not in Kafka"
+            "placed order {id} is not in Kafka; written (committed or not) at {:?}",
+            written_at(bootstrap, &topics.order_records(), id)
         );
     }
     let placed: std::collections::HashSet<&String> = placed.iter().collect();
