@@ -11,4 +11,9 @@ dev/build-stages.sh
 # The original demo's stages in Python, for the one-process-per-stage comparison (build-stages
 # made the virtualenv for componentize-py).
 .local/venv/bin/pip install --quiet --disable-pip-version-check "confluent-kafka==2.16.1"
+# BENCH_ONLY picks parts of pipeline_throughput, so with it set the other benches (criterion's,
+# several minutes) are not run.
+if [[ -n "${BENCH_ONLY:-}" ]]; then
+  set -- --bench pipeline_throughput "$@"
+fi
 cargo bench -p pizza-host "$@"
