@@ -464,19 +464,26 @@ pub fn stage_records_after_commit(topics: &Topics) -> i64 {
         .sum()
 }
 
-/// Where each demo stage on `topics` stands, for the message of a test whose orders stopped
-/// completing: per input partition, its end offset, the end a `read_committed` reader sees
-/// (short of it while a transaction is open there), and what the stage's group committed,
-/// both as a plain reader sees it and as a `read_committed` member does (who waits while a
-/// transaction holds offsets for the group: "unstable").
-pub fn pipeline_state(bootstrap: &str, topics: &Topics) -> String {
+/// Two group-less clients of the cluster at `bootstrap`: one that sees records as written
+/// (`read_uncommitted`: its end is the high watermark) and one as `read_committed` readers
+/// do (its end is the last stable offset).
+fn readers(bootstrap: &str) -> (BaseConsumer, BaseConsumer) {
     let reader = |isolation: &str| -> BaseConsumer {
         client_config(bootstrap)
             .set("isolation.level", isolation)
             .create()
             .unwrap()
     };
-    let (uncommitted, committed) = (reader("read_uncommitted"), reader("read_committed"));
+    (reader("read_uncommitted"), reader("read_committed"))
+}
+
+/// Where each demo stage on `topics` stands, for the message of a test whose orders stopped
+/// completing: per input partition, its end offset, the end a `read_committed` reader sees
+/// (short of it while a transaction is open there), and what the stage's group committed,
+/// both as a plain reader sees it and as a `read_committed` member does (who waits while a
+/// transaction holds offsets for the group: "unstable").
+pub fn pipeline_state(bootstrap: &str, topics: &Topics) -> String {
+    let (uncommitted, committed) = readers(bootstrap);
     let mut state = String::new();
     for (stage, topic) in STAGES.iter().zip(&topics.chain) {
         let group = format!("test-{}-{stage}", topics.suffix);
@@ -545,13 +552,7 @@ fn end_offsets(consumer: &BaseConsumer, topic: &str, partitions: &[(i32, i32)]) 
 /// fault cut off stays open until the broker's transaction timeout; past `limit` this fails,
 /// naming each partition still held open (a hanging transaction blocks every reader).
 pub fn wait_transactions_closed(bootstrap: &str, topic: &str, limit: Duration) {
-    let reader = |isolation: &str| -> BaseConsumer {
-        client_config(bootstrap)
-            .set("isolation.level", isolation)
-            .create()
-            .unwrap()
-    };
-    let (uncommitted, committed) = (reader("read_uncommitted"), reader("read_committed"));
+    let (uncommitted, committed) = readers(bootstrap);
     let (_, partitions) = partitions_at(bootstrap, topic);
     let began = Instant::now();
     let deadline = began + limit;
@@ -761,6 +762,8 @@ pub fn read_records_at(bootstrap: &str, topic: &str, n: usize, limit: Duration) 
 /// from one whose transaction did not commit.
 fn written_at(bootstrap: &str, topic: &str, key: &str) -> Vec<(i32, i64)> {
     let consumer: BaseConsumer = client_config(bootstrap)
+        .set("group.id", format!("test-finder-{}", uuid::Uuid::new_v4()))
+        .set("enable.auto.commit", "false")
         .set("isolation.level", "read_uncommitted")
         .create()
         .unwrap();
