@@ -167,7 +167,10 @@ pub async fn start(
         publisher: match pipeline.guarantee {
             Guarantee::ExactlyOnce => crate::orders::publisher::Publisher::transactional(
                 &kafka,
-                &format!("{}-orders-{}", pipeline.group_prefix, pipeline.instance_id),
+                &crate::pipeline::plan::transactional_id(
+                    &format!("{}-orders", pipeline.group_prefix),
+                    &pipeline.instance_id,
+                ),
             )?,
             Guarantee::AtLeastOnce => crate::orders::publisher::Publisher::at_least_once(&kafka)?,
         },

@@ -180,10 +180,10 @@ async fn killing_the_leader_of_the_first_topic_loses_and_doubles_nothing() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn killing_a_stage_s_transaction_coordinator_loses_and_doubles_nothing() {
     kill_under_load("txn-coordinator-killed", |cluster, topics| {
-        // `<group>-<instance_id>`, the host being named after the test.
-        cluster.transaction_coordinator(&format!(
-            "test-{}-sauce-txn-coordinator-killed",
-            topics.suffix
+        // The host is named after the test.
+        cluster.transaction_coordinator(&pizza_host::pipeline::plan::transactional_id(
+            &format!("test-{}-sauce", topics.suffix),
+            "txn-coordinator-killed",
         ))
     })
     .await;

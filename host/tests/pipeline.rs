@@ -588,7 +588,10 @@ async fn a_failed_group_commit_answers_each_of_its_orders_with_an_error_and_publ
         pipeline_toml(&topics)
     ))
     .await;
-    let transactional_id = format!("test-{}-orders-{instance}", topics.suffix);
+    let transactional_id = pizza_host::pipeline::plan::transactional_id(
+        &format!("test-{}-orders", topics.suffix),
+        &instance,
+    );
 
     let customers = Customers::start(&host.url, 64, PIZZAS);
     let mut fences = Vec::new();

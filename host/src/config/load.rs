@@ -193,8 +193,8 @@ impl Pipeline {
                 check_topic_name(topic).map_err(|why| invalid(format!("{at}: {key}: {why}")))?;
             }
         }
-        // A stage's consumer group and transactional id are `<group_prefix>-<name>[-<instance>]`,
-        // in one namespace with the order door's transactional id (`…-orders-<instance>`) and
+        // A stage's consumer group and transactional id are `<group_prefix>-<name>[.<instance>]`,
+        // in one namespace with the order door's transactional id (`…-orders.<instance>`) and
         // a join's (`…-join-<join>`): sharing one, each would fence the other.
         for (index, stage) in self.stages.iter().enumerate() {
             let taken_by = if stage.name == "orders" {

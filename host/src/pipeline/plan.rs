@@ -16,6 +16,15 @@ use std::collections::BTreeSet;
 use crate::config::{Guarantee, JoinConfig, Pipeline, ReportConfig, StageConfig, StartFrom};
 use crate::kafka::KafkaSettings;
 
+/// The transactional id of the producer of consumer group (or owner) `group` on host
+/// `instance`. The '.' keeps apart what no other separator could: names (letters, digits,
+/// '-', '_') never hold one, so two hosts of a fleet never share an id. With '-', stage
+/// `sauce-1` on host `x` and stage `sauce` on host `1-x` were both `…-sauce-1-x`, and each
+/// fenced the other.
+pub fn transactional_id(group: &str, instance: &str) -> String {
+    format!("{group}.{instance}")
+}
+
 /// Where a stage reads from and writes to.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct StageRoute {
@@ -178,7 +187,7 @@ impl Plan {
                 let group_id = format!("{prefix}-{}", config.name);
                 let route = StageRoute {
                     name: config.name.clone(),
-                    transactional_id: exactly_once.then(|| format!("{group_id}-{instance}")),
+                    transactional_id: exactly_once.then(|| transactional_id(&group_id, instance)),
                     group_id,
                     input: config.input.clone(),
                     outputs: config.outputs.clone(),
@@ -217,7 +226,7 @@ impl Plan {
             .map(|config| {
                 let group = format!("{prefix}-join-{}", config.name);
                 JoinRoute {
-                    transactional_id: format!("{group}-{instance}"),
+                    transactional_id: transactional_id(&group, instance),
                     group,
                     dead_letter: config.dead_letter_topic(),
                     config: config.clone(),
@@ -437,7 +446,27 @@ mod tests {
             .transactional_id
             .as_deref()
             .unwrap_or_default();
-        assert!(id.starts_with("pizza-host-sauce-"), "{id}");
+        assert!(id.starts_with("pizza-host-sauce."), "{id}");
+    }
+
+    /// Names and instance ids may both hold '-', so with '-' between them two hosts could
+    /// share a transactional id and fence each other; the ids of different (owner, host)
+    /// pairs always differ.
+    #[test]
+    fn no_two_hosts_share_a_transactional_id() {
+        let owners = [
+            "sauce", "sauce-1", "orders", "orders-a", "join-x", "join-x-1",
+        ];
+        let hosts = ["x", "1-x", "a-x", "1", "host.example.com", "x-1"];
+        let mut seen = std::collections::HashMap::new();
+        for owner in owners {
+            for host in hosts {
+                let id = transactional_id(&format!("pizza-host-{owner}"), host);
+                if let Some(other) = seen.insert(id.clone(), (owner, host)) {
+                    panic!("{id}: both {other:?} and {:?}", (owner, host));
+                }
+            }
+        }
     }
 
     #[test]
