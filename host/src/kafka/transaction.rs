@@ -38,6 +38,7 @@ use std::future::Future;
 use std::time::Duration;
 
 use anyhow::Context as _;
+use futures::FutureExt as _;
 use rdkafka::Offset;
 use rdkafka::TopicPartitionList;
 use rdkafka::consumer::Consumer;
@@ -437,10 +438,17 @@ impl<'c> Batch<'_, 'c> {
             if taken >= MAX_BATCH || Instant::now() >= self.deadline {
                 return Ok((Vec::new(), taken));
             }
-            let until = closes_at(Instant::now(), window, self.stay_open_until);
-            // A deadline already reached still takes a record at hand: the timeout polls the
-            // consumer before its clock.
-            let Ok(received) = tokio::time::timeout_at(until, consumer.recv()).await else {
+            let now = Instant::now();
+            let until = closes_at(now, window, self.stay_open_until);
+            let received = if until <= now {
+                // Closing now: only a record already at hand is taken. Not through a timeout
+                // due now, which tokio fires on its next millisecond tick: a lone record
+                // would wait for that at every stage.
+                consumer.recv().now_or_never()
+            } else {
+                tokio::time::timeout_at(until, consumer.recv()).await.ok()
+            };
+            let Some(received) = received else {
                 return Ok((Vec::new(), taken));
             };
             let message = received.context("consumer error inside a transaction")?;
