@@ -596,10 +596,33 @@ pub fn wait_transactions_closed(bootstrap: &str, topic: &str, limit: Duration) {
 }
 
 fn count_records(bootstrap: &str, topic: &str, group: &str, from_committed: bool) -> i64 {
+    let mut count = 0;
+    read_to_end(
+        bootstrap,
+        topic,
+        "read_committed",
+        group,
+        from_committed,
+        |_| count += 1,
+    );
+    count
+}
+
+/// Reads `topic` at `bootstrap` as member of `group` with `isolation`, from its beginning
+/// (or with `from_committed` from where the group committed) to the end such a reader is
+/// told at the start, handing each record to `each`; fails if that takes over a minute.
+fn read_to_end(
+    bootstrap: &str,
+    topic: &str,
+    isolation: &str,
+    group: &str,
+    from_committed: bool,
+    mut each: impl FnMut(&rdkafka::message::BorrowedMessage<'_>),
+) {
     let consumer: BaseConsumer = client_config(bootstrap)
         .set("group.id", group)
         .set("enable.auto.commit", "false")
-        .set("isolation.level", "read_committed")
+        .set("isolation.level", isolation)
         .create()
         .unwrap();
     let metadata = consumer
@@ -641,18 +664,16 @@ fn count_records(bootstrap: &str, topic: &str, group: &str, from_committed: bool
     }
     consumer.assign(&assignment).unwrap();
     let deadline = Instant::now() + Duration::from_secs(60);
-    let mut count = 0;
     loop {
         if let Some(message) = consumer.poll(Duration::from_millis(100)) {
-            message.unwrap();
-            count += 1;
+            each(&message.unwrap());
         }
         let positions = consumer.position().unwrap();
         let done = ends.iter().all(|&(p, end)| {
             matches!(positions.find_partition(topic, p).map(|e| e.offset()), Some(Offset::Offset(at)) if at >= end)
         });
         if done {
-            return count;
+            return;
         }
         assert!(
             Instant::now() < deadline,
@@ -761,44 +782,20 @@ pub fn read_records_at(bootstrap: &str, topic: &str, n: usize, limit: Duration) 
 /// committed, aborted or still open: what a failure needs to tell a record never written
 /// from one whose transaction did not commit.
 fn written_at(bootstrap: &str, topic: &str, key: &str) -> Vec<(i32, i64)> {
-    let consumer: BaseConsumer = client_config(bootstrap)
-        .set("group.id", format!("test-finder-{}", uuid::Uuid::new_v4()))
-        .set("enable.auto.commit", "false")
-        .set("isolation.level", "read_uncommitted")
-        .create()
-        .unwrap();
-    let (_, partitions) = partitions_at(bootstrap, topic);
-    let mut assignment = TopicPartitionList::new();
-    let mut ends = Vec::new();
-    for &(partition, _) in &partitions {
-        let (low, high) = consumer
-            .fetch_watermarks(topic, partition, Duration::from_secs(10))
-            .unwrap();
-        if high > low {
-            ends.push((partition, high));
-        }
-        assignment
-            .add_partition_offset(topic, partition, Offset::Beginning)
-            .unwrap();
-    }
-    consumer.assign(&assignment).unwrap();
-    let deadline = Instant::now() + Duration::from_secs(60);
+    let group = format!("test-finder-{}", uuid::Uuid::new_v4());
     let mut found = Vec::new();
-    while Instant::now() < deadline {
-        if let Some(Ok(message)) = consumer.poll(Duration::from_millis(100))
-            && message.key() == Some(key.as_bytes())
-        {
-            found.push((message.partition(), message.offset()));
-        }
-        let positions = consumer.position().unwrap();
-        let read = |&(p, end): &(i32, i64)| {
-            matches!(positions.find_partition(topic, p).map(|e| e.offset()),
-                Some(Offset::Offset(at)) if at >= end)
-        };
-        if ends.iter().all(read) {
-            break;
-        }
-    }
+    read_to_end(
+        bootstrap,
+        topic,
+        "read_uncommitted",
+        &group,
+        false,
+        |message| {
+            if message.key() == Some(key.as_bytes()) {
+                found.push((message.partition(), message.offset()));
+            }
+        },
+    );
     found
 }
 
