@@ -167,10 +167,7 @@ pub async fn start(
         publisher: match pipeline.guarantee {
             Guarantee::ExactlyOnce => crate::orders::publisher::Publisher::transactional(
                 &kafka,
-                &crate::pipeline::plan::transactional_id(
-                    &format!("{}-orders", pipeline.group_prefix),
-                    &pipeline.instance_id,
-                ),
+                &crate::pipeline::plan::order_door_transactional_id(&pipeline),
             )?,
             Guarantee::AtLeastOnce => crate::orders::publisher::Publisher::at_least_once(&kafka)?,
         },

@@ -25,6 +25,15 @@ pub fn transactional_id(group: &str, instance: &str) -> String {
     format!("{group}.{instance}")
 }
 
+/// The transactional id of `pipeline`'s order door on this host. Its owner is named `orders`,
+/// which is why no stage may take that name.
+pub fn order_door_transactional_id(pipeline: &Pipeline) -> String {
+    transactional_id(
+        &format!("{}-orders", pipeline.group_prefix),
+        &pipeline.instance_id,
+    )
+}
+
 /// Where a stage reads from and writes to.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct StageRoute {
