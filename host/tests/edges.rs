@@ -1,5 +1,6 @@
 //! The edges a real deployment reaches, against the real broker and real (hostile)
-//! components: records too large to send, and what a client may put in a request.
+//! components: records too large to send, what a client may put in a request, and a Kafka
+//! client that stops fetching.
 
 #![allow(clippy::unwrap_used)] // a test fails loudly on any unexpected error
 
@@ -297,4 +298,131 @@ async fn live_streams_beyond_the_cap_are_refused_and_the_host_keeps_answering() 
         (response.status() == 200).then_some(())
     })
     .await;
+}
+
+/// The Kafka client has been seen to stop fetching a partition for good after a broker
+/// restart, without an error (librdkafka issue 5153); a stage's loop then waits for records
+/// while its partition holds them. The stall watch notices such a consumer (here one whose
+/// partition is paused: from outside, a client that does not fetch) within two looks, and
+/// leaves alone one at rest, even where its partition ends in an aborted transaction, and
+/// one that reads on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_consumer_that_stops_fetching_is_noticed_and_one_at_rest_is_not() {
+    use pizza_host::kafka::group::StallWatch;
+    use pizza_host::kafka::{GroupState, KafkaSettings, commit_transaction, send};
+    use rdkafka::consumer::Consumer;
+    use rdkafka::producer::{FutureRecord, Producer};
+
+    const LOOK: Duration = Duration::from_millis(500);
+    let topics = Topics::unique("stall");
+    let topic = topics.orders().to_owned();
+    // The watch reads the client's statistics: often enough to be fresh at each look.
+    let kafka = KafkaSettings::new(
+        [
+            ("bootstrap.servers".to_owned(), bootstrap()),
+            ("statistics.interval.ms".to_owned(), "100".to_owned()),
+        ]
+        .into(),
+    );
+    kafka
+        .ensure_topics(&[&topic], 1, Some(1), &[])
+        .await
+        .unwrap();
+    let producer = kafka
+        .transactional_producer(&format!("test-{}-upstream", topics.suffix))
+        .unwrap();
+    let timeout = Duration::from_secs(30);
+    tokio::task::block_in_place(|| producer.init_transactions(timeout)).unwrap();
+    let transaction = |records: usize, commit: bool| {
+        let (producer, topic) = (&producer, &topic);
+        async move {
+            producer.begin_transaction().unwrap();
+            let mut sent = Vec::new();
+            for _ in 0..records {
+                let record = FutureRecord::to(topic).key("k").payload("{}");
+                sent.push(send(producer, record).await.unwrap());
+            }
+            if commit {
+                tokio::task::block_in_place(|| commit_transaction(producer, sent, timeout))
+                    .unwrap();
+            } else {
+                // Written first: an abort purges what the client has not sent yet.
+                for delivery in sent {
+                    delivery.await.unwrap().unwrap();
+                }
+                tokio::task::block_in_place(|| producer.abort_transaction(timeout)).unwrap();
+            }
+        }
+    };
+    // Offsets 0-2 and a commit marker, then 4-5 aborted and their marker: the end is 7.
+    transaction(3, true).await;
+    transaction(2, false).await;
+
+    let state = std::sync::Arc::new(GroupState::default());
+    let group = format!("test-{}-stall", topics.suffix);
+    let consumer = kafka.transactional_consumer(&group, state).unwrap();
+    consumer.subscribe(&[&topic]).unwrap();
+    let read = |records: usize| {
+        let consumer = &consumer;
+        async move {
+            let deadline = std::time::Instant::now() + WITHIN;
+            for record in 0..records {
+                let received = tokio::time::timeout_at(deadline.into(), consumer.recv()).await;
+                assert!(
+                    matches!(received, Ok(Ok(_))),
+                    "read {record} of {records} records: {received:?}"
+                );
+            }
+        }
+    };
+    // The three records; the aborted two are skipped.
+    read(3).await;
+
+    // Between looks the consumer is polled, as a stage's loop does: that serves the client's
+    // statistics, which the watch reads. Nothing is handed out: the consumer is at rest, or
+    // not fetching.
+    let idle = |wait| {
+        let consumer = &consumer;
+        async move {
+            let received = tokio::time::timeout(wait, consumer.recv()).await;
+            assert!(received.is_err(), "a record was handed out");
+        }
+    };
+    // At rest at the end (its position short of it, at 4: what was skipped is not handed
+    // out): looks a look apart find nothing.
+    let mut watch = StallWatch::every(LOOK);
+    for _ in 0..3 {
+        watch.check(&consumer).unwrap();
+        idle(LOOK).await;
+    }
+
+    // Not fetching while records arrive: noticed at the second look after them.
+    let assignment = consumer.assignment().unwrap();
+    consumer.pause(&assignment).unwrap();
+    transaction(2, true).await;
+    let started = std::time::Instant::now();
+    let stalled = loop {
+        if let Err(stalled) = watch.check(&consumer) {
+            break stalled.to_string();
+        }
+        assert!(
+            started.elapsed() < 4 * LOOK + WITHIN / 10,
+            "a consumer that does not fetch was not noticed"
+        );
+        idle(LOOK / 10).await;
+    };
+    assert!(
+        stalled.contains(&format!("{topic} [0] (at 7 of 10)")),
+        "the error names the partition and where it stands: {stalled}"
+    );
+
+    // Fetching again: it reads on, and the watch (a fresh one, as a restarted stage's)
+    // finds nothing wrong.
+    consumer.resume(&assignment).unwrap();
+    let mut watch = StallWatch::every(LOOK);
+    read(2).await;
+    for _ in 0..3 {
+        watch.check(&consumer).unwrap();
+        idle(LOOK).await;
+    }
 }

@@ -83,6 +83,9 @@ pub struct GroupState {
     activity: Mutex<Option<(&'static str, std::time::Instant)>>,
     /// How librdkafka last described the consumer's group membership and its fetchers.
     client_view: Mutex<Option<String>>,
+    /// Held (topic, partition) → the next offset the client fetches, as its statistics last
+    /// said (absent while it is not fetching the partition).
+    fetch_positions: Mutex<BTreeMap<(String, i32), i64>>,
 }
 
 impl GroupState {
@@ -132,6 +135,14 @@ impl GroupState {
             .clone()
     }
 
+    /// Where the client fetches each held partition it is fetching (see [`StallWatch`]).
+    fn fetch_positions(&self) -> BTreeMap<(String, i32), i64> {
+        self.fetch_positions
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+
     pub(crate) fn reset(&self) {
         self.joined.store(false, Ordering::Release);
         self.lock().clear();
@@ -174,12 +185,17 @@ impl ClientContext for GroupContext {
             Some(group) => format!("group {}, join {}", group.state, group.join_state),
             None => "no group".to_owned(),
         };
-        for topic in statistics.topics.values() {
+        let mut fetch_positions = BTreeMap::new();
+        for (name, topic) in &statistics.topics {
             for (id, stats) in &topic.partitions {
                 let Some(lag) = partitions.get_mut(id) else {
                     continue; // not ours (or librdkafka's internal partition -1)
                 };
                 view += &format!("; partition {id} {}", stats.fetch_state);
+                if stats.next_offset >= 0 {
+                    view += &format!(" at {}", stats.next_offset);
+                    fetch_positions.insert((name.clone(), *id), stats.next_offset);
+                }
                 // Records not yet read: from the position when there is one; right after an
                 // assignment, from the committed offset.
                 *lag = if stats.app_offset >= 0 && stats.ls_offset >= 0 {
@@ -196,6 +212,11 @@ impl ClientContext for GroupContext {
             .client_view
             .lock()
             .unwrap_or_else(PoisonError::into_inner) = Some(view);
+        *self
+            .state
+            .fetch_positions
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner) = fetch_positions;
     }
 }
 
@@ -273,6 +294,147 @@ pub(crate) fn consumed_to_end(consumer: &GroupConsumer, topic: &str) -> anyhow::
         }
     }
     Ok(true)
+}
+
+/// A held partition with records the consumer's client has not fetched yet.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Unfetched {
+    topic: String,
+    partition: i32,
+    /// The next offset the client fetches.
+    next: i64,
+    /// The partition's end as the consumer may read it (the last stable offset for a
+    /// `read_committed` consumer: the broker answers with the client's isolation level).
+    end: i64,
+}
+
+/// Of the held partitions whose fetch position the client reports in `fetched`, those with
+/// records beyond it, each end asked of the partition's leader now (each question may take
+/// `timeout`).
+fn unfetched(
+    consumer: &GroupConsumer,
+    fetched: &BTreeMap<(String, i32), i64>,
+    timeout: Duration,
+) -> anyhow::Result<Vec<Unfetched>> {
+    let mut unfetched = Vec::new();
+    for ((topic, partition), &next) in fetched {
+        let (_, end) = consumer.fetch_watermarks(topic, *partition, timeout)?;
+        if next < end {
+            unfetched.push(Unfetched {
+                topic: topic.clone(),
+                partition: *partition,
+                next,
+                end,
+            });
+        }
+    }
+    Ok(unfetched)
+}
+
+/// How long a consumer's partition may hold records it does not hand out, while the loop
+/// reading it waits for records, before the consumer is taken for stalled (see
+/// [`StallWatch`]).
+pub const STALL_AFTER: Duration = Duration::from_secs(30);
+/// How long one question of a stall check may take: the loop waits for it, so a leader that
+/// does not answer (it is moving) costs one short wait, and the look is given up.
+const STALL_LOOK_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// Notices a consumer that has stopped handing out records it has: the Kafka client has been
+/// seen to stop fetching a partition after its leader moved (a broker restarted), without an
+/// error and for good (librdkafka issue 5153, "resolved by restarting the consumer"). The
+/// loop waits for records then, its partitions held, and nothing in the host would move.
+///
+/// Asked whenever the loop is idle (nothing at hand), it looks at most every
+/// [`STALL_AFTER`]: a partition that had records beyond the client's fetch position at one
+/// look and is still at that position at the next, the consumer's partitions unchanged in
+/// between, has not been fetched for that long. Then [`StallWatch::check`] fails, and the
+/// worker's supervisor starts it again with a new consumer, from the committed offsets.
+///
+/// The fetch position, not the consumer's: a partition at rest whose last records are an
+/// aborted transaction (or a commit marker) has a position short of its end for good, since
+/// what it skips is never handed out; the client's fetcher moves past them. The fetch
+/// position comes with the client's statistics, so without them (`statistics.interval.ms`
+/// set to 0) nothing is watched.
+#[derive(Debug)]
+pub struct StallWatch {
+    every: Duration,
+    /// The last look: when, under which assignment, and what was not fetched then.
+    last: Option<(std::time::Instant, u64, Vec<Unfetched>)>,
+}
+
+impl Default for StallWatch {
+    fn default() -> Self {
+        Self::every(STALL_AFTER)
+    }
+}
+
+impl StallWatch {
+    /// A watch that looks at most once per `every` (so it notices a stall within twice that).
+    pub fn every(every: Duration) -> Self {
+        Self { every, last: None }
+    }
+
+    /// Looks again if the last look is old enough; an error names the partitions that were
+    /// not fetched since and what the Kafka client says of them. A failed look (a leader
+    /// away) is logged at debug and forgotten: the client is waiting on the cluster then, not
+    /// stuck, and a new consumer would not help.
+    pub fn check(&mut self, consumer: &GroupConsumer) -> anyhow::Result<()> {
+        if self
+            .last
+            .as_ref()
+            .is_some_and(|(at, _, _)| at.elapsed() < self.every)
+        {
+            return Ok(());
+        }
+        let assignments = consumer.context().assignments();
+        let fetched = consumer.context().state.fetch_positions();
+        let now =
+            match tokio::task::block_in_place(|| unfetched(consumer, &fetched, STALL_LOOK_TIMEOUT))
+            {
+                Ok(now) => now,
+                Err(err) => {
+                    tracing::debug!("cannot tell whether the consumer is fetching: {err:#}");
+                    self.last = None;
+                    return Ok(());
+                }
+            };
+        let before = self
+            .last
+            .replace((std::time::Instant::now(), assignments, now.clone()));
+        let Some((_, assigned_then, before)) = before else {
+            return Ok(());
+        };
+        if assigned_then != assignments {
+            return Ok(());
+        }
+        let stalled = stalled(&before, &now);
+        anyhow::ensure!(
+            stalled.is_empty(),
+            "the consumer has handed out no record of {} in {:?} although the broker holds \
+             more; the Kafka client says: {}; starting a new consumer",
+            stalled.join(", "),
+            self.every,
+            consumer
+                .context()
+                .state
+                .client_view()
+                .unwrap_or_else(|| "nothing yet".to_owned()),
+        );
+        Ok(())
+    }
+}
+
+/// The partitions not fetched at both looks whose fetch position did not move in between,
+/// described.
+fn stalled(before: &[Unfetched], now: &[Unfetched]) -> Vec<String> {
+    now.iter()
+        .filter(|now| {
+            before.iter().any(|then| {
+                then.topic == now.topic && then.partition == now.partition && then.next == now.next
+            })
+        })
+        .map(|u| format!("{} [{}] (at {} of {})", u.topic, u.partition, u.next, u.end))
+        .collect()
 }
 
 /// How long a stopping consumer waits for its group to let it go.

@@ -47,7 +47,7 @@ use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord, Producer};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use super::group::{ConsumerErrors, GroupConsumer, take_ready};
+use super::group::{ConsumerErrors, GroupConsumer, StallWatch, take_ready};
 
 /// Most records in one transaction.
 pub const MAX_BATCH: usize = 1_000;
@@ -179,6 +179,7 @@ pub async fn run<W: TransactionalWork>(
     let mut idle = tokio::time::interval(idle_every);
     idle.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut errors = ConsumerErrors::default();
+    let mut stall = StallWatch::default();
     // Records taken from the consumer that the last batch had no time for, or taken while it
     // committed: they open the next.
     let mut carried: Vec<BorrowedMessage<'_>> = Vec::new();
@@ -216,7 +217,7 @@ pub async fn run<W: TransactionalWork>(
                     continue;
                 }
             },
-            _ = idle.tick() => match work.idle(consumer)? {
+            _ = idle.tick() => match stall.check(consumer).and_then(|()| work.idle(consumer))? {
                 Idle::Wait => continue,
                 Idle::Stop => return Ok(()),
                 Idle::Transact => None,

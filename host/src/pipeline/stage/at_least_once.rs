@@ -22,7 +22,7 @@ use rdkafka::{Offset, TopicPartitionList};
 use tokio::sync::mpsc;
 
 use super::{CALL_BATCH, DRAIN_CHECK, Pending, StageShared, StopSignals, process};
-use crate::kafka::group::{consumed_to_end, take_ready};
+use crate::kafka::group::{StallWatch, consumed_to_end, take_ready};
 use crate::kafka::{ConsumerErrors, GroupConsumer, KafkaSettings, Nudge};
 use crate::pipeline::plan::StageRoute as Route;
 
@@ -60,6 +60,7 @@ pub async fn run(
     let mut drain_check = tokio::time::interval(DRAIN_CHECK);
     drain_check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut errors = ConsumerErrors::default();
+    let mut stall = StallWatch::default();
     let name = format!("stage {}", route.name);
     let stopped = loop {
         if let Err(fatal) = errors.check_fatal() {
@@ -84,6 +85,9 @@ pub async fn run(
             // Last in priority: records first. Ticks even when not draining, so a drain
             // request is noticed while the input is idle.
             _ = drain_check.tick() => {
+                if let Err(stalled) = stall.check(&consumer) {
+                    break Err(stalled);
+                }
                 if !signals.drain.is_cancelled() {
                     continue;
                 }
