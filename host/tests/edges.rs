@@ -388,8 +388,8 @@ async fn a_consumer_that_stops_fetching_is_noticed_and_one_at_rest_is_not() {
             assert!(received.is_err(), "a record was handed out");
         }
     };
-    // At rest at the end (its position short of it, at 4: what was skipped is not handed
-    // out): looks a look apart find nothing.
+    // At rest at the end, past the aborted records it skipped: looks a look apart find
+    // nothing.
     let mut watch = StallWatch::every(LOOK);
     for _ in 0..3 {
         watch.check(&consumer).unwrap();

@@ -350,10 +350,10 @@ const STALL_LOOK_TIMEOUT: Duration = Duration::from_secs(2);
 /// between, has not been fetched for that long. Then [`StallWatch::check`] fails, and the
 /// worker's supervisor starts it again with a new consumer, from the committed offsets.
 ///
-/// The fetch position, not the consumer's: a partition at rest whose last records are an
-/// aborted transaction (or a commit marker) has a position short of its end for good, since
-/// what it skips is never handed out; the client's fetcher moves past them. The fetch
-/// position comes with the client's statistics, so without them (`statistics.interval.ms`
+/// The fetch position is where the stall is (the fetcher stops), and the client's statistics
+/// that carry it also say the fetcher's state, for the error. It moves past the aborted
+/// records and the markers a `read_committed` consumer never hands out, so a partition at
+/// rest at its end is not taken for stalled. Without statistics (`statistics.interval.ms`
 /// set to 0) nothing is watched.
 #[derive(Debug)]
 pub struct StallWatch {
