@@ -297,7 +297,7 @@ pub(crate) fn consumed_to_end(consumer: &GroupConsumer, topic: &str) -> anyhow::
 }
 
 /// A held partition with records the consumer's client has not fetched yet.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug)]
 struct Unfetched {
     topic: String,
     partition: i32,
@@ -398,16 +398,15 @@ impl StallWatch {
                     return Ok(());
                 }
             };
-        let before = self
-            .last
-            .replace((std::time::Instant::now(), assignments, now.clone()));
-        let Some((_, assigned_then, before)) = before else {
-            return Ok(());
+        // Only against a look under the same assignment: partitions that changed hands start
+        // fetching afresh.
+        let stalled = match self.last.take() {
+            Some((_, assigned_then, before)) if assigned_then == assignments => {
+                stalled(&before, &now)
+            }
+            _ => Vec::new(),
         };
-        if assigned_then != assignments {
-            return Ok(());
-        }
-        let stalled = stalled(&before, &now);
+        self.last = Some((std::time::Instant::now(), assignments, now));
         anyhow::ensure!(
             stalled.is_empty(),
             "the consumer has handed out no record of {} in {:?} although the broker holds \
