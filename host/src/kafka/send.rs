@@ -20,8 +20,9 @@ const QUEUE_FULL_WAIT: Duration = Duration::from_millis(5);
 /// threads to wake on an idle machine, short enough that records handed over meanwhile are
 /// few (they too are sent at once).
 const NUDGE_HOLD: Duration = Duration::from_millis(1);
-/// How long [`deliver`] keeps the producer sending at once: until its record is acknowledged,
-/// as its caller waits for that anyway, and long enough for a new producer to connect first.
+/// How long one hurry of [`deliver`] keeps the producer sending at once; it hurries again
+/// until its record is acknowledged, as its caller waits for that anyway (a new producer may
+/// take longer than one hold to connect).
 const DELIVER_HOLD: Duration = Duration::from_secs(1);
 
 /// Hands `record` to `producer`. Its delivery is settled later: the returned future says how.
@@ -57,9 +58,15 @@ where
     K: ToBytes + ?Sized,
     P: ToBytes + ?Sized,
 {
-    let sent = send(producer, record).await?;
-    hurry(producer, DELIVER_HOLD);
-    acknowledged(sent).await
+    let mut acknowledged = std::pin::pin!(acknowledged(send(producer, record).await?));
+    // Hurried again while it is not acknowledged: a producer still connecting after one hold
+    // would otherwise keep the record for a whole linger.
+    loop {
+        hurry(producer, DELIVER_HOLD);
+        if let Ok(offset) = tokio::time::timeout(DELIVER_HOLD, acknowledged.as_mut()).await {
+            return offset;
+        }
+    }
 }
 
 /// What became of a record handed to a producer: its offset once the broker acknowledged it.
