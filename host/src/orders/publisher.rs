@@ -363,7 +363,7 @@ impl TransactionalPublisher {
         {
             tracing::warn!(
                 "order transaction failed ({err:#}) and could not be aborted ({abort}); \
-                 the next order on its producer starts a new one"
+                 the next order starts a new transactional producer in its place"
             );
             return (
                 None,
