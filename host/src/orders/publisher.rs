@@ -261,7 +261,7 @@ impl TransactionalPublisher {
     /// The first caller to queue while nobody leads leads; a leader whose group leaves orders
     /// queued makes the first of their callers the next leader, so every queued order has a
     /// leader on the way.
-    fn publish(&self, records: OrderRecords) -> anyhow::Result<()> {
+    fn publish(self: &Arc<Self>, records: OrderRecords) -> anyhow::Result<()> {
         let (tell, told) = std::sync::mpsc::channel();
         let mut door = self.lock();
         door.queue.push_back((records, tell));
@@ -281,7 +281,7 @@ impl TransactionalPublisher {
     }
 
     /// Waits for the next producer's turn, takes the next group and runs its transaction.
-    fn lead(&self) {
+    fn lead(self: &Arc<Self>) {
         let mut door = self.lock();
         door = self
             .freed
@@ -314,6 +314,25 @@ impl TransactionalPublisher {
             }
             producer
         };
+        if producer.is_some() {
+            self.free(lane, producer);
+            return;
+        }
+        // Left without a producer (one abandoned mid-transaction, or none could start): what
+        // the old one left open holds `read_committed` readers of its partitions (the order
+        // view, the first stage) until a producer with its id starts, or the broker's
+        // transaction timeout. That should not wait for the lane's next turn, which is long
+        // in coming if orders stop; the lane stays busy meanwhile.
+        let publisher = Arc::clone(self);
+        std::thread::spawn(move || {
+            let producer = publisher.start(lane).map_err(|err| {
+                tracing::warn!("order door: {err:#}; its next turn tries again");
+            });
+            publisher.free(lane, producer.ok());
+        });
+    }
+
+    fn free(&self, lane: usize, producer: Option<FutureProducer>) {
         self.lock().lanes[lane] = Lane::Free(producer);
         self.freed.notify_all();
     }
