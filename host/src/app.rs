@@ -167,7 +167,7 @@ pub async fn start(
         publisher: match pipeline.guarantee {
             Guarantee::ExactlyOnce => crate::orders::publisher::Publisher::transactional(
                 &kafka,
-                crate::pipeline::plan::order_door_transactional_ids(&pipeline),
+                &crate::pipeline::plan::order_door_transactional_id(&pipeline),
             )?,
             Guarantee::AtLeastOnce => crate::orders::publisher::Publisher::at_least_once(&kafka)?,
         },

@@ -570,11 +570,10 @@ async fn bursts_reaching_a_busy_stage_share_its_transactions() {
 }
 
 /// A group commit that fails answers each of its orders with an error and publishes none of
-/// them. The failure is a fence: a producer with one of the door's transactional ids starts
-/// (as a restarted host's would), so the transaction in flight on it, which holds many queued
-/// orders with 64 clients ordering, can no longer commit. The fences alternate between the
-/// door's two producers (`…-orders.<instance>`, `…-orders-2.<instance>`); each time the
-/// door starts a new producer on that one's next turn and later orders go through. Afterwards `read_committed` readers see exactly the orders
+/// them. The failure is a fence: a producer with the publisher's transactional id starts (as
+/// a restarted host's would), so the transaction in flight, which holds many queued orders
+/// with 64 clients ordering, can no longer commit. The publisher then starts a new producer
+/// and later orders go through. Afterwards `read_committed` readers see exactly the orders
 /// answered 200, each once, on the orders topic and through the whole chain.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_failed_group_commit_answers_each_of_its_orders_with_an_error_and_publishes_none() {
@@ -589,22 +588,17 @@ async fn a_failed_group_commit_answers_each_of_its_orders_with_an_error_and_publ
         pipeline_toml(&topics)
     ))
     .await;
-    let transactional_ids: Vec<String> = pizza_host::config::ORDER_DOOR_OWNERS
-        .iter()
-        .map(|owner| {
-            pizza_host::pipeline::plan::transactional_id(
-                &format!("test-{}-{owner}", topics.suffix),
-                &instance,
-            )
-        })
-        .collect();
+    let transactional_id = pizza_host::pipeline::plan::transactional_id(
+        &format!("test-{}-orders", topics.suffix),
+        &instance,
+    );
 
     let customers = Customers::start(&host.url, 64, PIZZAS);
     let mut fences = Vec::new();
     for fence in 0..FENCES {
         customers.wait_placed(64, Duration::from_secs(60)).await;
         let refused_before = customers.refused();
-        let id = transactional_ids[fence % transactional_ids.len()].clone();
+        let id = transactional_id.clone();
         let fencer = tokio::task::spawn_blocking(move || {
             let producer: BaseProducer = rdkafka::ClientConfig::new()
                 .set("bootstrap.servers", bootstrap())

@@ -194,11 +194,10 @@ impl Pipeline {
             }
         }
         // A stage's consumer group and transactional id are `<group_prefix>-<name>[.<instance>]`,
-        // in one namespace with the order door's transactional ids (`…-orders.<instance>`,
-        // `…-orders-2.<instance>`) and a join's (`…-join-<join>`): sharing one, each would
-        // fence the other.
+        // in one namespace with the order door's transactional id (`…-orders.<instance>`) and
+        // a join's (`…-join-<join>`): sharing one, each would fence the other.
         for (index, stage) in self.stages.iter().enumerate() {
-            let taken_by = if super::ORDER_DOOR_OWNERS.contains(&stage.name.as_str()) {
+            let taken_by = if stage.name == "orders" {
                 Some("the order door".to_owned())
             } else {
                 stage

@@ -168,11 +168,6 @@ impl Overrides {
     }
 }
 
-/// The owners of the order door's transactional ids, one per producer (see
-/// `pipeline::plan::order_door_transactional_ids`): a stage may take none of these names, or
-/// its ids would be the door's.
-pub const ORDER_DOOR_OWNERS: [&str; 2] = ["orders", "orders-2"];
-
 /// The whole pipeline: Kafka client settings, HTTP, topics and the stages.
 #[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]

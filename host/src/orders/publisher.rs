@@ -3,14 +3,15 @@
 //! them under the pipeline's guarantee.
 //!
 //! Under exactly-once the order goes out in one transaction: all or none. Concurrent orders
-//! share transactions (group commit, see [`TransactionalPublisher`]), two of them in flight at
-//! once, so the front door is not one commit per order behind one lock. A failure that
+//! share transactions (group commit, see [`TransactionalPublisher`]), so the front door is
+//! not one commit per order behind one lock. A failure that
 //! leaves the transactional producer in an unknown state (the broker went away mid-commit, a
-//! fatal error) retires that producer; its next turn starts a new one with the same
+//! fatal error) retires that producer; the next order starts a new one with the same
 //! transactional id, which fences the old one and aborts whatever it left open. So an outage
 //! costs the orders placed during it a 503, never the publisher itself.
 
 use std::collections::VecDeque;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
@@ -143,17 +144,18 @@ impl Publisher {
         ))
     }
 
-    /// A transactional publisher taking turns on one producer per transactional id of
-    /// `transactional_ids`, each started (fencing its earlier self), ready to use.
-    pub fn transactional(
-        kafka: &KafkaSettings,
-        transactional_ids: Vec<String>,
-    ) -> anyhow::Result<Self> {
-        let publisher = TransactionalPublisher::new(kafka, transactional_ids);
-        for lane in 0..publisher.transactional_ids.len() {
-            let producer = tokio::task::block_in_place(|| publisher.start(lane))?;
-            publisher.lock().lanes[lane] = Lane::Free(Some(producer));
-        }
+    /// A transactional publisher with id `transactional_id`, ready to use.
+    pub fn transactional(kafka: &KafkaSettings, transactional_id: &str) -> anyhow::Result<Self> {
+        let publisher = TransactionalPublisher {
+            kafka: kafka.clone(),
+            transactional_id: transactional_id.to_owned(),
+            queue: Mutex::default(),
+            arrived: Condvar::new(),
+            last_group: AtomicUsize::new(0),
+            producer: Mutex::new(None),
+        };
+        let producer = tokio::task::block_in_place(|| publisher.start())?;
+        publisher.put_back(producer);
         Ok(Self::ExactlyOnce(Arc::new(publisher)))
     }
 }
@@ -162,237 +164,133 @@ impl Publisher {
 const MAX_GROUP_ORDERS: usize = 256;
 const MAX_GROUP_RECORDS: usize = 10_000;
 /// How long a group may wait for as many orders as the last group held (see
-/// [`TransactionalPublisher::take_next_group`]).
+/// [`TransactionalPublisher::next_group`]).
 const GATHER_WAIT: Duration = Duration::from_millis(1);
 
 /// What a publishing order is told: `Err` with the reason its transaction failed.
 type Answer = Result<(), String>;
 
-/// What a caller waiting on its order hears.
-enum Told {
-    /// Its order's transaction ended.
-    Answered(Answer),
-    /// Orders are queued and nobody leads: it is to run the next transaction.
-    Lead,
-}
-
-/// A queued order, with where its caller hears what became of it.
-type Queued = (OrderRecords, std::sync::mpsc::Sender<Told>);
-
-/// The transactional producers of orders, committing them in groups. Orders queue; one
-/// caller at a time leads: it waits for the next producer's turn, takes what is queued
-/// (gathering for a moment under load, see [`Self::take_next_group`]; up to
-/// [`MAX_GROUP_ORDERS`] orders or [`MAX_GROUP_RECORDS`] records) and runs its transaction for
-/// everyone in it. Every other caller just waits for its own answer. Transactions take turns
-/// on the producers, so the next is gathered and sent while the last one's commit waits on
-/// the broker; with one producer, orders waited for a whole commit before theirs began (and
-/// back-to-back transactions of one producer meet the broker still writing the last one's
-/// markers, which librdkafka answers with a fixed 20 ms retry). An order is never split
+/// The transactional producer of orders, committing them in groups: orders that arrive while
+/// a transaction commits wait in a queue, and the next transaction takes them all (gathering
+/// for a moment under load, see [`Self::next_group`]; up to
+/// [`MAX_GROUP_ORDERS`] orders or [`MAX_GROUP_RECORDS`] records). An order is never split
 /// across transactions, each is answered once its transaction committed, and a failed commit
 /// fails exactly the orders in it.
 pub struct TransactionalPublisher {
     kafka: KafkaSettings,
-    /// One per producer, in turn order.
-    transactional_ids: Vec<String>,
-    door: Mutex<Door>,
-    /// Told when an order joins the queue (a leader may be gathering).
+    transactional_id: String,
+    /// Orders waiting for a transaction, each with where its answer goes.
+    queue: Mutex<VecDeque<(OrderRecords, std::sync::mpsc::Sender<Answer>)>>,
+    /// Told when an order joins the queue.
     arrived: Condvar,
-    /// Told when a producer's transaction ends (the leader may be waiting for its turn).
-    freed: Condvar,
-}
-
-/// What the callers share.
-struct Door {
-    queue: VecDeque<Queued>,
-    /// Whether a caller has been made leader and not yet taken its group: while one has, the
-    /// queue is in hand and a new caller only waits for its answer.
-    led: bool,
-    /// Each producer, and whose turn is next.
-    lanes: Vec<Lane>,
-    next_lane: usize,
     /// How many orders the last transaction held.
-    last_group: usize,
-}
-
-/// One of the door's producers.
-enum Lane {
-    /// Idle. `None` after a failure that left the producer's state unknown: its next
-    /// transaction starts a new producer with its id (fencing the old one, which aborts
-    /// whatever it left open).
-    Free(Option<FutureProducer>),
-    /// A caller runs a transaction on it.
-    Busy,
+    last_group: AtomicUsize,
+    /// Held by the thread that runs the current transaction. Empty after a failure that left
+    /// the producer's state unknown: the next transaction starts a new producer.
+    producer: Mutex<Option<FutureProducer>>,
 }
 
 impl TransactionalPublisher {
-    fn new(kafka: &KafkaSettings, transactional_ids: Vec<String>) -> Self {
-        let lanes = transactional_ids.iter().map(|_| Lane::Free(None)).collect();
-        Self {
-            kafka: kafka.clone(),
-            transactional_ids,
-            door: Mutex::new(Door {
-                queue: VecDeque::new(),
-                led: false,
-                lanes,
-                next_lane: 0,
-                last_group: 0,
-            }),
-            arrived: Condvar::new(),
-            freed: Condvar::new(),
-        }
-    }
-
-    /// A new producer for `lane`, its transactions initialised (fencing any earlier one with
-    /// its id).
-    fn start(&self, lane: usize) -> anyhow::Result<FutureProducer> {
-        let id = &self.transactional_ids[lane];
-        let producer = self.kafka.transactional_producer(id)?;
+    /// A new producer, its transactions initialised (fencing any earlier one with our id).
+    fn start(&self) -> anyhow::Result<FutureProducer> {
+        let producer = self.kafka.transactional_producer(&self.transactional_id)?;
         producer
             .init_transactions(PUBLISH_TIMEOUT)
-            .with_context(|| format!("cannot start transactions as {id}"))?;
+            .with_context(|| format!("cannot start transactions as {}", self.transactional_id))?;
         Ok(producer)
     }
 
-    fn lock(&self) -> MutexGuard<'_, Door> {
-        self.door.lock().unwrap_or_else(PoisonError::into_inner)
+    fn put_back(&self, producer: FutureProducer) {
+        *self.producer.lock().unwrap_or_else(PoisonError::into_inner) = Some(producer);
     }
 
     /// Blocking: publishes the order in a transaction, with whatever other orders are queued.
-    /// The first caller to queue while nobody leads leads; a leader whose group leaves orders
-    /// queued makes the first of their callers the next leader, so every queued order has a
-    /// leader on the way.
-    fn publish(self: &Arc<Self>, records: OrderRecords) -> anyhow::Result<()> {
-        let (tell, told) = std::sync::mpsc::channel();
-        let mut door = self.lock();
-        door.queue.push_back((records, tell));
-        let leads = !std::mem::replace(&mut door.led, true);
-        drop(door);
-        self.arrived.notify_one();
-        if leads {
-            self.lead();
-        }
+    /// Whoever holds the producer runs the next transaction for everyone queued, so a caller
+    /// either finds its order answered or runs the transaction that takes it.
+    fn publish(&self, records: OrderRecords) -> anyhow::Result<()> {
+        let (answer, answered) = std::sync::mpsc::channel();
+        self.enqueue(records, answer);
+        let mut slot = self.producer.lock().unwrap_or_else(PoisonError::into_inner);
         loop {
-            match told.recv() {
-                Ok(Told::Answered(answer)) => return answer.map_err(anyhow::Error::msg),
-                Ok(Told::Lead) => self.lead(),
-                Err(_) => anyhow::bail!("the order's transaction ended unanswered"),
+            if let Ok(answer) = answered.try_recv() {
+                return answer.map_err(anyhow::Error::msg);
             }
-        }
-    }
-
-    /// Waits for the next producer's turn, takes the next group and runs its transaction.
-    fn lead(self: &Arc<Self>) {
-        let mut door = self.lock();
-        door = self
-            .freed
-            .wait_while(door, |door| {
-                matches!(door.lanes[door.next_lane], Lane::Busy)
-            })
-            .unwrap_or_else(PoisonError::into_inner);
-        let lane = door.next_lane;
-        door.next_lane = (lane + 1) % door.lanes.len();
-        let Lane::Free(producer) = std::mem::replace(&mut door.lanes[lane], Lane::Busy) else {
-            unreachable!("waited until the lane was free")
-        };
-        let (mut door, group) = self.take_next_group(door, GATHER_WAIT);
-        // Orders left queued (a group is bounded, or they came as it was taken) get a leader:
-        // the first one's caller, which waits for its answer until then.
-        door.led = match door.queue.front() {
-            Some((_, first)) => first.send(Told::Lead).is_ok(),
-            None => false,
-        };
-        drop(door);
-        let producer = if group.is_empty() {
-            // Another producer's leader took every order while this one waited for its turn.
-            producer
-        } else {
-            let (producer, published) = self.publish_group(lane, producer, &group);
+            let group = self.next_group();
+            let published = self.publish_group(&mut slot, &group);
             let answer: Answer = published.map_err(|err| format!("{err:#}"));
             for (_, to) in group {
                 // The caller waits for it; if it went away, nobody needs the answer.
-                let _ = to.send(Told::Answered(answer.clone()));
+                let _ = to.send(answer.clone());
             }
-            producer
-        };
-        if producer.is_some() {
-            self.free(lane, producer);
-            return;
         }
-        // Left without a producer (one abandoned mid-transaction, or none could start): what
-        // the old one left open holds `read_committed` readers of its partitions (the order
-        // view, the first stage) until a producer with its id starts, or the broker's
-        // transaction timeout. That should not wait for the lane's next turn, which is long
-        // in coming if orders stop; the lane stays busy meanwhile.
-        let publisher = Arc::clone(self);
-        std::thread::spawn(move || {
-            let producer = publisher.start(lane).map_err(|err| {
-                tracing::warn!("order door: {err:#}; its next turn tries again");
-            });
-            publisher.free(lane, producer.ok());
-        });
     }
 
-    fn free(&self, lane: usize, producer: Option<FutureProducer>) {
-        self.lock().lanes[lane] = Lane::Free(producer);
-        self.freed.notify_all();
+    /// Queues an order for the next transaction.
+    fn enqueue(&self, records: OrderRecords, answer: std::sync::mpsc::Sender<Answer>) {
+        self.queue
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .push_back((records, answer));
+        self.arrived.notify_all();
     }
 
     /// The queued orders the next transaction takes. Its customers, answered together when
     /// the last transaction committed, order again together: a group first waits (up to
-    /// `wait`, [`GATHER_WAIT`]) until as many orders are queued as the last one held. Without the
+    /// [`GATHER_WAIT`]) until as many orders are queued as the last one held. Without the
     /// wait, the first of them to come back went alone, the rest waited a whole commit for the
     /// next, and under load there were twice the transactions, each costing the broker its
     /// registration, end and markers. A lone customer's group held one order: it never waits.
-    fn take_next_group<'a>(
-        &self,
-        door: MutexGuard<'a, Door>,
-        wait: Duration,
-    ) -> (MutexGuard<'a, Door>, Vec<Queued>) {
-        let want = door.last_group.min(MAX_GROUP_ORDERS);
-        let (mut door, _) = self
-            .arrived
-            .wait_timeout_while(door, wait, |door| door.queue.len() < want)
-            .unwrap_or_else(PoisonError::into_inner);
-        let group = take_group(&mut door.queue);
-        if !group.is_empty() {
-            door.last_group = group.len();
-        }
-        (door, group)
+    fn next_group(&self) -> Vec<(OrderRecords, std::sync::mpsc::Sender<Answer>)> {
+        let want = self.last_group.load(Ordering::Relaxed);
+        let group = take_group(&mut self.gathered(want, GATHER_WAIT));
+        self.last_group.store(group.len(), Ordering::Relaxed);
+        group
     }
 
-    /// One transaction on `lane` holding every record of the orders of `group`; returns the
-    /// producer to keep for the lane's next one (none if its state is unknown).
+    /// The queue, once it holds `want` orders or `wait` has passed.
+    fn gathered(
+        &self,
+        want: usize,
+        wait: Duration,
+    ) -> MutexGuard<'_, VecDeque<(OrderRecords, std::sync::mpsc::Sender<Answer>)>> {
+        let queue = self.queue.lock().unwrap_or_else(PoisonError::into_inner);
+        let want = want.min(MAX_GROUP_ORDERS);
+        match self
+            .arrived
+            .wait_timeout_while(queue, wait, |queue| queue.len() < want)
+        {
+            Ok((queue, _)) => queue,
+            Err(poisoned) => poisoned.into_inner().0,
+        }
+    }
+
+    /// One transaction holding every record of the orders of `group`.
     fn publish_group(
         &self,
-        lane: usize,
-        producer: Option<FutureProducer>,
-        group: &[Queued],
-    ) -> (Option<FutureProducer>, anyhow::Result<()>) {
-        let producer = match producer {
+        slot: &mut Option<FutureProducer>,
+        group: &[(OrderRecords, std::sync::mpsc::Sender<Answer>)],
+    ) -> anyhow::Result<()> {
+        let producer = match slot.take() {
             Some(producer) => producer,
-            None => match self.start(lane) {
-                Ok(producer) => producer,
-                Err(err) => return (None, Err(err)),
-            },
+            None => self.start()?,
         };
         let orders: Vec<&OrderRecords> = group.iter().map(|(order, _)| order).collect();
         let published = send_in_transaction(&producer, &orders);
-        if let Err(err) = &published
-            && let Err(abort) = producer.abort_transaction(PUBLISH_TIMEOUT)
-        {
-            tracing::warn!(
-                "order transaction failed ({err:#}) and could not be aborted ({abort}); \
-                 the next order starts a new transactional producer in its place"
-            );
-            return (
-                None,
-                published.context("the order was not published (its transaction was abandoned)"),
-            );
+        if let Err(err) = &published {
+            match producer.abort_transaction(PUBLISH_TIMEOUT) {
+                Ok(()) => {}
+                Err(abort) => {
+                    tracing::warn!(
+                        "order transaction failed ({err:#}) and could not be aborted ({abort}); \
+                         the next order starts a new transactional producer"
+                    );
+                    return published
+                        .context("the order was not published (its transaction was abandoned)");
+                }
+            }
         }
-        (
-            Some(producer),
-            published.context("the order was not published (its transaction was aborted)"),
-        )
+        *slot = Some(producer);
+        published.context("the order was not published (its transaction was aborted)")
     }
 }
 
@@ -564,82 +462,6 @@ mod tests {
         Ok(())
     }
 
-    /// More concurrent orders than a group holds, on the door's two producers: every caller
-    /// is answered, whether it led a transaction, was made leader by one (the orders a bounded
-    /// group left queued), or only waited, and each order is committed once.
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn concurrent_orders_on_two_producers_are_each_committed_and_answered()
-    -> anyhow::Result<()> {
-        use rdkafka::Message as _;
-        use rdkafka::consumer::{BaseConsumer, Consumer as _};
-
-        const ORDERS: usize = 2 * MAX_GROUP_ORDERS;
-        let cluster = MockCluster::new(1)?;
-        cluster.create_topic("orders", 1, 1)?;
-        let settings = KafkaSettings::new(BTreeMap::from([(
-            "bootstrap.servers".to_owned(),
-            cluster.bootstrap_servers(),
-        )]));
-        let Publisher::ExactlyOnce(publisher) =
-            Publisher::transactional(&settings, vec!["door".to_owned(), "door-2".to_owned()])?
-        else {
-            unreachable!("a transactional publisher")
-        };
-        // Both producers busy until every order is queued: more than a group takes.
-        let lanes: Vec<Lane> = (publisher.lock().lanes.iter_mut())
-            .map(|lane| std::mem::replace(lane, Lane::Busy))
-            .collect();
-        // Plain threads, so a caller left waiting fails the test instead of holding it open.
-        let (answers, answered) = std::sync::mpsc::channel();
-        let runtime = tokio::runtime::Handle::current();
-        for n in 0..ORDERS {
-            let (publisher, answers, runtime) =
-                (publisher.clone(), answers.clone(), runtime.clone());
-            std::thread::spawn(move || {
-                let _runtime = runtime.enter();
-                let key = n.to_string();
-                let value = order_record(&key, 1);
-                let published = publisher.publish(OrderRecords {
-                    key,
-                    headers: OwnedHeaders::new(),
-                    values: vec![("orders".to_owned(), value)],
-                });
-                answers.send(published.map_err(|err| format!("{err:#}")))
-            });
-        }
-        let deadline = std::time::Instant::now() + SOON;
-        while publisher.lock().queue.len() < ORDERS {
-            assert!(std::time::Instant::now() < deadline, "orders not queued");
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
-        publisher.lock().lanes = lanes;
-        publisher.freed.notify_all();
-        for _ in 0..ORDERS {
-            let answer = answered
-                .recv_timeout(SOON)
-                .context("a caller left unanswered")?;
-            answer.map_err(anyhow::Error::msg)?;
-        }
-
-        let reader: BaseConsumer = rdkafka::ClientConfig::new()
-            .set("bootstrap.servers", cluster.bootstrap_servers())
-            .set("group.id", "reader")
-            .set("isolation.level", "read_committed")
-            .set("auto.offset.reset", "earliest")
-            .create()?;
-        reader.subscribe(&["orders"])?;
-        let mut keys = Vec::new();
-        let deadline = std::time::Instant::now() + SOON;
-        while keys.len() < ORDERS && std::time::Instant::now() < deadline {
-            if let Some(message) = reader.poll(Duration::from_millis(100)) {
-                keys.push(message?.key().map(<[u8]>::to_vec));
-            }
-        }
-        let distinct: HashSet<_> = keys.iter().collect();
-        assert_eq!((keys.len(), distinct.len()), (ORDERS, ORDERS));
-        Ok(())
-    }
-
     const SOON: Duration = Duration::from_secs(5);
 
     #[test]
@@ -693,42 +515,34 @@ mod tests {
 
     #[test]
     fn a_group_waits_for_as_many_orders_as_the_last_one_held_but_no_longer() {
-        let publisher = Arc::new(TransactionalPublisher::new(
-            &KafkaSettings::new(std::collections::BTreeMap::new()),
-            vec!["test".to_owned()],
-        ));
-        let queue = |publisher: &TransactionalPublisher, n: usize| {
-            let order = OrderRecords {
-                key: n.to_string(),
-                headers: OwnedHeaders::new(),
-                values: Vec::new(),
-            };
-            publisher
-                .lock()
-                .queue
-                .push_back((order, std::sync::mpsc::channel().0));
-            publisher.arrived.notify_one();
+        let publisher = Arc::new(TransactionalPublisher {
+            kafka: KafkaSettings::new(std::collections::BTreeMap::new()),
+            transactional_id: "test".to_owned(),
+            queue: Mutex::default(),
+            arrived: Condvar::new(),
+            last_group: AtomicUsize::new(0),
+            producer: Mutex::new(None),
+        });
+        let order = |n: usize| OrderRecords {
+            key: n.to_string(),
+            headers: OwnedHeaders::new(),
+            values: Vec::new(),
         };
-        // One order queued, three wanted (the last group's size): the other two come from
-        // another thread meanwhile.
-        publisher.lock().last_group = 3;
-        queue(&publisher, 0);
+        // One order queued, three wanted: the other two come from another thread meanwhile.
+        publisher.enqueue(order(0), std::sync::mpsc::channel().0);
         let later = publisher.clone();
         let arriving = std::thread::spawn(move || {
             for n in 1..3 {
-                queue(&later, n);
+                later.enqueue(order(n), std::sync::mpsc::channel().0);
             }
         });
-        let (door, group) = publisher.take_next_group(publisher.lock(), Duration::from_secs(60));
-        drop(door);
+        let group = take_group(&mut publisher.gathered(3, Duration::from_secs(60)));
         let keys: Vec<&str> = group.iter().map(|(order, _)| order.key.as_str()).collect();
         assert_eq!(keys, ["0", "1", "2"]);
         assert!(arriving.join().is_ok());
         // Nobody else comes: the wait ends at its bound with what is there.
-        queue(&publisher, 3);
-        let (door, group) = publisher.take_next_group(publisher.lock(), Duration::from_millis(20));
-        drop(door);
-        assert_eq!(group.len(), 1);
+        publisher.enqueue(order(3), std::sync::mpsc::channel().0);
+        assert_eq!(publisher.gathered(3, Duration::from_millis(20)).len(), 1);
     }
 
     #[test]

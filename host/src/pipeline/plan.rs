@@ -13,9 +13,7 @@
 
 use std::collections::BTreeSet;
 
-use crate::config::{
-    Guarantee, JoinConfig, ORDER_DOOR_OWNERS, Pipeline, ReportConfig, StageConfig, StartFrom,
-};
+use crate::config::{Guarantee, JoinConfig, Pipeline, ReportConfig, StageConfig, StartFrom};
 use crate::kafka::KafkaSettings;
 
 /// The transactional id of the producer of consumer group (or owner) `group` on host
@@ -27,20 +25,13 @@ pub fn transactional_id(group: &str, instance: &str) -> String {
     format!("{group}.{instance}")
 }
 
-/// The transactional ids of `pipeline`'s order door on this host, one per producer: its
-/// owners are [`ORDER_DOOR_OWNERS`] (`orders` first, whose id predates the second producer,
-/// so a host upgraded in place still fences its old self), which is why no stage may take
-/// those names.
-pub fn order_door_transactional_ids(pipeline: &Pipeline) -> Vec<String> {
-    ORDER_DOOR_OWNERS
-        .iter()
-        .map(|owner| {
-            transactional_id(
-                &format!("{}-{owner}", pipeline.group_prefix),
-                &pipeline.instance_id,
-            )
-        })
-        .collect()
+/// The transactional id of `pipeline`'s order door on this host. Its owner is named `orders`,
+/// which is why no stage may take that name.
+pub fn order_door_transactional_id(pipeline: &Pipeline) -> String {
+    transactional_id(
+        &format!("{}-orders", pipeline.group_prefix),
+        &pipeline.instance_id,
+    )
 }
 
 /// Where a stage reads from and writes to.
@@ -473,7 +464,7 @@ mod tests {
     #[test]
     fn no_two_hosts_share_a_transactional_id() {
         let owners = [
-            "sauce", "sauce-1", "orders", "orders-2", "orders-a", "join-x", "join-x-1",
+            "sauce", "sauce-1", "orders", "orders-a", "join-x", "join-x-1",
         ];
         let hosts = ["x", "1-x", "a-x", "1", "host.example.com", "x-1"];
         let mut seen = std::collections::HashMap::new();
