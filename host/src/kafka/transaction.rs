@@ -47,7 +47,7 @@ use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord, Producer};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use super::group::{ConsumerErrors, GroupConsumer, StallWatch, take_ready};
+use super::group::{ConsumerErrors, GroupConsumer, STALL_AFTER, StallWatch, take_ready};
 
 /// Most records in one transaction.
 pub const MAX_BATCH: usize = 1_000;
@@ -160,6 +160,12 @@ pub trait TransactionalWork {
 
     /// The transaction was aborted: whatever the worker built inside it is void.
     fn aborted(&mut self) {}
+
+    /// How long the consumer may hold records it does not hand out, while the loop waits
+    /// for records, before it is taken for stalled (see [`StallWatch`]).
+    fn stall_after(&self) -> Duration {
+        STALL_AFTER
+    }
 }
 
 /// Runs `work` on `consumer`'s records in transactions of `producer` (whose transactions are
@@ -179,7 +185,7 @@ pub async fn run<W: TransactionalWork>(
     let mut idle = tokio::time::interval(idle_every);
     idle.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut errors = ConsumerErrors::default();
-    let mut stall = StallWatch::default();
+    let mut stall = StallWatch::every(work.stall_after());
     // Records taken from the consumer that the last batch had no time for, or taken while it
     // committed: they open the next.
     let mut carried: Vec<BorrowedMessage<'_>> = Vec::new();
@@ -576,6 +582,110 @@ mod tests {
             closes_at(now, now + Duration::from_millis(1), busy),
             now + Duration::from_millis(1)
         );
+    }
+
+    /// A loop whose consumer stops handing out records it has (here: its partition paused,
+    /// which to the watch looks like a fetcher that stopped) fails, naming the partition, so
+    /// that its supervisor starts it again with a new consumer; until then it went on
+    /// committing what it had.
+    #[test]
+    fn the_loop_fails_when_its_consumer_stops_fetching() -> anyhow::Result<()> {
+        /// Counts the records it is handed; sends nothing.
+        struct Counting(Arc<std::sync::atomic::AtomicUsize>);
+        impl TransactionalWork for Counting {
+            async fn process(
+                &mut self,
+                _txn: &mut Transaction<'_>,
+                records: &[BorrowedMessage<'_>],
+                _deadline: Instant,
+            ) -> anyhow::Result<usize> {
+                self.0
+                    .fetch_add(records.len(), std::sync::atomic::Ordering::Relaxed);
+                Ok(records.len())
+            }
+            async fn finish(&mut self, _txn: &mut Transaction<'_>) -> anyhow::Result<()> {
+                Ok(())
+            }
+            fn idle(&mut self, _consumer: &GroupConsumer) -> anyhow::Result<Idle> {
+                Ok(Idle::Wait)
+            }
+            fn stall_after(&self) -> Duration {
+                Duration::from_millis(500)
+            }
+        }
+
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()?;
+        let cluster = MockCluster::new(1)?;
+        cluster.create_topic("in", 1, 1)?;
+        let settings = KafkaSettings::new(BTreeMap::from([
+            ("bootstrap.servers".to_owned(), cluster.bootstrap_servers()),
+            ("statistics.interval.ms".to_owned(), "100".to_owned()),
+        ]));
+        let failed = runtime.block_on(async {
+            let plain = settings.producer()?;
+            let write = |n: usize| {
+                let plain = plain.clone();
+                async move {
+                    for _ in 0..n {
+                        let record = FutureRecord::<str, str>::to("in").key("k").payload("{}");
+                        plain
+                            .send(record, TXN_TIMEOUT)
+                            .await
+                            .map_err(|(err, _)| err)?;
+                    }
+                    anyhow::Ok(())
+                }
+            };
+            write(3).await?;
+            let consumer = settings.transactional_consumer("stage", Arc::default())?;
+            consumer.subscribe(&["in"])?;
+            let producer = settings.transactional_producer("stage-txn")?;
+            producer.init_transactions(TXN_TIMEOUT)?;
+            let handed = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+            let mut work = Counting(handed.clone());
+            let stop = CancellationToken::new();
+            let running = run(
+                "stage",
+                &consumer,
+                &producer,
+                TXN_TIMEOUT,
+                &stop,
+                Duration::from_millis(100),
+                &mut work,
+            );
+            let stall = async {
+                let handed_out = |n| {
+                    let handed = handed.clone();
+                    async move {
+                        while handed.load(std::sync::atomic::Ordering::Relaxed) < n {
+                            tokio::time::sleep(Duration::from_millis(10)).await;
+                        }
+                    }
+                };
+                tokio::time::timeout(TXN_TIMEOUT, handed_out(3)).await?;
+                let mut partition = TopicPartitionList::new();
+                partition.add_partition("in", 0);
+                consumer.pause(&partition)?;
+                write(2).await?;
+                // Past the watch's two looks, the loop has failed (or this fails the test).
+                tokio::time::sleep(TXN_TIMEOUT).await;
+                anyhow::Ok(())
+            };
+            tokio::select! {
+                ran = running => anyhow::Ok(ran.err()),
+                waited = stall => waited.map(|()| None),
+            }
+        })?;
+        runtime.shutdown_background();
+        let err = format!(
+            "{:#}",
+            failed.context("the loop went on with a stalled consumer")?
+        );
+        assert!(err.contains("in [0] (at 3 of 5)"), "{err}");
+        Ok(())
     }
 
     /// The hang seen on a real cluster after a broker left (a stage "committing" for minutes):
