@@ -151,13 +151,17 @@ pub async fn start(
     )?;
 
     let book = crate::orders::book::OrderBook::new(store);
-    let reader = kafka.reader(&format!("{}-order-view", pipeline.group_prefix))?;
+    let (reader_settings, reader_name) = (
+        kafka.clone(),
+        format!("{}-order-view", pipeline.group_prefix),
+    );
     let view = crate::orders::view::start(
         book.clone(),
-        reader,
+        Box::new(move || Ok(Arc::new(reader_settings.reader(&reader_name)?))),
         running.view_topics(),
         events.clone(),
         shutdown.clone(),
+        crate::kafka::group::STALL_AFTER,
     )
     .await?;
     tasks.spawn(view);

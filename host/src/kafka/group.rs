@@ -337,7 +337,7 @@ fn unfetched(
 pub const STALL_AFTER: Duration = Duration::from_secs(30);
 /// How long one question of a stall check may take: the loop waits for it, so a leader that
 /// does not answer (it is moving) costs one short wait, and the look is given up.
-const STALL_LOOK_TIMEOUT: Duration = Duration::from_secs(2);
+pub(crate) const STALL_LOOK_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// Notices a consumer that has stopped handing out records it has: the Kafka client has been
 /// seen to stop fetching a partition after its leader moved (a broker restarted), without an

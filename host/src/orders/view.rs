@@ -8,9 +8,11 @@
 //! has caught up with what the topics held at startup, the book says it is rebuilding (and
 //! `/readyz` and `GET /order` say so). The view follows the pipeline: a dead-letter topic that
 //! a live edit adds (a stage added or moved) is read from its beginning as soon as the edit is
-//! applied.
+//! applied. The view watches its reader like the stages watch theirs (see [`ReaderWatch`]):
+//! a reader that stops handing out records it has is replaced, so the view does not go stale.
 
 use std::collections::HashMap;
+use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::Context as _;
@@ -37,15 +39,21 @@ const PROGRESS_EVERY: Duration = Duration::from_secs(5);
 /// How often orders past their retention are dropped.
 const RETENTION_EVERY: Duration = Duration::from_secs(60);
 
-/// Assigns the view's consumer every partition of `topics`, from the store's checkpoint, and
-/// returns the task that reads them into `book` until `shutdown`.
+/// Makes the view's Kafka readers: the first, and one in place of a reader that stalled.
+pub type Readers = Box<dyn Fn() -> anyhow::Result<Arc<StreamConsumer>> + Send>;
+
+/// Assigns a reader from `readers` every partition of `topics`, from the store's checkpoint,
+/// and returns the task that reads them into `book` until `shutdown`, watching the reader
+/// every `stall_after` ([`kafka::group::STALL_AFTER`] outside tests).
 pub async fn start(
     book: OrderBook,
-    consumer: StreamConsumer,
+    readers: Readers,
     mut follow: watch::Receiver<ViewTopics>,
     events: Events,
     shutdown: CancellationToken,
+    stall_after: Duration,
 ) -> anyhow::Result<impl Future<Output = ()> + use<>> {
+    let mut consumer = readers()?;
     let mut topics = follow.borrow_and_update().clone();
     let store = book.store().clone();
     let (assignment, behind, total) = match tokio::task::block_in_place(|| {
@@ -82,10 +90,25 @@ pub async fn start(
         // Until the pipeline can no longer change: a host that does not watch its file drops
         // the sender once started, and a closed channel answers `changed` at once, every time.
         let mut following = true;
+        let mut watch = ReaderWatch::every(stall_after);
+        // On a schedule, not only when idle: one partition can stop while others flow.
+        let mut looks =
+            tokio::time::interval_at(tokio::time::Instant::now() + stall_after, stall_after);
+        looks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         catch_up.check(&consumer, &book);
         loop {
             tokio::select! {
                 _ = shutdown.cancelled() => break,
+                _ = looks.tick() => {
+                    let Err(stalled) = watch.look(&consumer) else {
+                        continue;
+                    };
+                    tracing::error!("order view: {stalled:#}; starting a new reader");
+                    match replace_reader(&readers, &consumer, &store) {
+                        Ok(fresh) => consumer = fresh,
+                        Err(err) => tracing::error!("order view: cannot start a new reader; the stalled one stays: {err:#}"),
+                    }
+                }
                 received = consumer.recv() => match received {
                     Ok(first) => {
                         let mut batch = Batch::default();
@@ -135,6 +158,101 @@ pub async fn start(
             tracing::warn!("order view: cannot flush the store on the way out: {err:#}");
         }
     })
+}
+
+/// Notices a reader that has stopped handing out records it has: the Kafka client has been
+/// seen to stop fetching a partition for good after its leader moved (see the stages'
+/// [`kafka::group::StallWatch`]), and a view whose reader stopped would answer `GET /order`
+/// from a store that no longer moves. Every `every`, it looks at each assigned partition's
+/// position (where the view is: it applies what it is handed at once) against the
+/// partition's end as its leader reports it (the last stable offset: the reader is
+/// `read_committed`); a partition behind its end at one look and at the same position at the
+/// next has handed out nothing for that long. A look that fails (a leader away) is forgotten.
+struct ReaderWatch {
+    every: Duration,
+    /// The partitions behind their ends at the last look, with their positions and ends.
+    last: HashMap<(String, i32), (i64, i64)>,
+}
+
+impl ReaderWatch {
+    fn every(every: Duration) -> Self {
+        Self {
+            every,
+            last: HashMap::new(),
+        }
+    }
+
+    /// Looks now; an error names the partitions that handed out nothing since the last look.
+    fn look(&mut self, consumer: &StreamConsumer) -> anyhow::Result<()> {
+        let now = match tokio::task::block_in_place(|| behind(consumer)) {
+            Ok(now) => now,
+            Err(err) => {
+                tracing::debug!("order view: cannot tell whether its reader reads: {err:#}");
+                self.last.clear();
+                return Ok(());
+            }
+        };
+        let mut stalled: Vec<String> = now
+            .iter()
+            .filter(|(partition, at)| {
+                self.last.get(*partition).map(|(then, _)| then) == Some(&at.0)
+            })
+            .map(|((topic, partition), (at, end))| {
+                format!("{topic} [{partition}] (at {at} of {end})")
+            })
+            .collect();
+        self.last = now;
+        stalled.sort();
+        anyhow::ensure!(
+            stalled.is_empty(),
+            "its reader has handed out no record of {} in {:?} although the broker holds more",
+            stalled.join(", "),
+            self.every
+        );
+        Ok(())
+    }
+}
+
+/// The partitions `consumer` reads that hold records beyond its position: (topic, partition)
+/// → (position, end). A partition with no position yet (nothing fetched) is left out.
+fn behind(consumer: &StreamConsumer) -> anyhow::Result<HashMap<(String, i32), (i64, i64)>> {
+    let mut behind = HashMap::new();
+    for partition in consumer.position()?.elements() {
+        let Offset::Offset(at) = partition.offset() else {
+            continue;
+        };
+        let (topic, id) = (partition.topic(), partition.partition());
+        let (_, end) = consumer.fetch_watermarks(topic, id, kafka::group::STALL_LOOK_TIMEOUT)?;
+        if at < end {
+            behind.insert((topic.to_owned(), id), (at, end));
+        }
+    }
+    Ok(behind)
+}
+
+/// A new reader from `readers`, assigned what `stalled` reads, each partition from the store's
+/// checkpoint (everything the stalled reader handed out is applied: the view applies a batch
+/// before it asks for more).
+fn replace_reader(
+    readers: &Readers,
+    stalled: &StreamConsumer,
+    store: &Store,
+) -> anyhow::Result<Arc<StreamConsumer>> {
+    let checkpoint: HashMap<(String, i32), i64> = store.offsets()?.into_iter().collect();
+    let mut assignment = TopicPartitionList::new();
+    for partition in stalled.assignment()?.elements() {
+        let (topic, id) = (partition.topic(), partition.partition());
+        let from = match checkpoint.get(&(topic.to_owned(), id)) {
+            Some(&next) => Offset::Offset(next),
+            None => Offset::Beginning,
+        };
+        assignment.add_partition_offset(topic, id, from)?;
+    }
+    let fresh = readers()?;
+    fresh
+        .assign(&assignment)
+        .context("cannot assign the new reader")?;
+    Ok(fresh)
 }
 
 /// Where to read each partition of the view's topics from, and where each that is behind
@@ -424,4 +542,97 @@ fn no_order_id(message: &BorrowedMessage<'_>) {
         offset = message.offset(),
         "order view: record without an order id"
     );
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+    use std::sync::{Mutex, PoisonError};
+
+    use rdkafka::mocking::MockCluster;
+    use rdkafka::producer::FutureRecord;
+
+    use super::*;
+    use crate::kafka::KafkaSettings;
+
+    /// A view whose reader stops handing out records (here: a partition paused, which to the
+    /// watch looks like a fetcher that stopped) gets a new reader, from the store's
+    /// checkpoint, and goes on: an order written after the stall is read.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_view_whose_reader_stalls_starts_a_new_one_and_goes_on() -> anyhow::Result<()> {
+        const SOON: Duration = Duration::from_secs(20);
+        let cluster = MockCluster::new(1)?;
+        let topics = ViewTopics {
+            orders: "orders".into(),
+            completed: "completed".into(),
+            dropped: "dropped".into(),
+            dead_letters: Default::default(),
+        };
+        for topic in [&topics.orders, &topics.completed, &topics.dropped] {
+            cluster.create_topic(topic, 1, 1)?;
+        }
+        let settings = KafkaSettings::new(BTreeMap::from([(
+            "bootstrap.servers".to_owned(),
+            cluster.bootstrap_servers(),
+        )]));
+        let producer = settings.producer()?;
+        let order = |id: &'static str| {
+            let producer = producer.clone();
+            async move {
+                let value = crate::orders::publisher::order_record(id, 1);
+                let record = FutureRecord::<str, str>::to("orders")
+                    .key(id)
+                    .payload(&value);
+                producer.send(record, SOON).await.map_err(|(err, _)| err)?;
+                anyhow::Ok(())
+            }
+        };
+        let dir = tempfile::tempdir()?;
+        let book = OrderBook::new(Store::open(&dir.path().join("orders.db"), None)?);
+        let read = |id: &'static str| {
+            let book = book.clone();
+            async move {
+                let deadline = Instant::now() + SOON;
+                while book.store().get(id, false, None)?.is_none() {
+                    anyhow::ensure!(Instant::now() < deadline, "order {id} not read in {SOON:?}");
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+                anyhow::Ok(())
+            }
+        };
+
+        let first: Arc<StreamConsumer> = Arc::new(settings.reader("view")?);
+        let handed = Mutex::new(Some(first.clone()));
+        let reader_settings = settings.clone();
+        let readers: Readers =
+            Box::new(
+                move || match handed.lock().unwrap_or_else(PoisonError::into_inner).take() {
+                    Some(first) => Ok(first),
+                    None => Ok(Arc::new(reader_settings.reader("view")?)),
+                },
+            );
+        let (_follow, following) = watch::channel(topics);
+        let shutdown = CancellationToken::new();
+        let view = start(
+            book.clone(),
+            readers,
+            following,
+            Events::default(),
+            shutdown.clone(),
+            Duration::from_millis(300),
+        )
+        .await?;
+        let view = tokio::spawn(view);
+
+        order("1").await?;
+        read("1").await?;
+        let mut orders = TopicPartitionList::new();
+        orders.add_partition("orders", 0);
+        first.pause(&orders)?;
+        order("2").await?;
+        read("2").await?;
+        shutdown.cancel();
+        view.await?;
+        Ok(())
+    }
 }
