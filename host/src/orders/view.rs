@@ -105,7 +105,11 @@ pub async fn start(
                     };
                     tracing::error!("order view: {stalled:#}; starting a new reader");
                     match replace_reader(&readers, &consumer, &store) {
-                        Ok(fresh) => consumer = fresh,
+                        Ok(fresh) => {
+                            consumer = fresh;
+                            // Its positions are compared with its own looks from now on.
+                            watch = ReaderWatch::every(stall_after);
+                        }
                         Err(err) => tracing::error!("order view: cannot start a new reader; the stalled one stays: {err:#}"),
                     }
                 }
