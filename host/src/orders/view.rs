@@ -104,7 +104,7 @@ pub async fn start(
                         continue;
                     };
                     tracing::error!("order view: {stalled:#}; starting a new reader");
-                    match replace_reader(&readers, &consumer, &store) {
+                    match tokio::task::block_in_place(|| replace_reader(&readers, &consumer, &store)) {
                         Ok(fresh) => {
                             consumer = fresh;
                             // Its positions are compared with its own looks from now on.
@@ -243,16 +243,19 @@ fn replace_reader(
     store: &Store,
 ) -> anyhow::Result<Arc<StreamConsumer>> {
     let checkpoint: HashMap<(String, i32), i64> = store.offsets()?.into_iter().collect();
+    let fresh = readers()?;
     let mut assignment = TopicPartitionList::new();
     for partition in stalled.assignment()?.elements() {
         let (topic, id) = (partition.topic(), partition.partition());
+        // As at startup: from the beginning where retention deleted what comes after the
+        // checkpoint (an offset out of range would be reset to the end, skipping records).
+        let (low, _) = kafka::watermarks(&*fresh, topic, id)?;
         let from = match checkpoint.get(&(topic.to_owned(), id)) {
-            Some(&next) => Offset::Offset(next),
-            None => Offset::Beginning,
+            Some(&next) if next > low => Offset::Offset(next),
+            _ => Offset::Beginning,
         };
         assignment.add_partition_offset(topic, id, from)?;
     }
-    let fresh = readers()?;
     fresh
         .assign(&assignment)
         .context("cannot assign the new reader")?;
