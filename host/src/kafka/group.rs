@@ -296,29 +296,29 @@ pub(crate) fn consumed_to_end(consumer: &GroupConsumer, topic: &str) -> anyhow::
     Ok(true)
 }
 
-/// A held partition with records the consumer's client has not fetched yet.
+/// A partition with records beyond where a consumer stands (its client's fetch position for
+/// [`StallWatch`], its position for the order view's watch).
 #[derive(Debug)]
-struct Unfetched {
+pub(crate) struct Unfetched {
     topic: String,
     partition: i32,
-    /// The next offset the client fetches.
+    /// Where the consumer stands: the next offset it fetches, or hands out.
     next: i64,
     /// The partition's end as the consumer may read it (the last stable offset for a
     /// `read_committed` consumer: the broker answers with the client's isolation level).
     end: i64,
 }
 
-/// Of the held partitions whose fetch position the client reports in `fetched`, those with
-/// records beyond it, each end asked of the partition's leader now (each question may take
-/// `timeout`).
-fn unfetched(
-    consumer: &GroupConsumer,
+/// Of the partitions `consumer` stands at in `fetched` (topic, partition → next offset),
+/// those with records beyond it, each end asked of the partition's leader now (each question
+/// may take [`STALL_LOOK_TIMEOUT`]).
+pub(crate) fn unfetched<C: ConsumerContext>(
+    consumer: &impl Consumer<C>,
     fetched: &BTreeMap<(String, i32), i64>,
-    timeout: Duration,
 ) -> anyhow::Result<Vec<Unfetched>> {
     let mut unfetched = Vec::new();
     for ((topic, partition), &next) in fetched {
-        let (_, end) = consumer.fetch_watermarks(topic, *partition, timeout)?;
+        let (_, end) = consumer.fetch_watermarks(topic, *partition, STALL_LOOK_TIMEOUT)?;
         if next < end {
             unfetched.push(Unfetched {
                 topic: topic.clone(),
@@ -337,7 +337,7 @@ fn unfetched(
 pub const STALL_AFTER: Duration = Duration::from_secs(30);
 /// How long one question of a stall check may take: the loop waits for it, so a leader that
 /// does not answer (it is moving) costs one short wait, and the look is given up.
-pub(crate) const STALL_LOOK_TIMEOUT: Duration = Duration::from_secs(2);
+const STALL_LOOK_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// Notices a consumer that has stopped handing out records it has: the Kafka client has been
 /// seen to stop fetching a partition after its leader moved (a broker restarted), without an
@@ -388,16 +388,14 @@ impl StallWatch {
         }
         let assignments = consumer.context().assignments();
         let fetched = consumer.context().state.fetch_positions();
-        let now =
-            match tokio::task::block_in_place(|| unfetched(consumer, &fetched, STALL_LOOK_TIMEOUT))
-            {
-                Ok(now) => now,
-                Err(err) => {
-                    tracing::debug!("cannot tell whether the consumer is fetching: {err:#}");
-                    self.last = None;
-                    return Ok(());
-                }
-            };
+        let now = match tokio::task::block_in_place(|| unfetched(consumer, &fetched)) {
+            Ok(now) => now,
+            Err(err) => {
+                tracing::debug!("cannot tell whether the consumer is fetching: {err:#}");
+                self.last = None;
+                return Ok(());
+            }
+        };
         // Only against a look under the same assignment: partitions that changed hands start
         // fetching afresh.
         let stalled = match self.last.take() {
@@ -425,7 +423,7 @@ impl StallWatch {
 
 /// The partitions not fetched at both looks whose fetch position did not move in between,
 /// described.
-fn stalled(before: &[Unfetched], now: &[Unfetched]) -> Vec<String> {
+pub(crate) fn stalled(before: &[Unfetched], now: &[Unfetched]) -> Vec<String> {
     now.iter()
         .filter(|now| {
             before.iter().any(|then| {

@@ -24,6 +24,7 @@ use serde_json::{Map, Value, json};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
+use crate::kafka::group::{Unfetched, stalled, unfetched};
 use crate::kafka::{self, headers};
 use crate::orders::book::{CompletedPizza, DroppedPizza, FailedPizza, OrderBook, Outcome};
 use crate::orders::store::{Change, Store, Timed};
@@ -174,15 +175,15 @@ pub async fn start(
 /// next has handed out nothing for that long. A look that fails (a leader away) is forgotten.
 struct ReaderWatch {
     every: Duration,
-    /// The partitions behind their ends at the last look, with their positions and ends.
-    last: HashMap<(String, i32), (i64, i64)>,
+    /// The partitions behind their ends at the last look.
+    last: Vec<Unfetched>,
 }
 
 impl ReaderWatch {
     fn every(every: Duration) -> Self {
         Self {
             every,
-            last: HashMap::new(),
+            last: Vec::new(),
         }
     }
 
@@ -196,17 +197,8 @@ impl ReaderWatch {
                 return Ok(());
             }
         };
-        let mut stalled: Vec<String> = now
-            .iter()
-            .filter(|(partition, at)| {
-                self.last.get(*partition).map(|(then, _)| then) == Some(&at.0)
-            })
-            .map(|((topic, partition), (at, end))| {
-                format!("{topic} [{partition}] (at {at} of {end})")
-            })
-            .collect();
+        let stalled = stalled(&self.last, &now);
         self.last = now;
-        stalled.sort();
         anyhow::ensure!(
             stalled.is_empty(),
             "its reader has handed out no record of {} in {:?} although the broker holds more",
@@ -217,21 +209,19 @@ impl ReaderWatch {
     }
 }
 
-/// The partitions `consumer` reads that hold records beyond its position: (topic, partition)
-/// → (position, end). A partition with no position yet (nothing fetched) is left out.
-fn behind(consumer: &StreamConsumer) -> anyhow::Result<HashMap<(String, i32), (i64, i64)>> {
-    let mut behind = HashMap::new();
-    for partition in consumer.position()?.elements() {
-        let Offset::Offset(at) = partition.offset() else {
-            continue;
-        };
-        let (topic, id) = (partition.topic(), partition.partition());
-        let (_, end) = consumer.fetch_watermarks(topic, id, kafka::group::STALL_LOOK_TIMEOUT)?;
-        if at < end {
-            behind.insert((topic.to_owned(), id), (at, end));
-        }
-    }
-    Ok(behind)
+/// The partitions `consumer` reads that hold records beyond its position. A partition with
+/// no position yet (nothing fetched) is left out.
+fn behind(consumer: &StreamConsumer) -> anyhow::Result<Vec<Unfetched>> {
+    let positions = consumer
+        .position()?
+        .elements()
+        .iter()
+        .filter_map(|partition| match partition.offset() {
+            Offset::Offset(at) => Some(((partition.topic().to_owned(), partition.partition()), at)),
+            _ => None,
+        })
+        .collect();
+    unfetched(consumer, &positions)
 }
 
 /// A new reader from `readers`, assigned what `stalled` reads, each partition from the store's
@@ -247,19 +237,25 @@ fn replace_reader(
     let mut assignment = TopicPartitionList::new();
     for partition in stalled.assignment()?.elements() {
         let (topic, id) = (partition.topic(), partition.partition());
-        // As at startup: from the beginning where retention deleted what comes after the
-        // checkpoint (an offset out of range would be reset to the end, skipping records).
         let (low, _) = kafka::watermarks(&*fresh, topic, id)?;
-        let from = match checkpoint.get(&(topic.to_owned(), id)) {
-            Some(&next) if next > low => Offset::Offset(next),
-            _ => Offset::Beginning,
-        };
+        let (_, from) = resume_at(checkpoint.get(&(topic.to_owned(), id)).copied(), low);
         assignment.add_partition_offset(topic, id, from)?;
     }
     fresh
         .assign(&assignment)
         .context("cannot assign the new reader")?;
     Ok(fresh)
+}
+
+/// Where the view reads a partition whose records begin at `low`: right after the store's
+/// `checkpoint` of it, or from its beginning where there is none or retention deleted what
+/// followed it (an offset out of range would be reset to the end, skipping records). The
+/// offset, and how the reader is assigned it.
+fn resume_at(checkpoint: Option<i64>, low: i64) -> (i64, Offset) {
+    match checkpoint {
+        Some(next) if next > low => (next, Offset::Offset(next)),
+        _ => (low, Offset::Beginning),
+    }
 }
 
 /// Where to read each partition of the view's topics from, and where each that is behind
@@ -281,20 +277,15 @@ fn plan_reads(
     for topic in all {
         for id in kafka::partitions(consumer.client(), topic)? {
             let (low, high) = kafka::watermarks(consumer, topic, id)?;
-            let from = match checkpoint.get(&(topic.clone(), id)) {
-                Some(&next) if next > high => return Ok(None),
-                Some(&next) if next > low => next,
-                _ => low,
-            };
+            let next = checkpoint.get(&(topic.clone(), id)).copied();
+            if next.is_some_and(|next| next > high) {
+                return Ok(None);
+            }
+            let (from, offset) = resume_at(next, low);
             if high > from {
                 behind.insert((topic.clone(), id), high);
                 total += high - from;
             }
-            let offset = if from > low {
-                Offset::Offset(from)
-            } else {
-                Offset::Beginning
-            };
             assignment.add_partition_offset(topic, id, offset)?;
         }
     }
